@@ -1,0 +1,40 @@
+"""cattn: fast, exact attention for NumPy on multicore CPUs.
+
+The three stages of attention, each a parallel kernel, and the fused kernel
+that runs them in one pass:
+
+>>> import numpy as np, cattn
+>>> q, k, v = np.eye(2), np.eye(2), np.array([[1.0], [2.0]])
+>>> s = cattn.scores(q, k)                 # stage 1: similarity
+>>> w = cattn.softmax(s)                   # stage 2: weights summing to 1
+>>> o = cattn.aggregate(w, v)              # stage 3: weighted sum of values
+>>> bool(np.allclose(o, cattn.attention(q, k, v)))
+True
+"""
+__version__ = "0.1.0"
+
+from ._api import (
+    aggregate,
+    attention,
+    get_num_threads,
+    merge,
+    scores,
+    set_num_threads,
+    softmax,
+)
+from ._config import show_config
+from . import reference
+
+__all__ = [
+    "attention", "scores", "softmax", "aggregate", "merge",
+    "get_num_threads", "set_num_threads", "show_config", "reference",
+    "explain", "__version__",
+]
+
+
+def __getattr__(name):
+    # explain pulls in nothing heavy, but keep import of cattn minimal.
+    if name in ("explain", "Explanation"):
+        from . import explain as _explain_mod
+        return getattr(_explain_mod, name)
+    raise AttributeError(f"module 'cattn' has no attribute {name!r}")

@@ -1,0 +1,70 @@
+# cython: language_level=3
+"""Thread-count resolution for cattn's OpenMP regions.
+
+cattn never changes OpenMP's global state (no ``omp_set_num_threads``): each
+parallel region passes ``num_threads=`` explicitly, resolved at call time by
+:func:`_openmp_effective_n_threads`.
+"""
+import os
+
+from cython.parallel cimport parallel
+
+_user_n_threads = None   # set by cattn.set_num_threads
+
+
+def _openmp_enabled():
+    """True when the extension was compiled with OpenMP."""
+    return bool(CATTN_HAVE_OPENMP)
+
+
+def _openmp_max_threads():
+    """OpenMP's current limit: OMP_NUM_THREADS, threadpoolctl, or the cores."""
+    return omp_get_max_threads()
+
+
+def _cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def _openmp_effective_n_threads(n_threads=None):
+    """Threads a cattn call will use.
+
+    An explicit ``n_threads`` wins.  Otherwise the value of
+    ``cattn.set_num_threads`` if any, else OpenMP's own limit (which follows
+    ``OMP_NUM_THREADS`` and threadpoolctl, and defaults to the usable cores);
+    in both cases capped by OpenMP's current limit so that
+    ``threadpool_limits(1, user_api="openmp")`` always takes effect.
+    """
+    if n_threads is not None:
+        return n_threads
+    if not CATTN_HAVE_OPENMP:
+        return 1
+    limit = omp_get_max_threads()
+    if _user_n_threads is not None:
+        return max(1, min(_user_n_threads, limit))
+    return max(1, min(limit, _cpu_count()))
+
+
+def _set_user_n_threads(n):
+    global _user_n_threads
+    previous = _user_n_threads
+    _user_n_threads = n
+    return previous
+
+
+def _get_user_n_threads():
+    return _user_n_threads
+
+
+def _threads_in_region(int n_threads):
+    """Team size OpenMP actually gives a region asked for ``n_threads``
+    (a debug hook for the tests; threadpoolctl limits show up here)."""
+    cdef int got[1]
+    got[0] = 1
+    with nogil, parallel(num_threads=n_threads):
+        if omp_get_thread_num() == 0:
+            got[0] = omp_get_num_threads()
+    return got[0]

@@ -1,0 +1,166 @@
+"""Turning user arrays into what the kernels take.
+
+Every operand is reduced to (array in the compute dtype, one element offset
+per flattened batch item, element strides of its last two axes).  Offsets
+are built from the operand's own strides, so broadcasting a leading dim,
+sharing a key/value head between query heads (GQA) or reading a reversed
+view never copies or expands anything.
+"""
+import operator
+
+import numpy as np
+
+__all__ = [
+    "as_real_array", "compute_dtype", "batch_shape", "lead_offsets",
+    "trailing_strides", "broadcast_lead", "check_num_threads",
+]
+
+_FLOAT_KINDS = "f"
+
+
+def as_real_array(x, name):
+    """``np.asarray`` that rejects what attention cannot take.
+
+    Bools and integers become float64; float16/32/64 are kept; complex,
+    object, string and structured data raise TypeError naming ``name``.
+    """
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be array-like of real numbers: {exc}") from None
+    kind = arr.dtype.kind
+    if kind in "biu":
+        return arr.astype(np.float64)
+    if kind != "f":
+        raise TypeError(
+            f"{name} must hold real numbers (float16/32/64, int or bool); "
+            f"got dtype {arr.dtype}"
+        )
+    if arr.dtype.itemsize > 8:
+        raise TypeError(f"{name}: dtype {arr.dtype} is not supported (use float64)")
+    return arr
+
+
+def compute_dtype(*arrays):
+    """(dtype the kernels compute in, dtype returned to the user).
+
+    NumPy promotion decides the result; float16 results are computed in
+    float32.
+    """
+    result = np.result_type(*arrays)
+    if result == np.float16:
+        return np.dtype(np.float32), np.dtype(np.float16)
+    return np.dtype(result), np.dtype(result)
+
+
+def check_num_threads(num_threads):
+    if num_threads is None:
+        return None
+    if isinstance(num_threads, (bool, np.bool_)):
+        raise TypeError(f"num_threads must be an integer >= 1 or None; got {num_threads!r}")
+    try:
+        n = operator.index(num_threads)
+    except TypeError:
+        raise TypeError(
+            f"num_threads must be an integer >= 1 or None; got {num_threads!r}"
+        ) from None
+    if n < 1:
+        raise ValueError(f"num_threads must be >= 1; got {n}")
+    return n
+
+
+def element_strides(arr):
+    """Strides in elements; None when a stride is not a multiple of the
+    item size (then the caller copies)."""
+    size = arr.dtype.itemsize
+    if any(s % size for s in arr.strides):
+        return None
+    return tuple(s // size for s in arr.strides)
+
+
+def lead_offsets(arr, n_trailing, out_lead, group_axis=None, group=1):
+    """Element offset of each broadcast batch item into ``arr``.
+
+    ``arr``'s leading dims (all but the last ``n_trailing``) are aligned
+    right against ``out_lead``.  When ``group_axis`` is given (an axis of
+    ``out_lead``), item h along it reads ``arr``'s item ``h // group``.
+    """
+    strides = element_strides(arr)
+    lead_shape = arr.shape[: arr.ndim - n_trailing]
+    lead_strides = strides[: arr.ndim - n_trailing]
+    nd = len(out_lead)
+    off = np.zeros(out_lead, dtype=np.int64)
+    for ax, (n_in, st) in enumerate(zip(lead_shape, lead_strides)):
+        out_ax = nd - len(lead_shape) + ax
+        n_out = out_lead[out_ax]
+        if n_in == 1 and n_out != 1 and out_ax != group_axis:
+            continue  # broadcast: stride 0
+        idx = np.arange(n_out, dtype=np.int64)
+        if out_ax == group_axis and n_in != n_out:
+            idx //= group
+        shape = [1] * nd
+        shape[out_ax] = n_out
+        off = off + (idx * st).reshape(shape)
+    return np.ascontiguousarray(off.reshape(-1))
+
+
+def trailing_strides(arr, sizes):
+    """Element strides of the last ``len(sizes)`` axes; 0 where the axis is
+    broadcast (length 1 against a longer ``sizes`` entry)."""
+    strides = element_strides(arr)
+    n = len(sizes)
+    out = []
+    for st, n_in, n_want in zip(strides[-n:], arr.shape[-n:], sizes):
+        out.append(0 if (n_in == 1 and n_want != 1) else st)
+    return out
+
+
+def batch_shape(named, gqa=True):
+    """Broadcast the leading dims of (name, array) pairs whose last two axes
+    are matrix axes.  Returns (out_lead, {name: (group_axis, group)}).
+
+    Grouped-query attention: the first array is the query.  When another
+    array's heads axis (-3) divides the query's and differs from it and
+    from 1, it is treated as broadcast in groups of ``Hq // Hkv``.
+    """
+    leads = {name: a.shape[:-2] for name, a in named}
+    groups = {}
+    q_name, q = named[0]
+    if gqa and q.ndim >= 3:
+        hq = q.shape[-3]
+        for name, a in named[1:]:
+            if a.ndim >= 3:
+                h = a.shape[-3]
+                if h not in (1, hq) and h > 0 and hq % h == 0:
+                    groups[name] = hq // h
+                    lead = list(leads[name])
+                    lead[-1] = hq
+                    leads[name] = tuple(lead)
+    try:
+        out_lead = np.broadcast_shapes(*leads.values())
+    except ValueError:
+        desc = ", ".join(f"{name} {a.shape}" for name, a in named)
+        raise ValueError(
+            "the leading (batch/head) dims do not broadcast: " + desc
+        ) from None
+    nd = len(out_lead)
+    info = {name: (nd - 1, g) for name, g in groups.items()}
+    return out_lead, info
+
+
+def broadcast_lead(x, out_lead, name, dtype, extra_ok=()):
+    """Broadcast a per-batch-item parameter (scale, sinks, lengths) against
+    the leading dims and flatten it.  ``extra_ok`` lists trailing shapes that
+    may be dropped first (e.g. (1, 1) for a scale shaped (H, 1, 1))."""
+    arr = np.asarray(x, dtype=dtype)
+    for tail in extra_ok:
+        k = len(tail)
+        if arr.ndim > len(out_lead) and arr.ndim >= k and arr.shape[-k:] == tail:
+            arr = arr.reshape(arr.shape[:-k])
+    try:
+        return np.ascontiguousarray(np.broadcast_to(arr, out_lead).reshape(-1))
+    except ValueError:
+        raise ValueError(
+            f"{name} of shape {np.shape(x)} does not broadcast against the leading "
+            f"dims {tuple(out_lead)}"
+        ) from None

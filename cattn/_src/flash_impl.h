@@ -1,0 +1,564 @@
+/*
+ * One instantiation of the fused attention block kernel.
+ *
+ * Included by flash.c once per (element type, ISA) with these macros set:
+ *   T           float or double
+ *   CATTN_F64   0 or 1
+ *   SUF(name)   appends the variant suffix (e.g. name##_f32_haswell)
+ * The ISA itself comes from the surrounding `#pragma GCC target` region, so
+ * the same source becomes SSE2 code in the baseline variant and AVX2+FMA
+ * code in the Haswell one.
+ *
+ * Vectors are 32 bytes (8 floats / 4 doubles); on a baseline x86-64 target
+ * the compiler splits each into two SSE registers.
+ */
+
+#if CATTN_F64
+typedef double SUF(V) __attribute__((vector_size(32)));
+typedef double SUF(VU) __attribute__((vector_size(32), aligned(8)));
+typedef int64_t SUF(VI) __attribute__((vector_size(32)));
+typedef int64_t SUF(VIU) __attribute__((vector_size(32), aligned(8)));
+#define VL 4
+#else
+typedef float SUF(V) __attribute__((vector_size(32)));
+typedef float SUF(VU) __attribute__((vector_size(32), aligned(4)));
+typedef int32_t SUF(VI) __attribute__((vector_size(32)));
+typedef int32_t SUF(VIU) __attribute__((vector_size(32), aligned(4)));
+#define VL 8
+#endif
+#define V SUF(V)
+#define VU SUF(VU)
+#define VI SUF(VI)
+/* query columns per micro-tile: two vectors */
+#define NQ (2 * VL)
+/* key rows per S micro-tile, query rows per P.V micro-tile */
+#define MR_S 6
+#define MR_O 4
+
+static inline V SUF(vload)(const T *p) { return (V)(*(const VU *)p); }
+static inline void SUF(vstore)(T *p, V x) { *(VU *)p = (VU)x; }
+static inline V SUF(vset1)(T x) { V r = {0}; return r + x; }
+/* bitwise select: m ? a : b, m a lane mask from a vector comparison */
+static inline V SUF(vsel)(VI m, V a, V b) { return (V)((m & (VI)a) | (~m & (VI)b)); }
+/* max that ignores a NaN in `a` (the new value): keeps b then */
+static inline V SUF(vmax)(V a, V b) { return SUF(vsel)(a > b, a, b); }
+
+#define vload SUF(vload)
+#define vstore SUF(vstore)
+#define vset1 SUF(vset1)
+#define vsel SUF(vsel)
+#define vmax SUF(vmax)
+
+/*
+ * exp(x) for the softmax: Cody-Waite range reduction x = n ln2 + r,
+ * |r| <= ln2/2, a polynomial for exp(r), and 2^n built in the exponent bits.
+ * The rounding of x/ln2 uses the 1.5*2^mantissa "magic number" add, which
+ * needs neither a float->int conversion nor -ffast-math.  Results below the
+ * smallest normal number are flushed to 0 (exp(-inf) = 0); NaN stays NaN.
+ * Max error: ~1 ulp (float), ~2 ulp (double).
+ */
+static inline V SUF(vexp)(V x)
+{
+#if CATTN_F64
+    const T hi = 709.0, lo = -708.3, log2e = 1.4426950408889634,
+            magic = 6755399441055744.0, /* 1.5 * 2^52 */
+            c1 = 6.93147180369123816490e-01, c2 = 1.90821492927058770002e-10;
+#else
+    const T hi = 88.3f, lo = -87.3f, log2e = 1.44269504088896341f,
+            magic = 12582912.0f, /* 1.5 * 2^23 */
+            c1 = 0.693359375f, c2 = -2.12194440e-4f;
+#endif
+    VI under = x < lo;
+    x = vsel(x > hi, vset1(hi), x);
+    x = vsel(x < lo, vset1(lo), x);
+    V t = x * log2e + magic;
+    V n = t - magic;
+#if CATTN_F64
+    V r = x - n * c1;
+    r = r - n * c2;
+    /* Taylor series to degree 13: truncation error < 1e-17 on |r| <= ln2/2 */
+    V p = vset1(1.0 / 6227020800.0);
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    VI e = (((VI)t - (VI)vset1(magic)) + 1023) << 52;
+#else
+    V r = x - n * c1;
+    r = r - n * c2;
+    /* the classic single-precision minimax coefficients (Cephes expf) */
+    V p = vset1(1.9875691500E-4f);
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * (r * r) + r + 1.0f;
+    VI e = (((VI)t - (VI)vset1(magic)) + 127) << 23;
+#endif
+    V res = p * (V)e;
+    return (V)((VI)res & ~under);
+}
+#define vexp SUF(vexp)
+
+/* tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|); absolute error ~1 ulp */
+static inline V SUF(vtanh)(V x)
+{
+    const VI sign = (VI)vset1((T)-0.0);
+    V ax = (V)((VI)x & ~sign);
+    V e = vexp(ax * (T)-2.0);
+    V t = ((T)1.0 - e) / ((T)1.0 + e);
+    return (V)((VI)t | ((VI)x & sign));
+}
+#define vtanh SUF(vtanh)
+
+static inline T SUF(tanh1)(T x) { V v = vset1(x); return vtanh(v)[0]; }
+
+static inline int64_t SUF(imax)(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t SUF(imin)(int64_t a, int64_t b) { return a < b ? a : b; }
+#define imax SUF(imax)
+#define imin SUF(imin)
+
+/* ---------------------------------------------------------------------- */
+/* S^T[0:nk, 0:nqp] = K[0:nk] . Q^T, ld of S^T and Q^T is `ld`.            */
+/* ---------------------------------------------------------------------- */
+static void SUF(tile_scores_dot)(const T *K, int64_t k_rs, int64_t nk,
+                                 const T *QT, int64_t ld, int64_t nqp,
+                                 int64_t D, T *ST)
+{
+    for (int64_t j = 0; j < nk; j += MR_S) {
+        const int64_t mr = imin(MR_S, nk - j);
+        const T *k0 = K + (j + 0) * k_rs;
+        if (mr == MR_S) {
+            const T *k1 = k0 + k_rs, *k2 = k1 + k_rs, *k3 = k2 + k_rs,
+                    *k4 = k3 + k_rs, *k5 = k4 + k_rs;
+            for (int64_t i = 0; i < nqp; i += NQ) {
+                V c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0},
+                  c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
+                const T *qp = QT + i;
+                for (int64_t d = 0; d < D; d++, qp += ld) {
+                    V b0 = vload(qp), b1 = vload(qp + VL);
+                    V a;
+                    a = vset1(k0[d]); c00 += a * b0; c01 += a * b1;
+                    a = vset1(k1[d]); c10 += a * b0; c11 += a * b1;
+                    a = vset1(k2[d]); c20 += a * b0; c21 += a * b1;
+                    a = vset1(k3[d]); c30 += a * b0; c31 += a * b1;
+                    a = vset1(k4[d]); c40 += a * b0; c41 += a * b1;
+                    a = vset1(k5[d]); c50 += a * b0; c51 += a * b1;
+                }
+                T *s = ST + j * ld + i;
+                vstore(s, c00); vstore(s + VL, c01); s += ld;
+                vstore(s, c10); vstore(s + VL, c11); s += ld;
+                vstore(s, c20); vstore(s + VL, c21); s += ld;
+                vstore(s, c30); vstore(s + VL, c31); s += ld;
+                vstore(s, c40); vstore(s + VL, c41); s += ld;
+                vstore(s, c50); vstore(s + VL, c51);
+            }
+        } else {
+            for (int64_t r = 0; r < mr; r++) {
+                const T *kr = k0 + r * k_rs;
+                for (int64_t i = 0; i < nqp; i += NQ) {
+                    V c0 = {0}, c1 = {0};
+                    const T *qp = QT + i;
+                    for (int64_t d = 0; d < D; d++, qp += ld) {
+                        V a = vset1(kr[d]);
+                        c0 += a * vload(qp); c1 += a * vload(qp + VL);
+                    }
+                    vstore(ST + (j + r) * ld + i, c0);
+                    vstore(ST + (j + r) * ld + i + VL, c1);
+                }
+            }
+        }
+    }
+}
+
+/* additive model: S^T[j, i] = sum_d w_d tanh(Q^T[d, i] + K[j, d]) */
+static void SUF(tile_scores_additive)(const T *K, int64_t k_rs, int64_t nk,
+                                      const T *QT, int64_t ld, int64_t nqp,
+                                      int64_t D, const T *w, T *ST)
+{
+    for (int64_t j = 0; j < nk; j++) {
+        const T *kr = K + j * k_rs;
+        for (int64_t i = 0; i < nqp; i += NQ) {
+            V c0 = {0}, c1 = {0};
+            const T *qp = QT + i;
+            for (int64_t d = 0; d < D; d++, qp += ld) {
+                V a = vset1(kr[d]), wd = vset1(w[d]);
+                c0 += wd * vtanh(vload(qp) + a);
+                c1 += wd * vtanh(vload(qp + VL) + a);
+            }
+            vstore(ST + j * ld + i, c0);
+            vstore(ST + j * ld + i + VL, c1);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* O[0:nqp, 0:Dv] += P[0:nqp, ja:jb] . V[ja:jb], P stored transposed.      */
+/* O has leading dimension ldo; P^T has ld.                                */
+/* ---------------------------------------------------------------------- */
+static void SUF(tile_pv)(const T *PT, int64_t ld, int64_t nqp,
+                         const T *Vm, int64_t v_rs, int64_t ja, int64_t jb,
+                         int64_t Dv, T *O, int64_t ldo)
+{
+    int64_t c = 0;
+    for (; c + NQ <= Dv; c += NQ) {
+        for (int64_t i = 0; i < nqp; i += MR_O) {
+            T *o0 = O + i * ldo + c, *o1 = o0 + ldo, *o2 = o1 + ldo, *o3 = o2 + ldo;
+            V a00 = vload(o0), a01 = vload(o0 + VL), a10 = vload(o1), a11 = vload(o1 + VL),
+              a20 = vload(o2), a21 = vload(o2 + VL), a30 = vload(o3), a31 = vload(o3 + VL);
+            const T *vp = Vm + ja * v_rs + c;
+            const T *pp = PT + ja * ld + i;
+            for (int64_t j = ja; j < jb; j++, vp += v_rs, pp += ld) {
+                V b0 = vload(vp), b1 = vload(vp + VL);
+                V p;
+                p = vset1(pp[0]); a00 += p * b0; a01 += p * b1;
+                p = vset1(pp[1]); a10 += p * b0; a11 += p * b1;
+                p = vset1(pp[2]); a20 += p * b0; a21 += p * b1;
+                p = vset1(pp[3]); a30 += p * b0; a31 += p * b1;
+            }
+            vstore(o0, a00); vstore(o0 + VL, a01); vstore(o1, a10); vstore(o1 + VL, a11);
+            vstore(o2, a20); vstore(o2 + VL, a21); vstore(o3, a30); vstore(o3 + VL, a31);
+        }
+    }
+    for (; c + VL <= Dv; c += VL) {
+        for (int64_t i = 0; i < nqp; i++) {
+            T *o = O + i * ldo + c;
+            V a = vload(o);
+            for (int64_t j = ja; j < jb; j++)
+                a += vset1(PT[j * ld + i]) * vload(Vm + j * v_rs + c);
+            vstore(o, a);
+        }
+    }
+    for (; c < Dv; c++) {
+        for (int64_t i = 0; i < nqp; i++) {
+            T a = O[i * ldo + c];
+            for (int64_t j = ja; j < jb; j++)
+                a += PT[j * ld + i] * Vm[j * v_rs + c];
+            O[i * ldo + c] = a;
+        }
+    }
+}
+
+/* A row of V holding inf or NaN (x - x is NaN only then). */
+static inline int SUF(row_nonfinite)(const T *v, int64_t n)
+{
+    T acc = 0;
+    for (int64_t c = 0; c < n; c++) acc += v[c] - v[c];
+    return acc != acc;
+}
+
+/* Scratch layout (in elements of T), every piece rounded to 16 elements. */
+#define RUP16(x) ((((x) + 15) / 16) * 16)
+static void SUF(scratch_layout)(const cattn_params *p, int64_t *bqp, int64_t off[8])
+{
+    int64_t BQP = RUP16(p->block_q);
+    int64_t BK = RUP16(p->block_k);
+    *bqp = BQP;
+    off[0] = 0;                                      /* Q^T   D x BQP */
+    off[1] = off[0] + RUP16(p->D) * BQP;             /* S^T   BK x BQP */
+    off[2] = off[1] + BK * BQP;                      /* O     BQP x Dv */
+    off[3] = off[2] + BQP * RUP16(p->Dv);            /* m     BQP */
+    off[4] = off[3] + BQP;                           /* l     BQP */
+    off[5] = off[4] + BQP;                           /* alpha BQP */
+    off[6] = off[5] + BQP;                           /* per-key scratch BK */
+    off[7] = off[6] + BK;                            /* end */
+}
+
+__attribute__((unused)) static size_t SUF(scratch_bytes)(const cattn_params *p)
+{
+    int64_t bqp, off[8];
+    SUF(scratch_layout)(p, &bqp, off);
+    return (size_t)off[7] * sizeof(T) + 64;
+}
+
+/* ---------------------------------------------------------------------- */
+/* One (batch item, query block).                                          */
+/* ---------------------------------------------------------------------- */
+static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void *scratch)
+{
+    int64_t BQP, off[8];
+    SUF(scratch_layout)(p, &BQP, off);
+    T *base = (T *)scratch;
+    T *QT = base + off[0], *ST = base + off[1], *O = base + off[2];
+    T *mrow = base + off[3], *lrow = base + off[4], *alpha = base + off[5];
+
+    const int64_t D = p->D, Dv = p->Dv, Lq = p->Lq, Lk = p->Lk;
+    const int64_t i0 = qb * p->block_q;
+    const int64_t q_len = p->q_len ? p->q_len[b] : Lq;
+    const int64_t kv_len = p->kv_len ? p->kv_len[b] : Lk;
+    const int64_t nq_blk = imin(p->block_q, Lq - i0);
+    /* queries past q_len produce 0 and are not computed */
+    const int64_t nq = imax(0, imin(nq_blk, q_len - i0));
+    const int64_t nqp = RUP16(nq > 0 ? nq : 1);   /* multiple of NQ (<= 16) */
+    const int64_t ld = BQP;
+    const int64_t shift = Lk - Lq;     /* p = i + shift */
+    const int64_t wl = p->win_left, wr = p->win_right;
+    const int score = p->score_kind;
+    const int mode = p->mode;
+    const T softcap = (T)p->softcap;
+    const T scale = (T)p->scale[b];
+
+    const T *Q = (const T *)p->q + p->q_off[b];
+    const T *K = (const T *)p->k + p->k_off[b];
+    const T *Vm = (const T *)p->v + p->v_off[b];
+    const uint8_t *mask = p->mask ? p->mask + p->mask_off[b] : NULL;
+    const T *bias = p->bias ? (const T *)p->bias + p->bias_off[b] : NULL;
+    const int64_t *qseg = p->q_seg ? p->q_seg + p->q_seg_off[b] : NULL;
+    const int64_t *kseg = p->kv_seg ? p->kv_seg + p->kv_seg_off[b] : NULL;
+    const T *addw = (const T *)p->add_w;
+    T *lse = p->lse ? (T *)p->lse + b * Lq : NULL;
+
+    /* ---- pack Q^T (scaled, or normalised for cosine), zero padding ---- */
+    for (int64_t i = 0; i < nqp; i++) {
+        T f = 0;
+        if (i < nq) {
+            const T *qr = Q + (i0 + i) * p->q_rs;
+            if (score == CATTN_SCORE_COSINE) {
+                T ss = 0;
+                for (int64_t d = 0; d < D; d++) ss += qr[d * p->q_cs] * qr[d * p->q_cs];
+                T nrm = (T)sqrt((double)ss);
+                f = scale / (nrm > (T)1e-8 ? nrm : (T)1e-8);
+            } else if (score == CATTN_SCORE_ADDITIVE) {
+                f = 1;
+            } else {
+                f = scale;
+            }
+            for (int64_t d = 0; d < D; d++) QT[d * ld + i] = qr[d * p->q_cs] * f;
+        } else {
+            for (int64_t d = 0; d < D; d++) QT[d * ld + i] = 0;
+        }
+    }
+    for (int64_t i = 0; i < nqp; i++) {
+        mrow[i] = -INFINITY; lrow[i] = 0;
+    }
+    if (mode == CATTN_MODE_ATTENTION)
+        for (int64_t i = 0; i < nqp * Dv; i++) O[i] = 0;   /* ldo = Dv */
+
+    /* ---- the keys any query of this block may see ---- */
+    int64_t k_lo = 0, k_hi = kv_len;                 /* [k_lo, k_hi) */
+    if (nq > 0) {
+        if (wl < CATTN_UNBOUNDED) k_lo = imax(k_lo, i0 + shift - wl);
+        if (wr < CATTN_UNBOUNDED) k_hi = imin(k_hi, i0 + nq - 1 + shift + wr + 1);
+    } else {
+        k_hi = k_lo;
+    }
+    /* keys every query of the block sees (window-wise) */
+    int64_t full_lo = 0, full_hi = kv_len;
+    if (wl < CATTN_UNBOUNDED) full_lo = imax(full_lo, i0 + nq - 1 + shift - wl);
+    if (wr < CATTN_UNBOUNDED) full_hi = imin(full_hi, i0 + shift + wr + 1);
+    const int elementwise = (mask != NULL) || (bias != NULL) || (qseg != NULL);
+
+    const int64_t BK = p->block_k;
+    for (int64_t j0 = k_lo; j0 < k_hi; j0 += BK) {
+        const int64_t nk = imin(BK, k_hi - j0);
+        const T *Kt = K + j0 * p->k_rs;
+        /* packed segment ids can rule out a whole tile */
+        if (qseg) {
+            int64_t qmin = INT64_MAX, qmax = INT64_MIN, kmin = INT64_MAX, kmax = INT64_MIN;
+            for (int64_t i = 0; i < nq; i++) {
+                int64_t s = qseg[(i0 + i) * p->q_seg_s];
+                qmin = s < qmin ? s : qmin; qmax = s > qmax ? s : qmax;
+            }
+            for (int64_t j = 0; j < nk; j++) {
+                int64_t s = kseg[(j0 + j) * p->kv_seg_s];
+                kmin = s < kmin ? s : kmin; kmax = s > kmax ? s : kmax;
+            }
+            if (kmax < qmin || kmin > qmax) continue;
+        }
+
+        /* ---- scores ---- */
+        if (score == CATTN_SCORE_ADDITIVE) {
+            SUF(tile_scores_additive)(Kt, p->k_rs, nk, QT, ld, nqp, D, addw, ST);
+            if (scale != (T)1)
+                for (int64_t j = 0; j < nk; j++)
+                    for (int64_t i = 0; i < nqp; i += VL)
+                        vstore(ST + j * ld + i, vload(ST + j * ld + i) * scale);
+        } else {
+            SUF(tile_scores_dot)(Kt, p->k_rs, nk, QT, ld, nqp, D, ST);
+            if (score == CATTN_SCORE_COSINE) {
+                for (int64_t j = 0; j < nk; j++) {
+                    const T *kr = Kt + j * p->k_rs;
+                    T ss = 0;
+                    for (int64_t d = 0; d < D; d++) ss += kr[d] * kr[d];
+                    T nrm = (T)sqrt((double)ss);
+                    T f = (T)1 / (nrm > (T)1e-8 ? nrm : (T)1e-8);
+                    for (int64_t i = 0; i < nqp; i += VL)
+                        vstore(ST + j * ld + i, vload(ST + j * ld + i) * f);
+                }
+            }
+        }
+        if (softcap > 0) {
+            const T inv = (T)1 / softcap;
+            for (int64_t j = 0; j < nk; j++)
+                for (int64_t i = 0; i < nqp; i += VL)
+                    vstore(ST + j * ld + i, vtanh(vload(ST + j * ld + i) * inv) * softcap);
+        }
+
+        /* ---- masking: only tiles that need it pay for it ---- */
+        const int partial = elementwise || j0 < full_lo || j0 + nk > full_hi;
+        if (partial) {
+            for (int64_t j = 0; j < nk; j++) {
+                const int64_t jj = j0 + j;
+                T *srow = ST + j * ld;
+                const int64_t ks = kseg ? kseg[jj * p->kv_seg_s] : 0;
+                for (int64_t i = 0; i < nq; i++) {
+                    const int64_t ii = i0 + i, pos = ii + shift;
+                    int keep = 1;
+                    if (wl < CATTN_UNBOUNDED && jj < pos - wl) keep = 0;
+                    if (wr < CATTN_UNBOUNDED && jj > pos + wr) keep = 0;
+                    if (mask && !mask[ii * p->mask_rs + jj * p->mask_cs]) keep = 0;
+                    if (qseg && qseg[ii * p->q_seg_s] != ks) keep = 0;
+                    if (keep && bias) {
+                        T bb = bias[ii * p->bias_rs + jj * p->bias_cs];
+                        if (bb == -INFINITY) keep = 0;
+                        else srow[i] += bb;
+                    }
+                    if (!keep) srow[i] = -INFINITY;
+                }
+            }
+        }
+
+        if (mode != CATTN_MODE_ATTENTION) {
+            /* second pass: weights = exp(s - lse), masked -> 0 */
+            if (mode != CATTN_MODE_SCORES) for (int64_t i = 0; i < nq; i++) {
+                const T l = lse[i0 + i];
+                for (int64_t j = 0; j < nk; j++) {
+                    T s = ST[j * ld + i];
+                    T w = (s == -INFINITY || l == -INFINITY) ? (T)0 : (T)exp((double)(s - l));
+                    ST[j * ld + i] = w;
+                }
+            }
+            if (mode == CATTN_MODE_WEIGHTS || mode == CATTN_MODE_SCORES) {
+                T *W = (T *)p->weights + (b * Lq + i0) * Lk + j0;
+                for (int64_t i = 0; i < nq; i++)
+                    for (int64_t j = 0; j < nk; j++)
+                        W[i * Lk + j] = ST[j * ld + i];
+            } else {
+                T *km = (T *)p->key_mass + b * Lk + j0;
+                for (int64_t j = 0; j < nk; j++) {
+                    T acc = 0;
+                    for (int64_t i = 0; i < nq; i++) acc += ST[j * ld + i];
+#pragma omp atomic
+                    km[j] += acc;
+                }
+            }
+            continue;
+        }
+
+        /* ---- online softmax along the key rows, queries in lanes ---- */
+        int any_rescale = 0;
+        const V neg_inf = vset1(-INFINITY);
+        for (int64_t i = 0; i < nqp; i += VL) {
+            V mold = vload(mrow + i);
+            V mt = neg_inf;
+            for (int64_t j = 0; j < nk; j++) mt = vmax(vload(ST + j * ld + i), mt);
+            V mnew = vmax(mt, mold);
+            VI empty = mnew == neg_inf;
+            V a = vsel(empty, vset1(1), vexp(mold - mnew));
+            V msub = vsel(empty, vset1(0), mnew);
+            V lsum = {0};
+            if (partial) {
+                const V negzero = vset1((T)-0.0);
+                for (int64_t j = 0; j < nk; j++) {
+                    V s = vload(ST + j * ld + i);
+                    V e = vexp(s - msub);
+                    lsum += e;
+                    /* flag masked entries as -0.0 for the non-finite-V guard */
+                    vstore(ST + j * ld + i, vsel(s == neg_inf, negzero, e));
+                }
+            } else {
+                for (int64_t j = 0; j < nk; j++) {
+                    V e = vexp(vload(ST + j * ld + i) - msub);
+                    lsum += e;
+                    vstore(ST + j * ld + i, e);
+                }
+            }
+            vstore(lrow + i, vload(lrow + i) * a + lsum);
+            vstore(mrow + i, mnew);
+            vstore(alpha + i, a);
+            for (int v = 0; v < VL; v++) any_rescale |= a[v] != (T)1;
+        }
+        if (any_rescale)
+            for (int64_t i = 0; i < nqp; i++) {
+                const T a = alpha[i];
+                if (a != (T)1) for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] *= a;
+            }
+
+        /* ---- O += P . V, never touching a masked key's V ---- */
+        const T *Vt = Vm + j0 * p->v_rs;
+        if (!partial) {
+            SUF(tile_pv)(ST, ld, nqp, Vt, p->v_rs, 0, nk, Dv, O, Dv);
+        } else {
+            int64_t ja = 0;
+            for (int64_t j = 0; j < nk; j++) {
+                if (!SUF(row_nonfinite)(Vt + j * p->v_rs, Dv)) continue;
+                if (j > ja) SUF(tile_pv)(ST, ld, nqp, Vt, p->v_rs, ja, j, Dv, O, Dv);
+                for (int64_t i = 0; i < nq; i++) {
+                    T pw = ST[j * ld + i];
+                    if (signbit(pw)) continue;          /* masked: skip */
+                    for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] += pw * Vt[j * p->v_rs + c];
+                }
+                ja = j + 1;
+            }
+            if (nk > ja) SUF(tile_pv)(ST, ld, nqp, Vt, p->v_rs, ja, nk, Dv, O, Dv);
+        }
+    }
+
+    if (mode != CATTN_MODE_ATTENTION) return;
+
+    /* ---- finish: divide by the row sums, fold in sinks, write out ---- */
+    T *out = (T *)p->out + p->out_off[b];
+    const int has_sink = p->sinks != NULL;
+    const T sink = has_sink ? (T)p->sinks[b] : (T)0;
+    for (int64_t i = 0; i < nq_blk; i++) {
+        T *orow = out + (i0 + i) * p->out_rs;
+        T m = i < nq ? mrow[i] : (T)-INFINITY;
+        T l = i < nq ? lrow[i] : (T)0;
+        T f;
+        if (has_sink && i < nq) {
+            T mf = m > sink ? m : sink;
+            T am = (m == -INFINITY) ? (T)0 : (T)exp((double)(m - mf));
+            l = l * am + (T)exp((double)(sink - mf));
+            f = am / l;
+            m = mf;
+        } else {
+            f = (T)1 / l;
+        }
+        if (l == 0 || i >= nq) {
+            /* no key left (or a padded query): zeros, lse -inf */
+            for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] = 0;
+            if (lse) lse[i0 + i] = -INFINITY;
+        } else {
+            for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] = O[i * Dv + c] * f;
+            if (lse) lse[i0 + i] = m + (T)log((double)l);
+        }
+    }
+}
+
+#undef V
+#undef VU
+#undef VI
+#undef VL
+#undef NQ
+#undef MR_S
+#undef MR_O
+#undef vload
+#undef vstore
+#undef vset1
+#undef vsel
+#undef vmax
+#undef vexp
+#undef vtanh
+#undef imax
+#undef imin
+#undef RUP16
