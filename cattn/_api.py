@@ -381,7 +381,10 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     bq, bk = _blocks(N, Lq, n_threads)
     a["block_q"], a["block_k"] = bq, bk
     if N and Lq:
-        _kernels.flash(a, n_threads)
+        if Lq <= _kernels.DECODE_MAX_LQ:
+            _kernels.flash_decode(a, n_threads, _decode_splits(N, Lk, n_threads))
+        else:
+            _kernels.flash(a, n_threads)
         weights = None
         if return_weights:
             if return_weights == "key_mass":
@@ -421,6 +424,15 @@ def _blocks(N, Lq, n_threads):
     while bq > 16 and N * -(-Lq // bq) < 2 * n_threads:
         bq //= 2
     return max(bq, 1), _BLOCK_K
+
+
+def _decode_splits(N, Lk, n_threads):
+    """Key splits per batch item on the decode path: enough work items to
+    feed every thread (4 per thread), never splits under 512 keys."""
+    if n_threads <= 1:
+        return 1
+    want = -(-4 * n_threads // max(N, 1))
+    return max(1, min(want, Lk // 512))
 
 
 def _strided(x, dtype):

@@ -83,6 +83,16 @@ cdef extern from "_src/flash.h" nogil:
     void cattn_flash_block_f32(const cattn_params *p, int64_t b, int64_t qb, void *scratch) noexcept
     void cattn_flash_block_f64(const cattn_params *p, int64_t b, int64_t qb, void *scratch) noexcept
     const char *cattn_isa_name()
+    int64_t CATTN_DECODE_MAX_LQ
+    size_t cattn_decode_scratch_bytes(const cattn_params *p, int is_double)
+    void cattn_decode_block_f32(const cattn_params *p, int64_t b, int64_t js, int64_t je,
+                                float *acc, float *mm, float *ll, void *scratch) noexcept
+    void cattn_decode_block_f64(const cattn_params *p, int64_t b, int64_t js, int64_t je,
+                                double *acc, double *mm, double *ll, void *scratch) noexcept
+    void cattn_decode_finish_f32(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
+                                 const float *acc, const float *mm, const float *ll) noexcept
+    void cattn_decode_finish_f64(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
+                                 const double *acc, const double *mm, const double *ll) noexcept
 
 
 MODE_ATTENTION = CATTN_MODE_ATTENTION
@@ -90,6 +100,7 @@ MODE_WEIGHTS = CATTN_MODE_WEIGHTS
 MODE_KEY_MASS = CATTN_MODE_KEY_MASS
 MODE_SCORES = CATTN_MODE_SCORES
 UNBOUNDED = CATTN_UNBOUNDED
+DECODE_MAX_LQ = CATTN_DECODE_MAX_LQ
 SCORE_KINDS = {"dot": CATTN_SCORE_DOT, "scaled_dot": CATTN_SCORE_DOT,
                "cosine": CATTN_SCORE_COSINE, "additive": CATTN_SCORE_ADDITIVE}
 
@@ -105,16 +116,7 @@ cdef inline const void *_ptr(object a):
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-def flash(dict a, int num_threads):
-    """Run the fused kernel over all (batch item, query block) pairs.
-
-    ``a`` holds the operands and geometry prepared by ``_api`` (see the
-    fields of ``cattn_params`` in ``_src/flash.h``).  Returns nothing; the
-    results are written into ``a["out"]``, ``a["lse"]``, ``a["weights"]``
-    or ``a["key_mass"]``.  Raises MemoryError if scratch cannot be had.
-    """
-    cdef cattn_params p
-    cdef object keep = []   # owns temporaries until the kernels are done
+cdef void _fill_params(cattn_params *p, dict a) except *:
     p.n_batch = a["n_batch"]; p.Lq = a["Lq"]; p.Lk = a["Lk"]
     p.D = a["D"]; p.Dv = a["Dv"]
     p.block_q = a["block_q"]; p.block_k = a["block_k"]
@@ -146,6 +148,18 @@ def flash(dict a, int num_threads):
     p.win_left = a.get("win_left", CATTN_UNBOUNDED)
     p.win_right = a.get("win_right", CATTN_UNBOUNDED)
 
+
+
+def flash(dict a, int num_threads):
+    """Run the fused kernel over all (batch item, query block) pairs.
+
+    ``a`` holds the operands and geometry prepared by ``_api`` (see the
+    fields of ``cattn_params`` in ``_src/flash.h``).  Returns nothing; the
+    results are written into ``a["out"]``, ``a["lse"]``, ``a["weights"]``
+    or ``a["key_mass"]``.  Raises MemoryError if scratch cannot be had.
+    """
+    cdef cattn_params p
+    _fill_params(&p, a)
     cdef bint is_double = a["q"].dtype == np.float64
     cdef int64_t n_qblocks = (p.Lq + p.block_q - 1) // p.block_q
     cdef int64_t n_work = p.n_batch * n_qblocks
@@ -275,3 +289,74 @@ def softmax_rows(floating[:, ::1] x, int num_threads):
             s = 1 / s
             for c in range(C):
                 x[r, c] = x[r, c] * s
+
+
+def flash_decode(dict a, int num_threads, int64_t n_split):
+    """The decode path: (batch item, key split) work items stream K and V
+    once and leave partial results, merged per query by the log-sum-exp
+    rule in a second loop of the same parallel region."""
+    cdef cattn_params p
+    _fill_params(&p, a)
+    cdef bint is_double = a["q"].dtype == np.float64
+    cdef int64_t N = p.n_batch, Lq = p.Lq, Dv = p.Dv, Lk = p.Lk
+    if N == 0 or Lq == 0:
+        return
+    dt = np.float64 if is_double else np.float32
+    part_acc = np.empty((N, n_split, Lq, max(Dv, 1)), dtype=dt)
+    part_m = np.empty((N, n_split, Lq), dtype=dt)
+    part_l = np.empty((N, n_split, Lq), dtype=dt)
+    cdef char *acc = <char *>cnp.PyArray_DATA(part_acc)
+    cdef char *mm = <char *>cnp.PyArray_DATA(part_m)
+    cdef char *ll = <char *>cnp.PyArray_DATA(part_l)
+    cdef size_t isz = 8 if is_double else 4
+    cdef int64_t chunk = (Lk + n_split - 1) // n_split
+    chunk = ((chunk + 63) // 64) * 64
+    cdef int64_t n_work = N * n_split, w, b, sp, js, je
+    cdef size_t scratch_bytes = cattn_decode_scratch_bytes(&p, is_double)
+    cdef int n_threads = num_threads
+    if n_threads > n_work:
+        n_threads = <int>n_work
+    if n_threads < 1:
+        n_threads = 1
+    cdef int failed[1]
+    failed[0] = 0
+    cdef void *raw = NULL
+    cdef void *scratch = NULL
+    with nogil, parallel(num_threads=n_threads):
+        raw = malloc(scratch_bytes + 64)
+        if raw == NULL:
+            failed[0] = 1
+        scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
+        for w in prange(n_work, schedule="dynamic"):
+            if raw != NULL:
+                b = w // n_split
+                sp = w % n_split
+                js = sp * chunk
+                je = js + chunk
+                if je > Lk:
+                    je = Lk
+                if is_double:
+                    cattn_decode_block_f64(&p, b, js, je,
+                                           <double *>(acc + w * Lq * Dv * isz),
+                                           <double *>(mm + w * Lq * isz),
+                                           <double *>(ll + w * Lq * isz), scratch)
+                else:
+                    cattn_decode_block_f32(&p, b, js, je,
+                                           <float *>(acc + w * Lq * Dv * isz),
+                                           <float *>(mm + w * Lq * isz),
+                                           <float *>(ll + w * Lq * isz), scratch)
+        free(raw)
+        for w in prange(N * Lq, schedule="static"):
+            b = w // Lq
+            if is_double:
+                cattn_decode_finish_f64(&p, b, w % Lq, n_split,
+                                        <double *>(acc + b * n_split * Lq * Dv * isz),
+                                        <double *>(mm + b * n_split * Lq * isz),
+                                        <double *>(ll + b * n_split * Lq * isz))
+            else:
+                cattn_decode_finish_f32(&p, b, w % Lq, n_split,
+                                        <float *>(acc + b * n_split * Lq * Dv * isz),
+                                        <float *>(mm + b * n_split * Lq * isz),
+                                        <float *>(ll + b * n_split * Lq * isz))
+    if failed[0]:
+        raise MemoryError("cattn: cannot allocate %d bytes of per-thread scratch" % scratch_bytes)

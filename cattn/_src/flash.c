@@ -116,3 +116,32 @@ void cattn_flash_block_f64(const cattn_params *p, int64_t b, int64_t qb, void *s
 #endif
     flash_block_f64_generic(p, b, qb, scratch);
 }
+
+size_t cattn_decode_scratch_bytes(const cattn_params *p, int is_double)
+{
+    return is_double ? decode_scratch_bytes_f64_generic(p) : decode_scratch_bytes_f32_generic(p);
+}
+
+#if CATTN_X86_DISPATCH
+#define CATTN_DISPATCH(fn, suffix, args) \
+    do { if (get_isa() == 1) { fn##_##suffix##_haswell args; return; } \
+         fn##_##suffix##_generic args; } while (0)
+#else
+#define CATTN_DISPATCH(fn, suffix, args) do { fn##_##suffix##_generic args; } while (0)
+#endif
+
+void cattn_decode_block_f32(const cattn_params *p, int64_t b, int64_t js, int64_t je,
+                            float *acc, float *mm, float *ll, void *scratch)
+{ CATTN_DISPATCH(decode_block, f32, (p, b, js, je, acc, mm, ll, scratch)); }
+
+void cattn_decode_block_f64(const cattn_params *p, int64_t b, int64_t js, int64_t je,
+                            double *acc, double *mm, double *ll, void *scratch)
+{ CATTN_DISPATCH(decode_block, f64, (p, b, js, je, acc, mm, ll, scratch)); }
+
+void cattn_decode_finish_f32(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
+                             const float *acc, const float *mm, const float *ll)
+{ CATTN_DISPATCH(decode_finish, f32, (p, b, i, n_split, acc, mm, ll)); }
+
+void cattn_decode_finish_f64(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
+                             const double *acc, const double *mm, const double *ll)
+{ CATTN_DISPATCH(decode_finish, f64, (p, b, i, n_split, acc, mm, ll)); }

@@ -36,6 +36,9 @@ extern "C" {
 enum { CATTN_SCORE_DOT = 0, CATTN_SCORE_COSINE = 1, CATTN_SCORE_ADDITIVE = 2 };
 enum { CATTN_MODE_ATTENTION = 0, CATTN_MODE_WEIGHTS = 1, CATTN_MODE_KEY_MASS = 2, CATTN_MODE_SCORES = 3 };
 
+/* The decode path serves calls with at most this many queries. */
+#define CATTN_DECODE_MAX_LQ 8
+
 /* Window bounds at or beyond this magnitude mean "unbounded". */
 #define CATTN_UNBOUNDED ((int64_t)1 << 62)
 
@@ -74,6 +77,19 @@ size_t cattn_scratch_bytes(const cattn_params *p, int is_double);
    at least cattn_scratch_bytes() long.  Never fails. */
 void cattn_flash_block_f32(const cattn_params *p, int64_t b, int64_t qb, void *scratch);
 void cattn_flash_block_f64(const cattn_params *p, int64_t b, int64_t qb, void *scratch);
+
+/* Decode path (Lq <= CATTN_DECODE_MAX_LQ): one (batch item, key range)
+   leaves unnormalised partials acc (Lq x Dv), running max mm and sum ll
+   (Lq); finish merges n_split partials of query i into out/lse. */
+size_t cattn_decode_scratch_bytes(const cattn_params *p, int is_double);
+void cattn_decode_block_f32(const cattn_params *p, int64_t b, int64_t js, int64_t je,
+                            float *acc, float *mm, float *ll, void *scratch);
+void cattn_decode_block_f64(const cattn_params *p, int64_t b, int64_t js, int64_t je,
+                            double *acc, double *mm, double *ll, void *scratch);
+void cattn_decode_finish_f32(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
+                             const float *acc, const float *mm, const float *ll);
+void cattn_decode_finish_f64(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
+                             const double *acc, const double *mm, const double *ll);
 
 /* Name of the micro-kernel variant in use ("haswell" or "generic"). */
 const char *cattn_isa_name(void);

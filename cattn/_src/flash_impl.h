@@ -545,6 +545,217 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
     }
 }
 
+
+/* ---------------------------------------------------------------------- */
+/* Decode: few queries (Lq <= CATTN_DECODE_MAX_LQ), many keys.  Not a GEMM: */
+/* K and V are streamed once per key range with vector dot products and    */
+/* axpys.  A work item is (batch item, key split); it leaves unnormalised  */
+/* partial results (acc, running max m, sum l) that decode_finish merges   */
+/* with the log-sum-exp rule.                                              */
+/* ---------------------------------------------------------------------- */
+#define DCH 64   /* keys per chunk: their scores stay in L1 */
+
+static inline T SUF(hsum)(V x)
+{
+    T s = 0;
+    for (int v = 0; v < VL; v++) s += x[v];
+    return s;
+}
+
+static inline T SUF(dot)(const T *a, const T *b, int64_t n)
+{
+    V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
+    int64_t d = 0;
+    for (; d + 4 * VL <= n; d += 4 * VL) {
+        c0 += vload(a + d) * vload(b + d);
+        c1 += vload(a + d + VL) * vload(b + d + VL);
+        c2 += vload(a + d + 2 * VL) * vload(b + d + 2 * VL);
+        c3 += vload(a + d + 3 * VL) * vload(b + d + 3 * VL);
+    }
+    for (; d + VL <= n; d += VL) c0 += vload(a + d) * vload(b + d);
+    T s = SUF(hsum)((c0 + c1) + (c2 + c3));
+    for (; d < n; d++) s += a[d] * b[d];
+    return s;
+}
+
+static inline void SUF(axpy)(T alpha, const T *x, T *y, int64_t n)
+{
+    const V a = vset1(alpha);
+    int64_t d = 0;
+    for (; d + 2 * VL <= n; d += 2 * VL) {
+        vstore(y + d, vload(y + d) + a * vload(x + d));
+        vstore(y + d + VL, vload(y + d + VL) + a * vload(x + d + VL));
+    }
+    for (; d + VL <= n; d += VL) vstore(y + d, vload(y + d) + a * vload(x + d));
+    for (; d < n; d++) y[d] += alpha * x[d];
+}
+
+__attribute__((unused)) static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
+{
+    return (size_t)(CATTN_DECODE_MAX_LQ * RUP16(p->D) + RUP16(p->D) + 4 * DCH) * sizeof(T) + 64;
+}
+
+static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int64_t je,
+                              T *acc, T *mm, T *ll, void *scratch)
+{
+    const int64_t D = p->D, Dv = p->Dv, Lq = p->Lq, Lk = p->Lk;
+    const int64_t D16 = RUP16(D);
+    T *qs = (T *)scratch;                          /* Lq x D16 */
+    T *tmp = qs + CATTN_DECODE_MAX_LQ * D16;       /* D16 */
+    T *s = tmp + D16;                              /* DCH */
+    T *inv_k = s + DCH;                            /* DCH */
+    T *e = inv_k + DCH;                            /* DCH */
+    const int64_t q_len = p->q_len ? p->q_len[b] : Lq;
+    const int64_t kv_len = p->kv_len ? p->kv_len[b] : Lk;
+    const int64_t nq = imax(0, imin(Lq, q_len));
+    const int64_t shift = Lk - Lq;
+    const int64_t wl = p->win_left, wr = p->win_right;
+    const int score = p->score_kind;
+    const T scale = (T)p->scale[b];
+    const T softcap = (T)p->softcap;
+    const T *Q = (const T *)p->q + p->q_off[b];
+    const T *K = (const T *)p->k + p->k_off[b];
+    const T *Vm = (const T *)p->v + p->v_off[b];
+    const uint8_t *mask = p->mask ? p->mask + p->mask_off[b] : NULL;
+    const T *bias = p->bias ? (const T *)p->bias + p->bias_off[b] : NULL;
+    const int64_t *qseg = p->q_seg ? p->q_seg + p->q_seg_off[b] : NULL;
+    const int64_t *kseg = p->kv_seg ? p->kv_seg + p->kv_seg_off[b] : NULL;
+    const T *addw = (const T *)p->add_w;
+
+    for (int64_t i = 0; i < Lq; i++) {
+        mm[i] = -INFINITY; ll[i] = 0;
+        for (int64_t c = 0; c < Dv; c++) acc[i * Dv + c] = 0;
+    }
+    je = imin(je, kv_len);
+    if (js >= je || nq == 0) return;
+
+    for (int64_t i = 0; i < nq; i++) {
+        const T *qr = Q + i * p->q_rs;
+        T f = score == CATTN_SCORE_ADDITIVE ? (T)1 : scale;
+        if (score == CATTN_SCORE_COSINE) {
+            T ss = 0;
+            for (int64_t d = 0; d < D; d++) ss += qr[d * p->q_cs] * qr[d * p->q_cs];
+            T nrm = (T)sqrt((double)ss);
+            f = scale / (nrm > (T)1e-8 ? nrm : (T)1e-8);
+        }
+        for (int64_t d = 0; d < D; d++) qs[i * D16 + d] = qr[d * p->q_cs] * f;
+    }
+
+    for (int64_t j0 = js; j0 < je; j0 += DCH) {
+        const int64_t nk = imin(DCH, je - j0);
+        if (score == CATTN_SCORE_COSINE)
+            for (int64_t j = 0; j < nk; j++) {
+                const T *kr = K + (j0 + j) * p->k_rs;
+                T nrm = (T)sqrt((double)SUF(dot)(kr, kr, D));
+                inv_k[j] = (T)1 / (nrm > (T)1e-8 ? nrm : (T)1e-8);
+            }
+        for (int64_t i = 0; i < nq; i++) {
+            const int64_t pos = i + shift;
+            int64_t jlo = j0, jhi = j0 + nk;
+            if (wl < CATTN_UNBOUNDED) jlo = imax(jlo, pos - wl);
+            if (wr < CATTN_UNBOUNDED) jhi = imin(jhi, pos + wr + 1);
+            if (jlo >= jhi) continue;
+            const T *qi = qs + i * D16;
+            const int64_t qsg = qseg ? qseg[i * p->q_seg_s] : 0;
+            T mc = -INFINITY;
+            for (int64_t j = jlo; j < jhi; j++) {
+                const T *kr = K + j * p->k_rs;
+                T sc;
+                if (score == CATTN_SCORE_ADDITIVE) {
+                    V acc0 = {0};
+                    int64_t d = 0;
+                    for (; d + VL <= D; d += VL)
+                        acc0 += vload(addw + d) * vtanh(vload(qi + d) + vload(kr + d));
+                    sc = SUF(hsum)(acc0);
+                    for (; d < D; d++) sc += addw[d] * SUF(tanh1)(qi[d] + kr[d]);
+                    sc *= scale;
+                } else {
+                    sc = SUF(dot)(qi, kr, D);
+                    if (score == CATTN_SCORE_COSINE) sc *= inv_k[j - j0];
+                }
+                if (softcap > 0) sc = softcap * SUF(tanh1)(sc / softcap);
+                int keep = 1;
+                if (mask && !mask[i * p->mask_rs + j * p->mask_cs]) keep = 0;
+                if (kseg && kseg[j * p->kv_seg_s] != qsg) keep = 0;
+                if (keep && bias) {
+                    T bb = bias[i * p->bias_rs + j * p->bias_cs];
+                    if (bb == -INFINITY) keep = 0; else sc += bb;
+                }
+                if (!keep) sc = -INFINITY;
+                s[j - jlo] = sc;
+                if (sc > mc) mc = sc;
+            }
+            const int64_t n = jhi - jlo;
+            T mold = mm[i];
+            T mnew = mc > mold ? mc : mold;
+            T msub = mnew == -INFINITY ? (T)0 : mnew;
+            if (mnew != mold && mold != -INFINITY) {
+                T a = (T)exp((double)(mold - mnew));
+                ll[i] *= a;
+                for (int64_t c = 0; c < Dv; c++) acc[i * Dv + c] *= a;
+            }
+            int64_t j = 0;
+            for (; j + VL <= n; j += VL) vstore(e + j, vexp(vload(s + j) - msub));
+            for (; j < n; j++) { V t = vset1(s[j] - msub); e[j] = vexp(t)[0]; }
+            T lsum = 0;
+            for (j = 0; j < n; j++) {
+                if (s[j] == -INFINITY) continue;      /* masked: V never touched */
+                lsum += e[j];
+                SUF(axpy)(e[j], Vm + (jlo + j) * p->v_rs, acc + i * Dv, Dv);
+            }
+            ll[i] += lsum;
+            mm[i] = mnew;
+        }
+    }
+}
+
+static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
+                               const T *acc, const T *mm, const T *ll)
+{
+    /* partial s of (b, i): acc[s * Lq * Dv + i * Dv], mm/ll[s * Lq + i] */
+    const int64_t Lq = p->Lq, Dv = p->Dv;
+    const int64_t q_len = p->q_len ? p->q_len[b] : Lq;
+    T *orow = (T *)p->out + p->out_off[b] + i * p->out_rs;
+    T *lse = p->lse ? (T *)p->lse + b * Lq : NULL;
+    T M = -INFINITY;
+    for (int64_t s = 0; s < n_split; s++) { T m = mm[s * Lq + i]; if (m > M) M = m; }
+    T L = 0;
+    int any_nan = 0;
+    for (int64_t s = 0; s < n_split; s++) {
+        T l = ll[s * Lq + i];
+        if (l != l) any_nan = 1;
+        if (mm[s * Lq + i] != -INFINITY) L += l * (T)exp((double)(mm[s * Lq + i] - M));
+    }
+    if (any_nan) L = NAN;
+    const T M0 = M;
+    T f_extra = 1;
+    if (p->sinks && i < q_len) {
+        const T sink = (T)p->sinks[b];
+        T mf = M > sink ? M : sink;
+        T am = (M == -INFINITY) ? (T)0 : (T)exp((double)(M - mf));
+        L = L * am + (T)exp((double)(sink - mf));
+        f_extra = am;
+        M = mf;
+    }
+    if (i >= q_len || L == 0) {
+        for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] = 0;
+        if (lse) lse[i] = -INFINITY;
+        return;
+    }
+    for (int64_t c = 0; c < Dv; c++) {
+        T o = 0;
+        for (int64_t s = 0; s < n_split; s++) {
+            T m = mm[s * Lq + i];
+            if (m == -INFINITY && ll[s * Lq + i] == 0) continue;   /* empty split */
+            T w = (m == -INFINITY) ? (T)1 : (T)exp((double)(m - M0));
+            o += acc[(s * Lq + i) * Dv + c] * w;
+        }
+        orow[c * p->out_cs] = o * f_extra / L;
+    }
+    if (lse) lse[i] = M + (T)log((double)L);
+}
+#undef DCH
+
 #undef V
 #undef VU
 #undef VI
