@@ -266,6 +266,14 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     >>> np.round(out, 3)
     array([[12.689]])
     """
+    if (mask is None and bias is None and causal is False and window is None
+            and additive_weight is None and return_weights is False
+            and return_lse is False and out is None and kv_lengths is None
+            and q_lengths is None and q_segments is None and kv_segments is None
+            and softcap is None and sinks is None):
+        res = _attention_fast(query, key, value, score, scale, num_threads)
+        if res is not None:
+            return res
     score = _check_score(score)
     if return_weights not in (False, True, "key_mass") or \
             isinstance(return_weights, (int, float)) and not isinstance(return_weights, bool):
@@ -415,6 +423,44 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     if return_lse:
         ret.append(lse.reshape(tuple(out_lead) + (Lq,)).astype(rdt, copy=False))
     return ret[0] if len(ret) == 1 else tuple(ret)
+
+
+_FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _attention_fast(q, k, v, score, scale, num_threads):
+    """The plainest small call, served without the general machinery:
+    returns None whenever anything is not plain (the general path then
+    validates and runs it)."""
+    if not (type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
+        return None
+    dt = q.dtype
+    nd = q.ndim
+    if (dt not in _FAST_DTYPES or k.dtype != dt or v.dtype != dt or nd < 2
+            or k.ndim != nd or v.ndim != nd):
+        return None
+    qs, ks, vs = q.shape, k.shape, v.shape
+    if qs[:-2] != ks[:-2] or qs[:-2] != vs[:-2] or qs[-1] != ks[-1] or ks[-2] != vs[-2]:
+        return None
+    if not (q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous):
+        return None
+    if q.size == 0 or k.size == 0 or v.size == 0 or qs[-2] <= _kernels.DECODE_MAX_LQ:
+        return None
+    if num_threads is not None and num_threads != 1 or type(num_threads) is bool:
+        return None
+    if num_threads is None and q.size // qs[-1] * ks[-2] * qs[-1] >= _SERIAL_WORK:
+        return None
+    if score == "scaled_dot":
+        kind = 0
+        s = 1.0 / math.sqrt(qs[-1]) if scale is None else scale
+    elif score == "dot" or score == "cosine":
+        kind = 0 if score == "dot" else 1
+        s = 1.0 if scale is None else scale
+    else:
+        return None
+    if type(s) is not float or not math.isfinite(s):
+        return None
+    return _kernels.flash_serial_contiguous(q, k, v, s, kind)
 
 
 def _blocks(N, Lq, n_threads):

@@ -22,6 +22,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 from libc.math cimport exp, expf, INFINITY
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
@@ -360,3 +361,72 @@ def flash_decode(dict a, int num_threads, int64_t n_split):
                                         <float *>(ll + b * n_split * Lq * isz))
     if failed[0]:
         raise MemoryError("cattn: cannot allocate %d bytes of per-thread scratch" % scratch_bytes)
+
+
+def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double scale,
+                            int score_kind):
+    """Fast path of ``attention`` for small plain calls on the calling thread:
+    C-contiguous q, k, v of one float dtype, identical leading dims, more
+    than DECODE_MAX_LQ queries, no options (the caller checks all that).
+    Skips the general operand machinery (offsets are built here in C),
+    which otherwise dominates the cost of tiny calls."""
+    cdef int nd = q.ndim
+    cdef int64_t Lq = q.shape[nd - 2], D = q.shape[nd - 1]
+    cdef int64_t Lk = k.shape[nd - 2], Dv = v.shape[nd - 1]
+    cdef int64_t N = 1, b
+    cdef int ax
+    for ax in range(nd - 2):
+        N *= q.shape[ax]
+    cdef cnp.npy_intp dims[32]
+    for ax in range(nd - 1):
+        dims[ax] = q.shape[ax]
+    dims[nd - 1] = Dv
+    cdef bint is_double = q.descr.type_num == cnp.NPY_DOUBLE
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, q.descr.type_num, 0)
+    cdef int64_t *offs = <int64_t *>malloc(4 * N * sizeof(int64_t) + N * sizeof(double))
+    if offs == NULL:
+        raise MemoryError()
+    cdef double *scales = <double *>(offs + 4 * N)
+    for b in range(N):
+        offs[b] = b * Lq * D
+        offs[N + b] = b * Lk * D
+        offs[2 * N + b] = b * Lk * Dv
+        offs[3 * N + b] = b * Lq * Dv
+        scales[b] = scale
+    cdef cattn_params p
+    memset(&p, 0, sizeof(p))
+    p.n_batch = N; p.Lq = Lq; p.Lk = Lk; p.D = D; p.Dv = Dv
+    p.score_kind = score_kind; p.mode = CATTN_MODE_ATTENTION
+    p.q = cnp.PyArray_DATA(q); p.q_off = offs; p.q_rs = D; p.q_cs = 1
+    p.k = cnp.PyArray_DATA(k); p.k_off = offs + N; p.k_rs = D
+    p.v = cnp.PyArray_DATA(v); p.v_off = offs + 2 * N; p.v_rs = Dv
+    p.out = cnp.PyArray_DATA(out); p.out_off = offs + 3 * N; p.out_rs = Dv; p.out_cs = 1
+    p.scale = scales
+    p.win_left = CATTN_UNBOUNDED; p.win_right = CATTN_UNBOUNDED
+    cdef int64_t bq = 128
+    cdef int64_t n_qblocks, n_work, w
+    cdef size_t scratch_bytes
+    cdef void *raw
+    cdef void *scratch
+    try:
+        bq = ((Lq + 15) // 16) * 16
+        if bq > 128:
+            bq = 128
+        p.block_q = bq; p.block_k = 128
+        n_qblocks = (Lq + bq - 1) // bq
+        n_work = N * n_qblocks
+        scratch_bytes = cattn_scratch_bytes(&p, is_double)
+        raw = malloc(scratch_bytes + 64)
+        if raw == NULL:
+            raise MemoryError()
+        scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
+        with nogil:
+            for w in range(n_work):
+                if is_double:
+                    cattn_flash_block_f64(&p, w // n_qblocks, w % n_qblocks, scratch)
+                else:
+                    cattn_flash_block_f32(&p, w // n_qblocks, w % n_qblocks, scratch)
+        free(raw)
+        return out
+    finally:
+        free(offs)
