@@ -24,6 +24,7 @@ from ._api import (
 )
 from ._config import show_config
 from . import reference
+from .explain import Explanation, explain
 
 __all__ = [
     "attention", "scores", "softmax", "aggregate", "merge",
@@ -31,10 +32,3 @@ __all__ = [
     "explain", "__version__",
 ]
 
-
-def __getattr__(name):
-    # explain pulls in nothing heavy, but keep import of cattn minimal.
-    if name in ("explain", "Explanation"):
-        from . import explain as _explain_mod
-        return getattr(_explain_mod, name)
-    raise AttributeError(f"module 'cattn' has no attribute {name!r}")

@@ -12,7 +12,6 @@ import numpy as np
 
 from . import _kernels
 from ._openmp_helpers import (
-    _get_user_n_threads,
     _openmp_effective_n_threads,
     _set_user_n_threads,
 )
@@ -59,7 +58,8 @@ def get_num_threads():
 
 def set_num_threads(n):
     """Set the default thread count of cattn's calls; returns the previous
-    setting (``None`` when none was set).  ``None`` goes back to the default.
+    thread count (what :func:`get_num_threads` gave).  ``None`` goes back to
+    the default resolution.
 
     Examples
     --------
@@ -67,10 +67,12 @@ def set_num_threads(n):
     >>> previous = cattn.set_num_threads(1)
     >>> cattn.get_num_threads()
     1
-    >>> _ = cattn.set_num_threads(previous)
+    >>> _ = cattn.set_num_threads(None)
     """
     n = check_num_threads(n)
-    return _set_user_n_threads(n)
+    previous = get_num_threads()
+    _set_user_n_threads(n)
+    return previous
 
 
 def _threads(num_threads, work):
@@ -389,7 +391,9 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     bq, bk = _blocks(N, Lq, n_threads)
     a["block_q"], a["block_k"] = bq, bk
     if N and Lq:
-        if Lq <= _kernels.DECODE_MAX_LQ:
+        # With weights asked for, both passes take the tile path so the
+        # weights see bit-identical scores to the lse they are divided by.
+        if Lq <= _kernels.DECODE_MAX_LQ and not return_weights:
             _kernels.flash_decode(a, n_threads, _decode_splits(N, Lk, n_threads))
         else:
             _kernels.flash(a, n_threads)
@@ -786,8 +790,8 @@ def merge(outputs, lses):
     total = w.sum(axis=0)
     out = np.zeros(outputs[0].shape, dtype=dt)
     for o, wi, li in zip(outputs, w, L):
-        contrib = np.where(np.isneginf(li)[..., None], 0, wi[..., None] * o)
-        out += contrib
+        with np.errstate(invalid="ignore", over="ignore"):
+            out += np.where(np.isneginf(li)[..., None], 0, wi[..., None] * o)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where((total == 0)[..., None], 0, out / total[..., None])
         lse = np.where(total == 0, -np.inf, m_safe + np.log(total))

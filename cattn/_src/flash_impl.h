@@ -37,7 +37,13 @@ typedef int32_t SUF(VIU) __attribute__((vector_size(32), aligned(4)));
 
 static inline V SUF(vload)(const T *p) { return (V)(*(const VU *)p); }
 static inline void SUF(vstore)(T *p, V x) { *(VU *)p = (VU)x; }
-static inline V SUF(vset1)(T x) { V r = {0}; return r + x; }
+static inline V SUF(vset1)(T x)
+{
+    /* not `zero + x`: that turns -0.0 into +0.0 */
+    V r;
+    for (int v = 0; v < VL; v++) r[v] = x;
+    return r;
+}
 /* bitwise select: m ? a : b, m a lane mask from a vector comparison */
 static inline V SUF(vsel)(VI m, V a, V b) { return (V)((m & (VI)a) | (~m & (VI)b)); }
 /* max that ignores a NaN in `a` (the new value): keeps b then */
@@ -434,7 +440,8 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
                 const T l = lse[i0 + i];
                 for (int64_t j = 0; j < nk; j++) {
                     T s = ST[j * ld + i];
-                    T w = (s == -INFINITY || l == -INFINITY) ? (T)0 : (T)exp((double)(s - l));
+                    T d = s - l;   /* <= 0 up to rounding; NaN stays NaN */
+                    T w = (s == -INFINITY || l == -INFINITY) ? (T)0 : (T)exp((double)(d > 0 ? 0 : d));
                     ST[j * ld + i] = w;
                 }
             }

@@ -1,0 +1,175 @@
+"""The ``cattn`` command line: ``cattn demo``, ``cattn info``, ``cattn bench``.
+
+``main(argv)`` returns the exit status instead of exiting, so it can be
+called from Python (``cattn._cli.main(["demo", "--lang", "zh"])``); the
+console script and ``python -m cattn`` pass it to ``sys.exit``.
+
+Exit status: 0 on success, 2 for wrong arguments (argparse prints a short
+usage line and a one-line error), 1 when a command fails.
+"""
+
+import argparse
+import os
+import sys
+
+__all__ = ["main", "build_parser"]
+
+_PROG = "cattn"
+
+
+def _emit(text, stream=None):
+    """Print ``text``; never die on a console that cannot encode it."""
+    stream = sys.stdout if stream is None else stream
+    try:
+        print(text, file=stream)
+    except UnicodeEncodeError:
+        enc = getattr(stream, "encoding", None) or "ascii"
+        print(text.encode(enc, errors="replace").decode(enc, errors="replace"), file=stream)
+    stream.flush()
+
+
+def _error(msg):
+    _emit(f"{_PROG}: error: {msg}", sys.stderr)
+
+
+def _version():
+    try:
+        import cattn
+        return getattr(cattn, "__version__", "unknown")
+    except Exception:  # pragma: no cover - broken install
+        return "unknown"
+
+
+def build_parser():
+    """The argparse parser of the ``cattn`` command."""
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description="cattn: fast, exact attention for NumPy on multicore CPUs.",
+        epilog="Run 'cattn COMMAND --help' for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo", help="attention explained step by step with a newspaper example",
+        description="Walk through attention's three stages (similarity, softmax, "
+                    "weighted sum) with the newspaper example, for every similarity "
+                    "function (dot, scaled_dot, cosine, additive).")
+    demo.add_argument("--lang", choices=("en", "zh"), default="en",
+                      help="language of the explanation (default: en)")
+    demo.add_argument("--plot", metavar="FILE.png", default=None,
+                      help="also save a heatmap of the attention weights to FILE "
+                           "(needs matplotlib: pip install \"cattn[plot]\")")
+
+    sub.add_parser(
+        "info", help="show how cattn was built and how it runs (threads, SIMD, ...)",
+        description="Print cattn's build and runtime configuration "
+                    "(cattn.show_config()).")
+
+    bench = sub.add_parser(
+        "bench", help="benchmark cattn's attention (options: cattn bench --help)",
+        description="Benchmark cattn's attention kernels; every argument after "
+                    "'bench' is passed to cattn._bench.main().",
+        add_help=False)
+    bench.add_argument("-h", "--help", action="store_true",
+                       help="show the benchmark's options and exit")
+    parser.bench_parser = bench  # for "cattn bench --help" without cattn._bench
+    return parser
+
+
+def _run_demo(ns):
+    from ._demo import run_demo
+    if ns.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            _error("--plot needs matplotlib; install it with: pip install \"cattn[plot]\"")
+            return 1
+    try:
+        text = run_demo(lang=ns.lang, plot=ns.plot)
+    except OSError as exc:  # e.g. the plot file cannot be written
+        _error(f"cannot write {ns.plot}: {exc}")
+        return 1
+    _emit(text)
+    return 0
+
+
+def _run_info(ns):
+    try:
+        import cattn
+        show = cattn.show_config
+    except (ImportError, AttributeError) as exc:
+        _error(f"cannot show the configuration: {exc}")
+        return 1
+    result = show()
+    if isinstance(result, str) and result:
+        _emit(result)
+    return 0
+
+
+def _run_bench(args):
+    """Delegate ``cattn bench ARGS`` to ``cattn._bench.main(ARGS)``."""
+    try:
+        from . import _bench
+        bench_main = _bench.main
+    except (ImportError, AttributeError) as exc:
+        if any(a in ("-h", "--help") for a in args):
+            build_parser().bench_parser.print_help()
+            _emit("\n(the benchmark module cattn._bench is not available in this install)")
+            return 0
+        _error(f"'bench' is not available: cattn._bench cannot be imported ({exc})")
+        return 2
+    try:
+        rc = bench_main(list(args))
+    except SystemExit as exc:  # an argparse-based benchmark exits on --help / errors
+        rc = exc.code
+    return _exit_code(rc)
+
+
+def _exit_code(rc):
+    if rc is None:
+        return 0
+    if isinstance(rc, bool):
+        return int(rc)
+    if isinstance(rc, int):
+        return rc
+    _emit(str(rc), sys.stderr)  # sys.exit("message") convention
+    return 1
+
+
+def main(argv=None):
+    """Run the ``cattn`` command line and return its exit status."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # e.g. "cattn demo | head": stop quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # pragma: no cover
+            pass
+        return 1
+
+
+def _main(argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # "cattn bench ..." hands every later argument, options included, to the
+    # benchmark, so it is split off before argparse can reject them.
+    if argv and argv[0] == "bench":
+        return _run_bench(argv[1:])
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as exc:  # --help / --version (0) and usage errors (2)
+        return _exit_code(exc.code)
+    if ns.command is None:
+        parser.print_usage(sys.stderr)
+        _error("a command is required (demo, info or bench)")
+        return 2
+    if ns.command == "demo":
+        return _run_demo(ns)
+    if ns.command == "info":
+        return _run_info(ns)
+    return _run_bench([])  # pragma: no cover - "bench" is split off above
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""Tests of cattn.explain, the newspaper demo and the ``cattn`` command line."""
+import os
+import pathlib
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import cattn
+from cattn import reference
+from cattn._cli import main
+from cattn._demo import SCORES, newspaper, run_demo
+from cattn.explain import Comparison, Explanation, explain
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TIGHT = dict(rtol=1e-12, atol=1e-12)
+
+
+@pytest.fixture
+def qkv():
+    rng = np.random.default_rng(1234)
+    return (rng.standard_normal((3, 5)), rng.standard_normal((7, 5)),
+            rng.standard_normal((7, 4)))
+
+
+def _reference(q, k, v, **kw):
+    return reference.attention(q, k, v, return_weights=True, **kw)
+
+
+# --------------------------------------------------------------------- numbers
+@pytest.mark.parametrize("score", SCORES)
+def test_matches_reference(qkv, score):
+    q, k, v = qkv
+    e = explain(q, k, v, score=score)
+    assert isinstance(e, Explanation)
+    out, w = _reference(q, k, v, score=score)
+    np.testing.assert_allclose(e.weights.sum(axis=-1), 1.0, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(e.scores, reference.scores(q, k, score=score), **TIGHT)
+    np.testing.assert_allclose(e.weights, w, **TIGHT)
+    np.testing.assert_allclose(e.output, out, **TIGHT)
+    assert e.output.dtype == np.float64
+    assert e.max_abs_diff is not None and e.max_abs_diff < 1e-12
+    assert e.score == score and e.labels == [f"k{i}" for i in range(1, 8)]
+
+
+def test_single_query_and_scalar_values():
+    q = np.array([1.0, 0.5])
+    k = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    v = np.array([10.0, 20.0, 30.0])
+    e = explain(q, k, v, score="dot")
+    assert e.scores.shape == (3,) and e.weights.shape == (3,) and e.output.shape == ()
+    np.testing.assert_allclose(e.scores, [1.0, 0.5, 1.5], **TIGHT)
+    out, w = _reference(q[None], k, v[:, None], score="dot")
+    np.testing.assert_allclose(e.weights, w[0], **TIGHT)
+    np.testing.assert_allclose(e.output, out[0, 0], **TIGHT)
+    assert e.most_attended == "k3"
+
+    e2 = explain(q, k, np.stack([v, -v], axis=1), score="dot")
+    assert e2.output.shape == (2,)
+    np.testing.assert_allclose(e2.output, [out[0, 0], -out[0, 0]], **TIGHT)
+
+
+@pytest.mark.parametrize("opts", [
+    {"scale": 0.25},
+    {"score": "additive", "additive_weight": [0.5, -1.0, 2.0, 0.0, 1.0]},
+    {"causal": True},
+    {"window": (1, 0)},
+    {"mask": np.array([True, False, True, True, False, True, True])},
+    {"bias": np.linspace(-1.0, 1.0, 7)},
+])
+def test_options_match_reference(qkv, opts):
+    q, k, v = qkv
+    e = explain(q, k, v, **opts)
+    out, w = _reference(q, k, v, **opts)
+    np.testing.assert_allclose(e.weights, w, **TIGHT)
+    np.testing.assert_allclose(e.output, out, **TIGHT)
+    np.testing.assert_allclose(e.weights.sum(axis=-1), 1.0, rtol=0, atol=1e-12)
+    masked = np.isneginf(e.masked_scores)
+    assert np.all(e.weights[masked] == 0.0)
+    if "mask" in opts or "causal" in opts or "window" in opts:
+        assert masked.any()
+        assert "masked" in str(e)
+
+
+def test_fully_masked_row(qkv):
+    q, k, v = qkv
+    mask = np.ones((3, 7), dtype=bool)
+    mask[1] = False
+    e = explain(q, k, v, mask=mask)
+    assert np.all(e.weights[1] == 0.0) and np.all(e.output[1] == 0.0)
+    np.testing.assert_allclose(e.output, _reference(q, k, v, mask=mask)[0], **TIGHT)
+    assert e.most_attended[1] is None
+    assert "every key is masked" in str(e)
+
+
+def test_float32_stays_float32(qkv):
+    q, k, v = (x.astype(np.float32) for x in qkv)
+    e = explain(q, k, v, score="cosine")
+    assert e.weights.dtype == np.float32 and e.output.dtype == np.float32
+    np.testing.assert_allclose(e.output, _reference(q, k, v, score="cosine")[0],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_check_catches_a_disagreeing_fused_kernel(qkv, monkeypatch):
+    q, k, v = qkv
+    real = cattn.attention
+    monkeypatch.setattr(cattn, "attention", lambda *a, **kw: real(*a, **kw) + 1e-3)
+    with pytest.raises(RuntimeError, match="disagree"):
+        explain(q, k, v)
+    e = explain(q, k, v, check=False)           # the staged numbers are still right
+    assert e.max_abs_diff is None
+    np.testing.assert_allclose(e.output, _reference(q, k, v)[0], **TIGHT)
+
+
+@pytest.mark.parametrize("bad, exc", [
+    (dict(score="euclid"), ValueError),
+    (dict(score=[]), ValueError),
+    (dict(lang="fr"), ValueError),
+    (dict(labels=["a", "b"]), ValueError),
+    (dict(value_labels=["x"]), ValueError),
+    (dict(softcap=3.0), TypeError),
+    (dict(mask=np.ones(7)), TypeError),
+])
+def test_bad_arguments(qkv, bad, exc):
+    q, k, v = qkv
+    with pytest.raises(exc):
+        explain(q, k, v, **bad)
+
+
+def test_bad_shapes(qkv):
+    q, k, v = qkv
+    with pytest.raises(ValueError):
+        explain(q[:, :4], k, v)                    # D differs
+    with pytest.raises(ValueError):
+        explain(q, k, v[:5])                       # Lk differs
+    with pytest.raises(ValueError):
+        explain(q[None], k, v)                     # 3-D query
+
+
+# ------------------------------------------------------------------------ text
+def test_text_shows_three_stages_and_labels():
+    d = newspaper("en")
+    e = explain(d["query"], d["keys"], d["values"], labels=d["labels"],
+                value_labels=d["value_labels"], score="scaled_dot")
+    text = str(e)
+    assert text == repr(e)
+    pos = [text.index(f"Stage {i}") for i in (1, 2, 3)]
+    assert pos == sorted(pos)
+    for word in ("cattn.scores", "cattn.softmax", "cattn.aggregate", "Q·k_i / √D",
+                 "exp(s_i)", "V′", "\u2588", "share", *d["labels"], *d["value_labels"]):
+        assert word in text, word
+    # the bar and the marker sit on the most attended key's row
+    top_line = next(line for line in text.splitlines() if "most attention" in line)
+    assert top_line.split()[0] == e.most_attended == "technology"
+    # every weight is printed
+    for w in e.weights:
+        assert f"{w:.3f}" in text
+
+
+def test_text_chinese():
+    d = newspaper("zh")
+    e = explain(d["query"], d["keys"], d["values"], labels=d["labels"], lang="zh")
+    text = str(e)
+    for word in ("阶段一", "阶段二", "阶段三", "查询", "键", "值", "softmax",
+                 "体育", "科技", "股票", "健康", "最受关注"):
+        assert word in text, word
+    assert "Stage" not in text
+    assert "Stage 1" in e.to_text(lang="en")        # re-render in another language
+
+
+@pytest.mark.parametrize("score, formula", [
+    ("dot", "Q·k_i = Σ_d"), ("scaled_dot", "/ √D"), ("cosine", "‖Q‖·‖k_i‖"),
+    ("additive", "w_d·tanh(Q_d + k_id)"),
+])
+def test_formula_named(qkv, score, formula):
+    q, k, v = qkv
+    assert formula in str(explain(q, k, v, score=score))
+
+
+def test_long_inputs_are_truncated():
+    rng = np.random.default_rng(0)
+    q, k, v = rng.standard_normal((9, 3)), rng.standard_normal((40, 3)), rng.standard_normal((40, 2))
+    text = explain(q, k, v).to_text(max_keys=5, max_queries=2)
+    assert "35 more keys" in text and "7 more queries" in text
+    assert "k6" not in text
+
+
+# ------------------------------------------------------------------ comparison
+def test_comparison():
+    d = newspaper("en")
+    c = explain(d["query"], d["keys"], d["values"], labels=d["labels"],
+                score=["dot", "cosine", "additive"], additive_weight=d["additive_weight"])
+    assert isinstance(c, Comparison) and len(c) == 3
+    assert c.score == ("dot", "cosine", "additive")
+    for name in c.score:
+        single = explain(d["query"], d["keys"], d["values"], labels=d["labels"], score=name,
+                         additive_weight=d["additive_weight"])
+        np.testing.assert_allclose(c[name].weights, single.weights, **TIGHT)
+        np.testing.assert_allclose(c.weights[name].sum(), 1.0, rtol=0, atol=1e-12)
+        kw = {"additive_weight": d["additive_weight"]} if name == "additive" else {}
+        out, _ = _reference(d["query"][None], d["keys"], d["values"], score=name, **kw)
+        np.testing.assert_allclose(c.output[name], out[0], **TIGHT)
+    assert c.most_attended == {"dot": "technology", "cosine": "technology",
+                               "additive": "technology"}
+    text = str(c)
+    for word in ("Stage 1", "Stage 2", "Stage 3", "dot", "cosine", "additive",
+                 "tanh", "‖Q‖", "technology (", *d["labels"]):
+        assert word in text, word
+    # stage 1: one row per key with one score column per similarity
+    row = next(line for line in text.splitlines() if line.strip().startswith("stocks"))
+    assert f"{c.scores['dot'][2]:.3f}" in row and f"{c.scores['cosine'][2]:.3f}" in row
+
+
+def test_comparison_without_duplicates(qkv):
+    q, k, v = qkv
+    c = explain(q, k, v, score=("dot", "dot", "cosine"))
+    assert c.score == ("dot", "cosine")
+
+
+# ------------------------------------------------------------------------ html
+def test_html_escapes_labels():
+    evil = "<script>alert('x')</script>"
+    e = explain([1.0, 0.0], [[1.0, 0.0], [0.0, 1.0]], [[1.0], [2.0]],
+                labels=[evil, "a&b"], value_labels=['"v"'], query_labels=["<q>"])
+    for html in (e._repr_html_(), explain([1.0, 0.0], [[1.0, 0.0], [0.0, 1.0]],
+                                          [[1.0], [2.0]], labels=[evil, "a&b"],
+                                          score=["dot", "cosine"])._repr_html_()):
+        assert "<script>" not in html
+        assert "&lt;script&gt;" in html and "a&amp;b" in html
+        assert html.count("<table") >= 3
+    h = e._repr_html_()
+    assert "&lt;q&gt;" in h and "&quot;v&quot;" in h
+    assert "cattn.softmax" in h and f"{e.weights[0]:.3f}" in h
+
+
+# ------------------------------------------------------------------------ plot
+def test_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    d = newspaper("en")
+    e = explain(d["query"], d["keys"], d["values"], labels=d["labels"])
+    ax = e.plot(path=tmp_path / "one.png")
+    assert [t.get_text() for t in ax.get_xticklabels()] == d["labels"]
+    assert (tmp_path / "one.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    c = explain(d["query"], d["keys"], d["values"], labels=d["labels"], score=list(SCORES),
+                additive_weight=d["additive_weight"])
+    axes = c.plot(path=tmp_path / "four.png")
+    assert len(axes) == 4
+    assert [a.get_title() for a in axes] == [f"softmax weights ({s})" for s in SCORES]
+    assert (tmp_path / "four.png").stat().st_size > 1000
+
+
+def test_plot_on_given_axes():
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    fig = Figure()
+    ax = fig.add_subplot()
+    e = explain(np.eye(2), np.eye(2), np.eye(2))
+    assert e.plot(ax=ax) is ax
+    assert ax.images[0].get_array().shape == (2, 2)
+    np.testing.assert_allclose(ax.images[0].get_array(), e.weights, **TIGHT)
+
+
+def test_plot_without_matplotlib(monkeypatch, tmp_path):
+    e = explain(np.eye(2), np.eye(2), np.eye(2))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"cattn\[plot\]"):
+        e.plot(path=tmp_path / "x.png")
+
+
+# ------------------------------------------------------------------------ demo
+def test_demo_english_numbers_are_real():
+    text = run_demo("en")
+    d = newspaper("en")
+    for name in SCORES:
+        assert f"('{name}')" in text
+        kw = {"additive_weight": d["additive_weight"]} if name == "additive" else {}
+        _, w = _reference(d["query"][None], d["keys"], d["values"], score=name, **kw)
+        assert int(np.argmax(w[0])) == 1 and int(np.argmin(w[0])) == 2
+        for j in range(4):
+            assert f"{100 * w[0, j]:.1f}%" in text
+    assert text.count("Stage 1 \u2014") == 4 and text.count("Stage 3 \u2014") == 4
+    assert "technology gets the most attention" in text
+
+
+def test_demo_chinese():
+    text = run_demo("zh")
+    for word in ("体育", "科技", "股票", "健康", "查询", "键", "值",
+                 "阶段一", "阶段二", "阶段三", "结论"):
+        assert word in text, word
+    assert text.count("阶段二") >= 4
+    with pytest.raises(ValueError):
+        run_demo("fr")
+
+
+# ------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("argv", [["demo"], ["demo", "--lang", "zh"], ["info"], ["--help"],
+                                  ["demo", "--help"], ["info", "--help"], ["bench", "--help"],
+                                  ["--version"]])
+def test_cli_ok(argv, capsys):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.strip()
+    if argv == ["demo"]:
+        assert "Stage 3" in out and "technology" in out
+    if argv == ["info"]:
+        assert cattn.__version__ in out
+
+
+@pytest.mark.parametrize("argv", [[], ["nope"], ["demo", "--lang", "fr"], ["demo", "extra"],
+                                  ["info", "--verbose"], ["--bogus"]])
+def test_cli_usage_errors(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "error:" in err[-1] and err[-1].startswith("cattn")
+
+
+def test_cli_bench_delegates(monkeypatch, capsys):
+    seen = []
+    fake = types.ModuleType("cattn._bench")
+    fake.main = lambda args: seen.append(args) or 7
+    monkeypatch.setitem(sys.modules, "cattn._bench", fake)
+    monkeypatch.setattr(cattn, "_bench", fake, raising=False)
+    assert main(["bench", "--sizes", "128", "-q"]) == 7
+    assert seen == [["--sizes", "128", "-q"]]
+
+
+def test_cli_bench_unavailable(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "cattn._bench", None)   # import fails
+    monkeypatch.delattr(cattn, "_bench", raising=False)
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bench" in err[0]
+    assert main(["bench", "--help"]) == 0
+
+
+def test_cli_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "weights.png"
+    assert main(["demo", "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(png) in capsys.readouterr().out
+    png_zh = tmp_path / "weights_zh.png"
+    assert main(["demo", "--lang", "zh", "--plot", str(png_zh)]) == 0
+    assert png_zh.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _python_m(*args):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.setdefault("MPLBACKEND", "Agg")
+    return subprocess.run([sys.executable, "-m", "cattn", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=300)
+
+
+def test_python_m_cattn_demo():
+    r = _python_m("demo")
+    assert r.returncode == 0, r.stderr
+    assert "Stage 1" in r.stdout and "technology gets the most attention" in r.stdout
+    r = _python_m("demo", "--lang", "zh")
+    assert r.returncode == 0, r.stderr
+    assert "阶段三" in r.stdout and "科技" in r.stdout
+
+
+def test_python_m_cattn_errors():
+    r = _python_m("nope")
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert r.stderr.strip().splitlines()[-1].startswith("cattn: error:")
+    r = _python_m("demo", "--lang", "xx")
+    assert r.returncode == 2 and "--lang" in r.stderr
+    r = _python_m("--help")
+    assert r.returncode == 0 and "demo" in r.stdout and "bench" in r.stdout
+
+
+def test_top_level_cattn_explain_is_the_function():
+    # ``cattn.explain(...)`` must work, also after ``import cattn.explain``
+    # (which binds the submodule as an attribute of the package).
+    code = ("import cattn\n"
+            "e = cattn.explain([1.0, 0.0], [[1.0, 0.0], [0.0, 1.0]], [[1.0], [2.0]])\n"
+            "print(type(e).__name__)\n"
+            "import cattn.explain\n"
+            "print(callable(cattn.explain), cattn.Explanation.__name__)\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["Explanation", "True", "Explanation"]
