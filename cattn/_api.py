@@ -335,9 +335,13 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
          "softcap": float(softcap) if softcap is not None else 0.0}
 
     # q: any strides; k, v: unit stride along their last axis.
+    # A float16 K/V cache with float32 math is read as float16 (half the
+    # bytes); the kernel widens each tile it touches.
+    kv_half = k.dtype == np.float16 and v.dtype == np.float16 and cdt == np.float32
+    a["kv_half"] = int(kv_half)
     q = _strided(q, cdt)
-    k = _unit_last(k, cdt)
-    v = _unit_last(v, cdt)
+    k = _unit_last(k, k.dtype if kv_half else cdt)
+    v = _unit_last(v, v.dtype if kv_half else cdt)
     a["q"] = q
     a["q_off"] = lead_offsets(q, 2, out_lead)
     a["q_rs"], a["q_cs"] = element_strides(q)[-2:]

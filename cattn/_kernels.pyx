@@ -46,6 +46,7 @@ cdef extern from "_src/flash.h" nogil:
         int64_t block_q, block_k
         int score_kind
         int mode
+        int kv_half
         const void *q
         const int64_t *q_off
         int64_t q_rs, q_cs
@@ -122,6 +123,7 @@ cdef void _fill_params(cattn_params *p, dict a) except *:
     p.D = a["D"]; p.Dv = a["Dv"]
     p.block_q = a["block_q"]; p.block_k = a["block_k"]
     p.score_kind = a["score_kind"]; p.mode = a["mode"]
+    p.kv_half = a.get("kv_half", 0)
     p.q = _ptr(a["q"]); p.q_off = <const int64_t *>_ptr(a["q_off"])
     p.q_rs = a["q_rs"]; p.q_cs = a["q_cs"]
     p.k = _ptr(a["k"]); p.k_off = <const int64_t *>_ptr(a["k_off"]); p.k_rs = a["k_rs"]

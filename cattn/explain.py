@@ -679,10 +679,12 @@ class Explanation:
         H.append(f"<h5>{e(t['stage2'])}</h5>")
         H.append(f"<p><code>cattn.softmax</code> &mdash; <code>{e(t['softmax_formula'])}</code></p>")
         rows = []
+        tops = [_argmax_index(self._a2[i]) for i in range(shown_q)]
         for j in range(shown_k):
             row = [e(self.labels[j])]
             for i in range(shown_q):
-                row.append(_html_bar(self._a2[i, j], digits))
+                cell = _html_bar(self._a2[i, j], digits)
+                row.append(f"<b>{cell}</b>" if j == tops[i] else cell)
             rows.append(row)
         rows.append([e(t["total"])] + [e(_num(np.sum(self._a2[i]), digits))
                                        for i in range(shown_q)])

@@ -390,3 +390,40 @@ def test_top_level_cattn_explain_is_the_function():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["Explanation", "True", "Explanation"]
+
+
+# ------------------------------------------------------------------------ docs
+@pytest.mark.parametrize("doc, lang", [("tutorial.md", "en"), ("tutorial.zh.md", "zh")])
+def test_tutorial_output_is_real(doc, lang):
+    """The outputs pasted in the tutorials are what cattn prints today."""
+    import doctest
+    import re
+
+    path = ROOT / "docs" / doc
+    if not path.exists():
+        pytest.skip(f"{doc} not present")
+    text = path.read_text(encoding="utf-8")
+    d = newspaper(lang)
+    kw = dict(labels=d["labels"], value_labels=d["value_labels"], lang=lang)
+    produced = [str(explain(d["query"], d["keys"], d["values"], **kw)),
+                str(explain(d["query"], d["keys"], d["values"], score=list(SCORES),
+                            additive_weight=d["additive_weight"], **kw)),
+                run_demo(lang)]
+    # the last digits of the fused-vs-staged difference depend on the machine
+    norm = lambda s: re.sub(r"= \d\.\de[-+]\d\d", "= DIFF", s).strip()
+    produced = [norm(p) for p in produced]
+    blocks = re.findall(r"```text\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        assert any(norm(block) in p for p in produced), block[:200]
+
+    # the >>> examples, run after the "import numpy as np / import cattn" setup
+    setup = re.findall(r"```python\n(import numpy as np\nimport cattn\n.*?)```", text, re.S)[0]
+    examples = "\n".join(re.findall(r"```python\n(>>> .*?)```", text, re.S))
+    globs = {}
+    with np.printoptions(precision=4, suppress=True):
+        exec(setup, globs)
+        test = doctest.DocTestParser().get_doctest(examples, globs, doc, str(path), 0)
+        runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+        runner.run(test, out=lambda s: None)
+    assert test.examples and runner.failures == 0, f"{runner.failures} doc examples fail"

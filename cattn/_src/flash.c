@@ -1,7 +1,7 @@
 /*
  * Instantiates flash_impl.h per element type and per ISA, and picks the ISA
  * variant once at run time.  The default build carries no -march flag: the
- * Haswell (AVX2+FMA) variants are compiled inside a target region and only
+ * Haswell (AVX2+FMA+F16C) variants are compiled inside a target region and only
  * called when the CPU reports both features.  CATTN_ISA=generic forces the
  * baseline variant (the tests use it to cover that path).
  */
@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include "flash.h"
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#endif
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #define CATTN_X86_DISPATCH 1
@@ -36,12 +39,13 @@
 /* ---- Haswell variants: AVX2 + FMA ---- */
 #if CATTN_X86_DISPATCH
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 #endif
 
+#define CATTN_HAVE_F16C 1
 #define T float
 #define CATTN_F64 0
 #define SUF(name) name##_f32_haswell
@@ -58,6 +62,7 @@
 #undef CATTN_F64
 #undef SUF
 
+#undef CATTN_HAVE_F16C
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -76,7 +81,8 @@ static int detect_isa(void)
     if (force && strcmp(force, "generic") == 0) return 0;
 #if CATTN_X86_DISPATCH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+        && __builtin_cpu_supports("f16c")) return 1;
 #endif
     return 0;
 }

@@ -47,6 +47,7 @@ typedef struct cattn_params {
     int64_t block_q, block_k;
     int score_kind;
     int mode;
+    int kv_half;               /* K and V hold IEEE float16 (uint16 bits) */
     /* Operands: base pointer (element type = the compute type), one element
        offset per batch item, strides in elements.  K and V have unit stride
        along their last axis. */

@@ -134,6 +134,43 @@ static inline int64_t SUF(imin)(int64_t a, int64_t b) { return a < b ? a : b; }
 #define imax SUF(imax)
 #define imin SUF(imin)
 
+/* float16 (bits) -> T, exact: rows of a float16 K or V tile into scratch */
+static inline T SUF(half1)(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, ex = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    uint32_t bits;
+    if (ex == 0) {
+        if (man == 0) bits = sign;
+        else {                       /* subnormal: normalise */
+            int e = -1;
+            do { man <<= 1; e++; } while (!(man & 0x400u));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (ex == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((ex + 112u) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return (T)f;
+}
+
+static void SUF(half_rows)(const uint16_t *src, int64_t rs, int64_t n_rows, int64_t n,
+                           T *dst, int64_t ld)
+{
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint16_t *sr = src + r * rs;
+        T *dr = dst + r * ld;
+        int64_t c = 0;
+#if defined(CATTN_HAVE_F16C) && !CATTN_F64
+        for (; c + 8 <= n; c += 8)
+            _mm256_storeu_ps(dr + c, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sr + c))));
+#endif
+        for (; c < n; c++) dr[c] = SUF(half1)(sr[c]);
+    }
+}
+
 /* ---------------------------------------------------------------------- */
 /* S^T[0:nk, 0:nqp] = K[0:nk] . Q^T, ld of S^T and Q^T is `ld`.            */
 /* ---------------------------------------------------------------------- */
@@ -276,8 +313,8 @@ static void SUF(scratch_layout)(const cattn_params *p, int64_t *bqp, int64_t off
     off[3] = off[2] + BQP * RUP16(p->Dv);            /* m     BQP */
     off[4] = off[3] + BQP;                           /* l     BQP */
     off[5] = off[4] + BQP;                           /* alpha BQP */
-    off[6] = off[5] + BQP;                           /* per-key scratch BK */
-    off[7] = off[6] + BK;                            /* end */
+    off[6] = off[5] + BQP;                           /* K tile (float16 K) */
+    off[7] = off[6] + (p->kv_half ? BK * (RUP16(p->D) + RUP16(p->Dv)) : 0);  /* end */
 }
 
 __attribute__((unused)) static size_t SUF(scratch_bytes)(const cattn_params *p)
@@ -317,6 +354,9 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
     const T *Q = (const T *)p->q + p->q_off[b];
     const T *K = (const T *)p->k + p->k_off[b];
     const T *Vm = (const T *)p->v + p->v_off[b];
+    const uint16_t *Kh = (const uint16_t *)p->k + p->k_off[b];
+    const uint16_t *Vh = (const uint16_t *)p->v + p->v_off[b];
+    T *kbuf = base + off[6], *vbuf = kbuf + p->block_k * RUP16(D);
     const uint8_t *mask = p->mask ? p->mask + p->mask_off[b] : NULL;
     const T *bias = p->bias ? (const T *)p->bias + p->bias_off[b] : NULL;
     const int64_t *qseg = p->q_seg ? p->q_seg + p->q_seg_off[b] : NULL;
@@ -368,6 +408,8 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
     for (int64_t j0 = k_lo; j0 < k_hi; j0 += BK) {
         const int64_t nk = imin(BK, k_hi - j0);
         const T *Kt = K + j0 * p->k_rs;
+        const T *Vt = Vm + j0 * p->v_rs;
+        int64_t kt_rs = p->k_rs, vt_rs = p->v_rs;
         /* packed segment ids can rule out a whole tile */
         if (qseg) {
             int64_t qmin = INT64_MAX, qmax = INT64_MIN, kmin = INT64_MAX, kmax = INT64_MIN;
@@ -382,18 +424,27 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
             if (kmax < qmin || kmin > qmax) continue;
         }
 
+        if (p->kv_half) {
+            /* float16 K/V: widen this tile once, then the usual kernels */
+            SUF(half_rows)(Kh + j0 * p->k_rs, p->k_rs, nk, D, kbuf, RUP16(D));
+            if (mode == CATTN_MODE_ATTENTION)
+                SUF(half_rows)(Vh + j0 * p->v_rs, p->v_rs, nk, Dv, vbuf, RUP16(Dv));
+            Kt = kbuf; kt_rs = RUP16(D);
+            Vt = vbuf; vt_rs = RUP16(Dv);
+        }
+
         /* ---- scores ---- */
         if (score == CATTN_SCORE_ADDITIVE) {
-            SUF(tile_scores_additive)(Kt, p->k_rs, nk, QT, ld, nqp, D, addw, ST);
+            SUF(tile_scores_additive)(Kt, kt_rs, nk, QT, ld, nqp, D, addw, ST);
             if (scale != (T)1)
                 for (int64_t j = 0; j < nk; j++)
                     for (int64_t i = 0; i < nqp; i += VL)
                         vstore(ST + j * ld + i, vload(ST + j * ld + i) * scale);
         } else {
-            SUF(tile_scores_dot)(Kt, p->k_rs, nk, QT, ld, nqp, D, ST);
+            SUF(tile_scores_dot)(Kt, kt_rs, nk, QT, ld, nqp, D, ST);
             if (score == CATTN_SCORE_COSINE) {
                 for (int64_t j = 0; j < nk; j++) {
-                    const T *kr = Kt + j * p->k_rs;
+                    const T *kr = Kt + j * kt_rs;
                     T ss = 0;
                     for (int64_t d = 0; d < D; d++) ss += kr[d] * kr[d];
                     T nrm = (T)sqrt((double)ss);
@@ -502,22 +553,21 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
             }
 
         /* ---- O += P . V, never touching a masked key's V ---- */
-        const T *Vt = Vm + j0 * p->v_rs;
         if (!partial) {
-            SUF(tile_pv)(ST, ld, nqp, Vt, p->v_rs, 0, nk, Dv, O, Dv);
+            SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, 0, nk, Dv, O, Dv);
         } else {
             int64_t ja = 0;
             for (int64_t j = 0; j < nk; j++) {
-                if (!SUF(row_nonfinite)(Vt + j * p->v_rs, Dv)) continue;
-                if (j > ja) SUF(tile_pv)(ST, ld, nqp, Vt, p->v_rs, ja, j, Dv, O, Dv);
+                if (!SUF(row_nonfinite)(Vt + j * vt_rs, Dv)) continue;
+                if (j > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, j, Dv, O, Dv);
                 for (int64_t i = 0; i < nq; i++) {
                     T pw = ST[j * ld + i];
                     if (signbit(pw)) continue;          /* masked: skip */
-                    for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] += pw * Vt[j * p->v_rs + c];
+                    for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] += pw * Vt[j * vt_rs + c];
                 }
                 ja = j + 1;
             }
-            if (nk > ja) SUF(tile_pv)(ST, ld, nqp, Vt, p->v_rs, ja, nk, Dv, O, Dv);
+            if (nk > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, nk, Dv, O, Dv);
         }
     }
 
@@ -597,9 +647,65 @@ static inline void SUF(axpy)(T alpha, const T *x, T *y, int64_t n)
     for (; d < n; d++) y[d] += alpha * x[d];
 }
 
+/* VL float16 values widened to T (F16C on Haswell, exact software otherwise) */
+static inline V SUF(vload_h)(const uint16_t *p)
+{
+#if defined(CATTN_HAVE_F16C) && !CATTN_F64
+    return (V)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#else
+    V r;
+    for (int v = 0; v < VL; v++) r[v] = SUF(half1)(p[v]);
+    return r;
+#endif
+}
+
+static inline T SUF(dot_h)(const T *a, const uint16_t *b, int64_t n)
+{
+    V c0 = {0}, c1 = {0};
+    int64_t d = 0;
+    for (; d + 2 * VL <= n; d += 2 * VL) {
+        c0 += vload(a + d) * SUF(vload_h)(b + d);
+        c1 += vload(a + d + VL) * SUF(vload_h)(b + d + VL);
+    }
+    for (; d + VL <= n; d += VL) c0 += vload(a + d) * SUF(vload_h)(b + d);
+    T s = SUF(hsum)(c0 + c1);
+    for (; d < n; d++) s += a[d] * SUF(half1)(b[d]);
+    return s;
+}
+
+/* y += sum_r w[r] x_r for up to 4 rows x_r: one pass over y per 4 keys */
+static inline void SUF(axpy4)(const T *w, const T *const *x, int nr, T *y, int64_t n)
+{
+    const V w0 = vset1(w[0]), w1 = vset1(nr > 1 ? w[1] : 0),
+            w2 = vset1(nr > 2 ? w[2] : 0), w3 = vset1(nr > 3 ? w[3] : 0);
+    const T *x0 = x[0], *x1 = nr > 1 ? x[1] : x[0], *x2 = nr > 2 ? x[2] : x[0],
+            *x3 = nr > 3 ? x[3] : x[0];
+    int64_t d = 0;
+    if (nr == 4) {
+        for (; d + VL <= n; d += VL)
+            vstore(y + d, vload(y + d) + (w0 * vload(x0 + d) + w1 * vload(x1 + d))
+                                      + (w2 * vload(x2 + d) + w3 * vload(x3 + d)));
+        for (; d < n; d++) y[d] += (w[0] * x0[d] + w[1] * x1[d]) + (w[2] * x2[d] + w[3] * x3[d]);
+    } else {
+        for (int r = 0; r < nr; r++) SUF(axpy)(w[r], x[r], y, n);
+    }
+}
+
+static inline void SUF(axpy4_h)(const T *w, const uint16_t *const *x, int nr, T *y, int64_t n)
+{
+    for (int r = 0; r < nr; r++) {
+        const V a = vset1(w[r]);
+        const uint16_t *xr = x[r];
+        int64_t d = 0;
+        for (; d + VL <= n; d += VL) vstore(y + d, vload(y + d) + a * SUF(vload_h)(xr + d));
+        for (; d < n; d++) y[d] += w[r] * SUF(half1)(xr[d]);
+    }
+}
+
 __attribute__((unused)) static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
 {
-    return (size_t)(CATTN_DECODE_MAX_LQ * RUP16(p->D) + RUP16(p->D) + 4 * DCH) * sizeof(T) + 64;
+    return (size_t)(CATTN_DECODE_MAX_LQ * RUP16(p->D) + RUP16(p->D) + 4 * DCH
+                    + (p->kv_half ? DCH * (RUP16(p->D) + RUP16(p->Dv)) : 0)) * sizeof(T) + 64;
 }
 
 static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int64_t je,
@@ -612,6 +718,9 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     T *s = tmp + D16;                              /* DCH */
     T *inv_k = s + DCH;                            /* DCH */
     T *e = inv_k + DCH;                            /* DCH */
+    T *kbuf = e + DCH;                             /* DCH x D16 (float16 K) */
+    const uint16_t *Kh = (const uint16_t *)p->k + p->k_off[b];
+    const uint16_t *Vh = (const uint16_t *)p->v + p->v_off[b];
     const int64_t q_len = p->q_len ? p->q_len[b] : Lq;
     const int64_t kv_len = p->kv_len ? p->kv_len[b] : Lk;
     const int64_t nq = imax(0, imin(Lq, q_len));
@@ -650,9 +759,18 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
 
     for (int64_t j0 = js; j0 < je; j0 += DCH) {
         const int64_t nk = imin(DCH, je - j0);
+        /* this chunk's K rows: in place, or widened from float16 for the
+           score kinds that need several passes over a row */
+        const int half = p->kv_half;
+        const T *Kc = K + j0 * p->k_rs;
+        int64_t kc_rs = p->k_rs;
+        if (half && score != CATTN_SCORE_DOT) {
+            SUF(half_rows)(Kh + j0 * p->k_rs, p->k_rs, nk, D, kbuf, D16);
+            Kc = kbuf; kc_rs = D16;
+        }
         if (score == CATTN_SCORE_COSINE)
             for (int64_t j = 0; j < nk; j++) {
-                const T *kr = K + (j0 + j) * p->k_rs;
+                const T *kr = Kc + j * kc_rs;
                 T nrm = (T)sqrt((double)SUF(dot)(kr, kr, D));
                 inv_k[j] = (T)1 / (nrm > (T)1e-8 ? nrm : (T)1e-8);
             }
@@ -666,7 +784,7 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             const int64_t qsg = qseg ? qseg[i * p->q_seg_s] : 0;
             T mc = -INFINITY;
             for (int64_t j = jlo; j < jhi; j++) {
-                const T *kr = K + j * p->k_rs;
+                const T *kr = Kc + (j - j0) * kc_rs;
                 T sc;
                 if (score == CATTN_SCORE_ADDITIVE) {
                     V acc0 = {0};
@@ -676,6 +794,8 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                     sc = SUF(hsum)(acc0);
                     for (; d < D; d++) sc += addw[d] * SUF(tanh1)(qi[d] + kr[d]);
                     sc *= scale;
+                } else if (half && score == CATTN_SCORE_DOT) {
+                    sc = SUF(dot_h)(qi, Kh + j * p->k_rs, D);
                 } else {
                     sc = SUF(dot)(qi, kr, D);
                     if (score == CATTN_SCORE_COSINE) sc *= inv_k[j - j0];
@@ -705,10 +825,25 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             for (; j + VL <= n; j += VL) vstore(e + j, vexp(vload(s + j) - msub));
             for (; j < n; j++) { V t = vset1(s[j] - msub); e[j] = vexp(t)[0]; }
             T lsum = 0;
+            T w4[4];
+            const T *x4[4];
+            const uint16_t *h4[4];
+            int nr = 0;
             for (j = 0; j < n; j++) {
                 if (s[j] == -INFINITY) continue;      /* masked: V never touched */
                 lsum += e[j];
-                SUF(axpy)(e[j], Vm + (jlo + j) * p->v_rs, acc + i * Dv, Dv);
+                w4[nr] = e[j];
+                if (half) h4[nr] = Vh + (jlo + j) * p->v_rs;
+                else x4[nr] = Vm + (jlo + j) * p->v_rs;
+                if (++nr == 4) {
+                    if (half) SUF(axpy4_h)(w4, h4, 4, acc + i * Dv, Dv);
+                    else SUF(axpy4)(w4, x4, 4, acc + i * Dv, Dv);
+                    nr = 0;
+                }
+            }
+            if (nr) {
+                if (half) SUF(axpy4_h)(w4, h4, nr, acc + i * Dv, Dv);
+                else SUF(axpy4)(w4, x4, nr, acc + i * Dv, Dv);
             }
             ll[i] += lsum;
             mm[i] = mnew;

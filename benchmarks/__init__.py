@@ -1,0 +1,236 @@
+"""asv benchmarks of cattn (see ``asv.conf.json`` at the repository root).
+
+    asv run --python=same --quick --show-stderr            # every suite, ~10 min
+    asv run --python=same --quick --bench IssueShapes      # one suite
+    asv run --python=same --bench "Tiny.time_"             # full sampling
+    asv publish && asv preview                             # HTML under .asv/html
+
+Implementations (the ``impl`` parameter):
+
+``cattn``        ``cattn.attention(..., num_threads=threads)``
+``numpy_ref``    ``cattn.reference.attention``: the plain NumPy float64 oracle
+                 (float32 inputs are computed in float64)
+``numpy_naive``  the NumPy a user writes, staying in the input dtype:
+                 ``softmax(q @ k^T * D**-0.5) @ v`` with a Python-float scale;
+                 its threads are set with threadpoolctl
+``torch``        ``torch.nn.functional.scaled_dot_product_attention`` with
+                 ``torch.set_num_threads(threads)``; skipped when torch is not
+                 importable
+
+Combinations that would take more than a few seconds a call raise
+``NotImplementedError`` in ``setup`` (asv shows them as skipped / n/a).
+Masks (causal / window) of the NumPy and torch baselines are built in
+``setup``, not timed.
+
+Timing traps on small machines: asv runs every parameter combination in its
+own process (``launch_method: spawn``), so one library's idle thread pool never
+sits next to another's; ``OMP_WAIT_POLICY=PASSIVE`` and
+``OPENBLAS_THREAD_TIMEOUT=4`` are also set here (before NumPy is imported) so
+idle pools sleep instead of spinning.  ``peakmem_*`` is the process' peak RSS
+(libraries, inputs and output included: torch's own footprint shows up in its
+rows); ``Memory.track_extra_mib`` is the growth of the peak during one call.
+For side-by-side ratios with less noise use ``python benchmarks/compare.py``
+(``cattn bench``).
+
+This module holds the shared helpers; the suites are in ``bench_*.py``.
+"""
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if importlib.util.find_spec("cattn") is None and _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)   # benchmark the working tree's in-place build
+
+import numpy as np  # noqa: E402
+
+try:
+    _NCPU = len(os.sched_getaffinity(0))
+except (AttributeError, OSError):
+    _NCPU = os.cpu_count() or 1
+
+THREADS = sorted({1, _NCPU})
+MAX_THREADS = max(THREADS)
+DTYPES = ["float32", "float64"]
+IMPLS = ["cattn", "numpy_ref", "numpy_naive", "torch"]
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def shape_id(B, H, Lq, Lk, D):
+    """The string asv shows for a shape parameter: ``BxHxLqxLkxD``."""
+    return "x".join(str(int(n)) for n in (B, H, Lq, Lk, D))
+
+
+def parse_shape(text):
+    dims = tuple(int(n) for n in text.split("x"))
+    if len(dims) != 5:
+        raise ValueError("shape %r is not BxHxLqxLkxD" % text)
+    return dims
+
+
+def work(dims):
+    """B*H*Lq*Lk*D: proportional to time and flops (4 * work)."""
+    B, H, Lq, Lk, D = dims
+    return B * H * Lq * Lk * D
+
+
+def make_qkv(dims, dtype, seed=0):
+    B, H, Lq, Lk, D = dims
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    return (rng.standard_normal((B, H, Lq, D), dtype=dt),
+            rng.standard_normal((B, H, Lk, D), dtype=dt),
+            rng.standard_normal((B, H, Lk, D), dtype=dt))
+
+
+WINDOW = 512    # the sliding window's left extent: key j in [p - WINDOW, p]
+
+
+def keep_mask(Lq, Lk, variant):
+    """Boolean (Lq, Lk) mask, True = attend, matching cattn's bottom-right
+    alignment (``p = i + Lk - Lq``); None when nothing is masked."""
+    off = Lk - Lq
+    if variant == "causal":
+        return np.tri(Lq, Lk, k=off, dtype=bool)
+    if variant == "window":
+        return np.tri(Lq, Lk, k=off, dtype=bool) & ~np.tri(Lq, Lk, k=off - WINDOW - 1, dtype=bool)
+    return None
+
+
+def naive_attention(q, k, v, variant="plain", mask=None):
+    """Attention as a NumPy user writes it, in the dtype of the inputs."""
+    if variant == "cosine":
+        qn = np.linalg.norm(q, axis=-1, keepdims=True)
+        kn = np.linalg.norm(k, axis=-1, keepdims=True)
+        s = (q / np.maximum(qn, 1e-8)) @ (k / np.maximum(kn, 1e-8)).swapaxes(-1, -2)
+    elif variant == "additive":     # sum_d tanh(q_d + k_d), weights 1
+        s = np.tanh(q[..., :, None, :] + k[..., None, :, :]).sum(axis=-1)
+    else:
+        scale = float(q.shape[-1]) ** -0.5      # Python float: float32 stays float32
+        s = (q @ k.swapaxes(-1, -2)) * scale
+    if mask is not None:
+        s = np.where(mask, s, -np.inf)
+    s = s - s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    p = p / p.sum(axis=-1, keepdims=True)
+    return p @ v
+
+
+_CATTN_KW = {"plain": {}, "causal": {"causal": True}, "window": {"window": (WINDOW, 0)},
+             "scaled_dot": {}, "cosine": {"score": "cosine"}, "additive": {"score": "additive"}}
+
+
+class Impl:
+    """One implementation set up for ``threads``; ``fn(q, k, v)`` runs it.
+
+    Raises NotImplementedError (asv: skipped) when it cannot run here.
+    ``close()`` restores the thread settings it changed.
+    """
+
+    def __init__(self, impl, threads, variant, dims):
+        self._restore = []
+        Lq, Lk = dims[2], dims[3]
+        if variant not in _CATTN_KW:
+            raise ValueError("unknown variant %r" % variant)
+        if impl == "cattn":
+            import cattn
+            kw = dict(_CATTN_KW[variant], num_threads=threads)
+            attention = cattn.attention
+            self.fn = lambda q, k, v: attention(q, k, v, **kw)
+        elif impl in ("numpy_ref", "numpy_naive"):
+            self._limit_blas(threads)
+            if impl == "numpy_ref":
+                from cattn import reference
+                kw = dict(_CATTN_KW[variant])
+                ref = reference.attention
+                self.fn = lambda q, k, v: ref(q, k, v, **kw)
+            else:
+                mask = keep_mask(Lq, Lk, variant)
+                self.fn = lambda q, k, v: naive_attention(q, k, v, variant, mask)
+        elif impl == "torch":
+            if not HAVE_TORCH:
+                raise NotImplementedError("torch is not installed")
+            if variant == "additive":
+                raise NotImplementedError("torch has no additive attention")
+            try:
+                import torch
+                import torch.nn.functional as F
+            except Exception as exc:  # broken install
+                raise NotImplementedError("torch cannot be imported: %s" % exc)
+            self._limit_blas(threads)
+            old = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            self._restore.append(lambda: torch.set_num_threads(old))
+            self.fn = _torch_fn(torch, F, variant, Lq, Lk)
+        else:
+            raise ValueError("unknown implementation %r" % impl)
+
+    def _limit_blas(self, threads):
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        lim = threadpool_limits(limits=threads, user_api="blas")
+        self._restore.append(lim.restore_original_limits)
+
+    def close(self):
+        while self._restore:
+            self._restore.pop()()
+
+
+def _torch_fn(torch, F, variant, Lq, Lk):
+    sdpa, frm = F.scaled_dot_product_attention, torch.from_numpy
+    if variant in ("plain", "scaled_dot"):
+        return lambda q, k, v: sdpa(frm(q), frm(k), frm(v)).numpy()
+    if variant == "causal" and Lq == Lk:     # torch's is_causal is top-left aligned
+        return lambda q, k, v: sdpa(frm(q), frm(k), frm(v), is_causal=True).numpy()
+    if variant in ("causal", "window"):
+        mask = frm(keep_mask(Lq, Lk, variant))
+        return lambda q, k, v: sdpa(frm(q), frm(k), frm(v), attn_mask=mask).numpy()
+    if variant == "cosine":
+        def cosine(q, k, v):
+            qt = F.normalize(frm(q), dim=-1, eps=1e-8)
+            kt = F.normalize(frm(k), dim=-1, eps=1e-8)
+            return sdpa(qt, kt, frm(v), scale=1.0).numpy()
+        return cosine
+    raise NotImplementedError("torch: no %s variant" % variant)
+
+
+class _AttentionSuite:
+    """Base of the suites: subclasses set ``params``/``param_names`` and
+    ``args_of(*params) -> (impl, dims, dtype, threads, variant)``; ``limits``
+    maps an implementation to the largest ``work`` it is run at."""
+
+    limits = {"numpy_ref": 1.1e10, "numpy_naive": 1.1e10}
+    timeout = 300
+    repeat = (1, 5, 20.0)
+    number = 0
+    min_run_count = 1
+
+    def args_of(self, *params):
+        raise NotImplementedError
+
+    def setup(self, *params):
+        impl, dims, dtype, threads, variant = self.args_of(*params)
+        limit = self.limits.get(impl)
+        if limit is not None and work(dims) > limit:
+            raise NotImplementedError("%s skipped at this size (too slow)" % impl)
+        self.impl = Impl(impl, threads, variant, dims)
+        self.fn = self.impl.fn
+        self.qkv = make_qkv(dims, dtype)
+
+    def teardown(self, *params):
+        impl = getattr(self, "impl", None)
+        if impl is not None:
+            impl.close()
+        self.qkv = None
+
+    def time_attention(self, *params):
+        self.fn(*self.qkv)
+
+    def peakmem_attention(self, *params):
+        self.fn(*self.qkv)

@@ -1,0 +1,132 @@
+"""cattn.attention against NumPy (reference oracle and naive) and PyTorch.
+
+Every suite is parametrised over implementation x shape (or variant) x
+dtype x threads and has a ``time_attention`` and a ``peakmem_attention``
+twin (see ``benchmarks/__init__.py`` for the implementations and the
+skipping rules).
+"""
+from . import (
+    DTYPES,
+    IMPLS,
+    MAX_THREADS,
+    THREADS,
+    _AttentionSuite,
+    parse_shape,
+    shape_id,
+)
+
+# (B, H, Lq, Lk, D) of the performance issue
+ISSUE_SHAPES = [
+    shape_id(1, 8, 128, 128, 64),
+    shape_id(4, 8, 512, 512, 64),
+    shape_id(1, 16, 1024, 1024, 64),
+    shape_id(1, 8, 4096, 4096, 64),
+    shape_id(1, 12, 2048, 2048, 128),
+    shape_id(2, 8, 256, 2048, 64),        # cross-attention
+    shape_id(1, 32, 1, 4096, 128),        # decode
+    shape_id(1, 1, 1, 65536, 128),        # decode, long cache
+]
+
+
+class IssueShapes(_AttentionSuite):
+    """Plain scaled-dot attention at the shapes of the performance issue."""
+
+    params = [IMPLS, ISSUE_SHAPES, DTYPES, THREADS]
+    param_names = ["impl", "shape", "dtype", "threads"]
+
+    def args_of(self, impl, shape, dtype, threads):
+        return impl, parse_shape(shape), dtype, threads, "plain"
+
+
+class Masked(_AttentionSuite):
+    """Causal and sliding-window (512 keys back, causal) attention at 4096."""
+
+    shape = (1, 8, 4096, 4096, 64)
+    params = [IMPLS, ["causal", "window"], DTYPES, THREADS]
+    param_names = ["impl", "variant", "dtype", "threads"]
+
+    def args_of(self, impl, variant, dtype, threads):
+        return impl, self.shape, dtype, threads, variant
+
+
+class ScoreFunctions(_AttentionSuite):
+    """Cosine similarity against scaled dot product at (1, 8, 1024, 1024, 64)."""
+
+    shape = (1, 8, 1024, 1024, 64)
+    params = [IMPLS, ["scaled_dot", "cosine"], DTYPES, THREADS]
+    param_names = ["impl", "score", "dtype", "threads"]
+
+    def args_of(self, impl, score, dtype, threads):
+        return impl, self.shape, dtype, threads, score
+
+
+class Additive(_AttentionSuite):
+    """Additive (tanh) scores; the NumPy baselines materialise
+    (Lq, Lk, D) and only run at the small size."""
+
+    params = [["cattn", "numpy_ref", "numpy_naive"],
+              [shape_id(1, 8, 256, 256, 64), shape_id(1, 8, 1024, 1024, 64)],
+              DTYPES, THREADS]
+    param_names = ["impl", "shape", "dtype", "threads"]
+    limits = {"numpy_ref": 5e7, "numpy_naive": 5e7}
+
+    def args_of(self, impl, shape, dtype, threads):
+        return impl, parse_shape(shape), dtype, threads, "additive"
+
+
+class Tiny(_AttentionSuite):
+    """(1, 1, 16, 16, 64): per-call overhead."""
+
+    shape = (1, 1, 16, 16, 64)
+    params = [IMPLS, DTYPES, THREADS]
+    param_names = ["impl", "dtype", "threads"]
+
+    def args_of(self, impl, dtype, threads):
+        return impl, self.shape, dtype, threads, "plain"
+
+
+def _status_kb(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+class Memory(_AttentionSuite):
+    """Lq = Lk = 16384, D = 64, one head: peak memory.  A naive float32
+    NumPy builds several 1 GiB score matrices; cattn and torch do not.
+
+    ``track_extra_mib``: growth of the peak RSS (VmHWM, reset through
+    /proc/self/clear_refs) during one call, in MiB (Linux only)."""
+
+    shape = (1, 1, 16384, 16384, 64)
+    params = [IMPLS, ["float32"], [MAX_THREADS]]
+    param_names = ["impl", "dtype", "threads"]
+    limits = {"numpy_ref": 1e10, "numpy_naive": 2e10}   # the float64 oracle: ~8 GiB, skipped
+    time_attention = None                                # memory only
+
+    def args_of(self, impl, dtype, threads):
+        return impl, self.shape, dtype, threads, "plain"
+
+    def setup(self, *params):
+        try:
+            _status_kb("VmHWM")
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except (OSError, KeyError):
+            self.can_track = False
+        else:
+            self.can_track = True
+        super().setup(*params)
+
+    def track_extra_mib(self, *params):
+        if not self.can_track:
+            return float("nan")
+        rss0 = _status_kb("VmRSS")
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")                                # VmHWM := VmRSS
+        self.fn(*self.qkv)
+        return (_status_kb("VmHWM") - rss0) / 1024.0
+
+    track_extra_mib.unit = "MiB"

@@ -1,0 +1,790 @@
+"""``cattn bench``: side-by-side timings of cattn, naive NumPy and PyTorch.
+
+Run it as ``cattn bench [OPTIONS]``, ``python -m cattn._bench [OPTIONS]`` or
+``python benchmarks/compare.py [OPTIONS]``; ``--help`` lists the options.
+
+How it measures (a 2-core machine lies easily, see the notes below):
+
+* **One worker process per implementation** (cattn, numpy, torch) and per
+  thread count ``t``.  Each worker starts with ``OMP_NUM_THREADS``,
+  ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` set to ``t``,
+  ``OMP_WAIT_POLICY=PASSIVE`` and ``OPENBLAS_THREAD_TIMEOUT=4``, so the idle
+  thread pools of the workers that are not being timed sleep instead of
+  spinning on a core; cattn gets ``num_threads=t``, torch
+  ``torch.set_num_threads(t)``, NumPy's BLAS ``threadpoolctl`` limits.
+  Workers never import the other libraries (no second OpenMP runtime).
+* **Alternation**: for every shape the implementations are timed in turn,
+  the order rotated on each of the ``--repeat`` rounds, and each figure is
+  the **median** of its rounds.  A round times as many back-to-back calls as
+  fill ``--min-time`` seconds (after one or two warm-up calls).  Ratios
+  measured side by side are reliable; absolute times drift by +-30 %.
+* **Machine figures, same run**: per thread count, the GFLOP/s of a NumPy
+  ``4096 x 4096`` float32 matmul (sgemm) and float64 matmul (dgemm), median
+  of a few calls in the numpy worker; and the streaming read bandwidth of
+  ``t`` processes, each running ``np.dot(x, x)`` (single-threaded BLAS, reads
+  ``x`` once) over a private float32 array, all started together; the
+  bandwidth is the bytes read by all of them over the slowest one's time,
+  median of a few rounds.  The array is as large as the K+V of each decode
+  shape (``Lq == 1``), so cache effects match.
+
+Columns: ``cattn/torch`` and ``cattn/numpy`` are *time* ratios (< 1: cattn
+is faster).  GFLOP/s counts ``4*B*H*Lq*Lk*D`` (two matmuls); ``% GEMM`` is
+that over the same-dtype GEMM GFLOP/s at the same thread count.  ``GB/s``
+(decode rows only) counts the compulsory traffic q + k + v + out; ``% BW``
+is that over the measured read bandwidth.
+
+"numpy" is the naive float-preserving NumPy a user writes::
+
+    s = q @ k.swapaxes(-1, -2) * (D ** -0.5)   # Python float: float32 stays float32
+    p = exp(s - s.max(-1)); p /= p.sum(-1); out = p @ v
+
+This module imports only the standard library at the top: the workers
+import NumPy / torch / cattn themselves.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+__all__ = ["main", "SHAPES", "DEFAULT_SHAPES"]
+
+_PROG = "cattn bench"
+
+# name -> (B, H, Lq, Lk, D)
+SHAPES = {
+    "tiny": (1, 1, 16, 16, 64),
+    "s128": (1, 8, 128, 128, 64),
+    "b4_512": (4, 8, 512, 512, 64),
+    "h16_1k": (1, 16, 1024, 1024, 64),
+    "4k": (1, 8, 4096, 4096, 64),
+    "d128_2k": (1, 12, 2048, 2048, 128),
+    "cross": (2, 8, 256, 2048, 64),
+    "decode4k": (1, 32, 1, 4096, 128),
+    "decode64k": (1, 1, 1, 65536, 128),
+    "mem16k": (1, 1, 16384, 16384, 64),
+}
+DEFAULT_SHAPES = ("tiny", "s128", "b4_512", "h16_1k", "4k", "d128_2k", "cross",
+                  "decode4k", "decode64k")
+SWEEP_L = (256, 512, 1024, 2048, 4096)    # --plot: (1, 8, L, L, 64), float32
+IMPLS = ("cattn", "numpy", "torch")
+DTYPES = ("float32", "float64")
+ENV_FIX = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+_ITEMSIZE = {"float32": 4, "float64": 8}
+
+# A worker is this file loaded by path, not "import cattn._bench": the numpy
+# and torch workers must not load cattn (and its OpenMP runtime) at all.
+_BOOT = ("import importlib.util as u, sys; "
+         "s = u.spec_from_file_location('_cattn_bench_worker', sys.argv[1]); "
+         "m = u.module_from_spec(s); s.loader.exec_module(m); "
+         "sys.exit(m._worker_main(sys.argv[2:]))")
+
+
+# ============================================================== worker side
+def _numpy_naive(q, k, v):
+    """softmax(q k^T / sqrt(D)) v the way a NumPy user writes it, in q's dtype."""
+    import numpy as np
+    scale = float(q.shape[-1]) ** -0.5          # a Python float keeps float32
+    s = (q @ k.swapaxes(-1, -2)) * scale
+    s = s - s.max(axis=-1, keepdims=True)
+    p = np.exp(s)
+    p = p / p.sum(axis=-1, keepdims=True)
+    return p @ v
+
+
+def _import_cattn(tries=20, wait=1.5):
+    """Import cattn, retrying: the extension may be rebuilt in place meanwhile."""
+    import importlib
+    last = None
+    for _ in range(tries):
+        try:
+            return importlib.import_module("cattn")
+        except Exception as exc:  # ImportError, or a half-written .so
+            last = exc
+            for name in [m for m in sys.modules if m == "cattn" or m.startswith("cattn.")]:
+                del sys.modules[name]
+            time.sleep(wait)
+    raise last
+
+
+class _Runner:
+    """Lives in a worker process; answers the parent's requests."""
+
+    def __init__(self, impl, threads):
+        import numpy as np
+        self.np = np
+        self.impl, self.threads = impl, threads
+        self.key = self.inputs = self.plan = None
+        self.bw_array = None
+        self.info = {"impl": impl, "threads": threads, "numpy": np.__version__,
+                     "pid": os.getpid()}
+        try:
+            from threadpoolctl import threadpool_limits, threadpool_info
+            self._limits = threadpool_limits(limits=threads, user_api="blas")
+            self.info["blas"] = ["%s %s (%s)" % (d.get("internal_api"), d.get("version"),
+                                                 d.get("threading_layer"))
+                                 for d in threadpool_info() if d.get("user_api") == "blas"]
+        except ImportError:
+            self._limits = None
+        self.fn = None
+        if impl == "numpy":
+            self.fn = _numpy_naive
+        elif impl == "torch":
+            import torch
+            import torch.nn.functional as F
+            torch.set_num_threads(threads)
+            self.info["torch"] = torch.__version__
+            self.info["torch_threads"] = torch.get_num_threads()
+            sdpa = F.scaled_dot_product_attention
+            frm = torch.from_numpy
+
+            def run_torch(q, k, v):
+                return sdpa(frm(q), frm(k), frm(v)).numpy()
+            self.fn = run_torch
+        elif impl == "cattn":
+            cattn = _import_cattn()
+            self.info["cattn"] = getattr(cattn, "__version__", "?")
+            self.info["cattn_path"] = os.path.dirname(os.path.abspath(cattn.__file__))
+            attention = cattn.attention
+
+            def run_cattn(q, k, v):
+                return attention(q, k, v, num_threads=threads)
+            self.fn = run_cattn
+        elif impl != "bw":
+            raise ValueError("unknown implementation %r" % impl)
+
+    def handle(self, req):
+        op = req["op"]
+        if op == "case":
+            return self._case(req)
+        if op == "gemm":
+            return self._gemm(req)
+        if op == "bw_alloc":
+            self.bw_array = None
+            n = max(1, int(req["nbytes"]) // 4)
+            self.bw_array = self.np.ones(n, dtype=self.np.float32)   # touched: not lazy
+            self.np.dot(self.bw_array, self.bw_array)
+            return {"nbytes": self.bw_array.nbytes}
+        if op == "bw_run":
+            x, dot = self.bw_array, self.np.dot
+            t0 = time.perf_counter()
+            for _ in range(int(req["reps"])):
+                dot(x, x)
+            return {"elapsed": time.perf_counter() - t0, "nbytes": x.nbytes * int(req["reps"])}
+        raise ValueError("unknown op %r" % op)
+
+    def _case(self, req):
+        np = self.np
+        if req["key"] != self.key:
+            self.key = self.inputs = self.plan = None
+            B, H, Lq, Lk, D = req["dims"]
+            rng = np.random.default_rng(req.get("seed", 0))
+            dt = np.dtype(req["dtype"])
+            self.inputs = (rng.standard_normal((B, H, Lq, D), dtype=dt),
+                           rng.standard_normal((B, H, Lk, D), dtype=dt),
+                           rng.standard_normal((B, H, Lk, D), dtype=dt))
+            self.key = req["key"]
+        q, k, v = self.inputs
+        fn = self.fn
+        if self.plan is None:                 # first visit: warm up, calibrate
+            t0 = time.perf_counter()
+            fn(q, k, v)
+            est = time.perf_counter() - t0
+            if est > req["max_call_s"]:
+                self.plan = {"skip": "one call took %.1f s > --max-call %.0f s"
+                                     % (est, req["max_call_s"])}
+            else:
+                if est < 0.5:                 # the 2nd call is the cleaner estimate
+                    t0 = time.perf_counter()
+                    fn(q, k, v)
+                    est = time.perf_counter() - t0
+                self.plan = {"inner": max(1, int(math.ceil(req["min_time"] / max(est, 1e-7))))}
+        if "skip" in self.plan:
+            return dict(self.plan)
+        inner = self.plan["inner"]
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn(q, k, v)
+        return {"t": (time.perf_counter() - t0) / inner, "inner": inner}
+
+    def _gemm(self, req):
+        np = self.np
+        n, reps = int(req["n"]), int(req["reps"])
+        rng = np.random.default_rng(1)
+        a = rng.standard_normal((n, n), dtype=np.dtype(req["dtype"]))
+        b = rng.standard_normal((n, n), dtype=np.dtype(req["dtype"]))
+        c = np.empty_like(a)
+        np.matmul(a, b, out=c)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            times.append(time.perf_counter() - t0)
+        return {"times": times}
+
+
+def _worker_main(argv):
+    impl, threads = argv[0], int(argv[1])
+    # stdout carries the protocol (one JSON object per line); anything the
+    # libraries print goes to stderr.
+    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def send(obj):
+        proto.write(json.dumps(obj) + "\n")
+        proto.flush()
+
+    runner = None
+    try:
+        runner = _Runner(impl, threads)
+        send({"ready": True, "info": runner.info})
+    except Exception as exc:
+        send({"ready": False, "error": "%s: %s" % (type(exc).__name__, exc)})
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req.get("op") == "quit":
+            break
+        if runner is None:
+            send({"error": "worker not ready"})
+            continue
+        try:
+            send(runner.handle(req))
+        except BaseException as exc:  # MemoryError included: report, keep serving
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            runner.key = runner.inputs = runner.plan = None
+            send({"error": "%s: %s" % (type(exc).__name__, exc)})
+    return 0
+
+
+# ============================================================== parent side
+def _worker_env(threads):
+    env = dict(os.environ)
+    env.update(ENV_FIX)
+    for var in _THREAD_VARS:
+        env[var] = str(threads)
+    # the cattn worker imports the cattn this file belongs to
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+class _Worker:
+    def __init__(self, impl, threads):
+        self.impl, self.threads = impl, threads
+        self.info, self.error = {}, None
+        self._err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, os.path.abspath(__file__), impl, str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+            text=True, env=_worker_env(threads), bufsize=1)
+
+    def wait_ready(self):
+        msg = self._read()
+        if msg.get("ready"):
+            self.info = msg["info"]
+        else:
+            self.error = msg.get("error", "worker failed to start")
+        return self.error is None
+
+    def _stderr_tail(self):
+        try:
+            self._err.seek(0)
+            lines = [ln for ln in self._err.read().splitlines() if ln.strip()]
+            return lines[-1] if lines else ""
+        except Exception:
+            return ""
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            return {"error": "worker exited (rc %s) %s" % (self.proc.returncode, self._stderr_tail())}
+        return json.loads(line)
+
+    def request(self, obj):
+        if self.error is not None:
+            return {"error": self.error}
+        self.send(obj)
+        return self.receive()
+
+    def send(self, obj):
+        try:
+            self.proc.stdin.write(json.dumps(obj) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            self.error = "worker died: %s %s" % (exc, self._stderr_tail())
+
+    def receive(self):
+        if self.error is not None:
+            return {"error": self.error}
+        msg = self._read()
+        if "error" in msg and self.proc.poll() is not None:
+            self.error = msg["error"]
+        return msg
+
+    def close(self):
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write('{"op": "quit"}\n')
+                self.proc.stdin.flush()
+                self.proc.stdin.close()
+                self.proc.wait(timeout=20)
+        except Exception:
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._err.close()
+
+
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if not n:
+        return None
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _parse_shape(text):
+    if text in SHAPES:
+        return text, SHAPES[text]
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 5 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(
+            "unknown shape %r: use a name (%s) or BxHxLqxLkxD" % (text, ", ".join(SHAPES)))
+    return text, dims
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog=_PROG,
+        description="Time cattn.attention against naive NumPy and PyTorch's "
+                    "scaled_dot_product_attention, each in its own process, "
+                    "alternating, median of repeats; also measures the machine's "
+                    "GEMM GFLOP/s and read bandwidth in the same run.",
+        epilog="Shapes (B,H,Lq,Lk,D): " + "; ".join(
+            "%s=%s" % (n, ",".join(map(str, d))) for n, d in SHAPES.items())
+            + ".  Ratios are time ratios (< 1: cattn faster).")
+    p.add_argument("--shapes", nargs="+", metavar="SHAPE", default=None,
+                   help="shape names or BxHxLqxLkxD specs; 'all' = every named "
+                        "shape (default: all but mem16k)")
+    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=None,
+                   help="default: float32 float64 (--quick: float32)")
+    p.add_argument("--threads", nargs="+", type=int, default=None, metavar="N",
+                   help="thread counts (default: 1 and the usable CPUs; --quick: the usable CPUs)")
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS),
+                   help="implementations to time (default: all)")
+    p.add_argument("--repeat", type=int, default=None, metavar="N",
+                   help="alternating rounds per shape, median reported (default 7; --quick 3)")
+    p.add_argument("--min-time", type=float, default=None, metavar="S",
+                   help="seconds of back-to-back calls per timing (default 0.1; --quick 0.02)")
+    p.add_argument("--max-call", type=float, default=60.0, metavar="S",
+                   help="drop an implementation/shape whose one call exceeds S seconds (default 60)")
+    p.add_argument("--gemm-n", type=int, default=4096, metavar="N",
+                   help="matrix size of the GEMM peak measurement (default 4096)")
+    p.add_argument("--quick", action="store_true",
+                   help="float32, the usable CPUs as threads, 3 rounds, short timings")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="also time (1,8,L,L,64) float32 for L in %s and plot time vs L "
+                        "(needs matplotlib)" % (SWEEP_L,))
+    p.add_argument("--json", metavar="FILE", default=None, help="save all results as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+class _Progress:
+    def __init__(self, total, enabled):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, file=sys.stderr, leave=False,
+                                dynamic_ncols=True, unit="run")
+            except Exception:
+                self.bar = None
+
+    def step(self, desc=None, n=1):
+        if self.bar is not None:
+            if desc:
+                self.bar.set_description_str(desc, refresh=False)
+            self.bar.update(n)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fmt_ms(s):
+    if s is None:
+        return "-"
+    ms = s * 1e3
+    if ms >= 100:
+        return "%.0f" % ms
+    return "%.3g" % ms
+
+
+def _cell(res):
+    if res is None:
+        return "-"
+    if "median_s" in res:
+        return _fmt_ms(res["median_s"])
+    if "skip" in res:
+        return "skip"
+    return "err"
+
+
+def _measure_machine(t, numpy_worker, bw_sizes, args, prog):
+    """GEMM GFLOP/s in ``numpy_worker`` and read bandwidth of ``t`` processes."""
+    out = {"threads": t, "gemm": {}, "bandwidth": {}}
+    n = args.gemm_n
+    reps = 3 if args.quick else 5
+    for dt in DTYPES:
+        r = numpy_worker.request({"op": "gemm", "n": n, "dtype": dt, "reps": reps})
+        prog.step("%dt gemm %s" % (t, dt))
+        if "times" in r:
+            med = _median(r["times"])
+            out["gemm"][dt] = {"n": n, "median_s": med, "gflops": 2.0 * n ** 3 / med / 1e9,
+                               "best_gflops": 2.0 * n ** 3 / min(r["times"]) / 1e9}
+        else:
+            out["gemm"][dt] = {"error": r.get("error")}
+    rounds = 3 if args.quick else 5
+    workers = [_Worker("bw", 1) for _ in range(t)]
+    try:
+        ok = [w.wait_ready() for w in workers]
+        for nbytes in sorted(bw_sizes):
+            if not all(ok):
+                out["bandwidth"][str(nbytes)] = {"error": workers[ok.index(False)].error}
+                prog.step(n=rounds)
+                continue
+            part = max(1 << 16, nbytes // t)
+            for w in workers:
+                w.send({"op": "bw_alloc", "nbytes": part})
+            for w in workers:
+                w.receive()
+            # ~0.15 s per round at ~30 GB/s
+            reps = max(2, int(math.ceil(0.15 * 30e9 / (part * t))))
+            vals = []
+            for _ in range(rounds):
+                for w in workers:                 # started together ...
+                    w.send({"op": "bw_run", "reps": reps})
+                got = [w.receive() for w in workers]
+                if any("elapsed" not in g for g in got):
+                    break
+                total = sum(g["nbytes"] for g in got)
+                vals.append(total / max(g["elapsed"] for g in got) / 1e9)  # ... slowest decides
+                prog.step("%dt bandwidth %d MiB" % (t, nbytes >> 20))
+            out["bandwidth"][str(nbytes)] = {"nbytes": nbytes, "processes": t,
+                                             "gbs": _median(vals), "rounds": vals}
+    finally:
+        for w in workers:
+            w.close()
+    return out
+
+
+def _kv_bytes(dims, dtype):
+    B, H, Lq, Lk, D = dims
+    return 2 * B * H * Lk * D * _ITEMSIZE[dtype]
+
+
+def _traffic_bytes(dims, dtype):
+    B, H, Lq, Lk, D = dims
+    return (2 * B * H * Lq * D + 2 * B * H * Lk * D) * _ITEMSIZE[dtype]
+
+
+def _flops(dims):
+    B, H, Lq, Lk, D = dims
+    return 4.0 * B * H * Lq * Lk * D
+
+
+def main(argv=None):
+    """Run the benchmark; ``argv`` excludes the program name.  Returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ncpu = _usable_cpus()
+    if args.quick:
+        args.dtypes = args.dtypes or ["float32"]
+        args.threads = args.threads or [ncpu]
+        args.repeat = args.repeat or 3
+        args.min_time = args.min_time if args.min_time is not None else 0.02
+    args.dtypes = args.dtypes or list(DTYPES)
+    args.threads = args.threads or sorted({1, ncpu})
+    args.repeat = max(1, args.repeat or 7)
+    args.min_time = args.min_time if args.min_time is not None else 0.1
+    if min(args.threads) < 1:
+        parser.error("--threads must be >= 1")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print("%s: error: --plot needs matplotlib (pip install matplotlib)" % _PROG,
+                  file=sys.stderr)
+            return 1
+
+    names = args.shapes or list(DEFAULT_SHAPES)
+    if "all" in names:
+        names = list(SHAPES)
+    try:
+        shapes = [_parse_shape(s) for s in names]
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    tmax = max(args.threads)
+
+    # the cases, per thread count: (name, dims, dtype, in_table, in_sweep)
+    plan = {}
+    for t in args.threads:
+        cases = {}
+        for name, dims in shapes:
+            for dt in args.dtypes:
+                cases[(dims, dt)] = {"name": name, "dims": dims, "dtype": dt,
+                                     "table": True, "sweep": False}
+        if args.plot and t == tmax:
+            for L in SWEEP_L:
+                dims = (1, 8, L, L, 64)
+                c = cases.setdefault((dims, "float32"), {"name": "sweep%d" % L, "dims": dims,
+                                                         "dtype": "float32", "table": False})
+                c["sweep"] = True
+        plan[t] = list(cases.values())
+
+    impls = [i for i in IMPLS if i in args.impls]
+    bw_sizes = {}
+    for t in args.threads:
+        sizes = {_kv_bytes(c["dims"], c["dtype"]) for c in plan[t] if c["dims"][2] == 1}
+        bw_sizes[t] = sizes or {128 << 20}
+    rounds = 3 if args.quick else 5
+    total = sum(2 + rounds * len(bw_sizes[t]) + len(plan[t]) * args.repeat * len(impls)
+                for t in args.threads)
+
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    t_start = time.perf_counter()
+    prog = _Progress(total, not args.no_progress)
+    machine, rows, infos = {}, [], {}
+    try:
+        for t in args.threads:
+            workers = {i: _Worker(i, t) for i in impls}
+            gemm_worker = workers.get("numpy") or _Worker("numpy", t)
+            try:
+                for w in set(workers.values()) | {gemm_worker}:
+                    w.wait_ready()
+                for i, w in workers.items():
+                    infos.setdefault(i, w.info or {"error": w.error})
+                machine[t] = _measure_machine(t, gemm_worker, bw_sizes[t], args, prog)
+                for ci, c in enumerate(plan[t]):
+                    req = {"op": "case", "key": "%d:%s:%s" % (t, c["dims"], c["dtype"]),
+                           "dims": list(c["dims"]), "dtype": c["dtype"],
+                           "min_time": args.min_time, "max_call_s": args.max_call}
+                    samples = {i: [] for i in impls}
+                    last = {i: None for i in impls}
+                    for r in range(args.repeat):
+                        order = impls[(r + ci) % len(impls):] + impls[:(r + ci) % len(impls)]
+                        for i in order:
+                            prog.step("%dt %s %s %s" % (t, c["name"], c["dtype"], i))
+                            if last[i] is not None and "t" not in last[i]:
+                                continue          # skipped or failed: don't retry
+                            res = workers[i].request(req)
+                            last[i] = res
+                            if "t" in res:
+                                samples[i].append(res["t"])
+                    row = dict(c, threads=t, dims=list(c["dims"]), impls={})
+                    for i in impls:
+                        if samples[i]:
+                            row["impls"][i] = {"median_s": _median(samples[i]),
+                                               "min_s": min(samples[i]), "samples_s": samples[i],
+                                               "inner": last[i].get("inner")}
+                        elif last[i] is not None:
+                            row["impls"][i] = {k: v for k, v in last[i].items()
+                                               if k in ("skip", "error")}
+                    rows.append(row)
+            finally:
+                for w in set(workers.values()) | {gemm_worker}:
+                    w.close()
+    except KeyboardInterrupt:
+        prog.close()
+        print("%s: interrupted" % _PROG, file=sys.stderr)
+        return 130
+    prog.close()
+    elapsed = time.perf_counter() - t_start
+
+    _derive(rows, machine)
+    meta = {"started": started, "elapsed_s": elapsed, "cpu": _cpu_model(),
+            "usable_cpus": ncpu, "logical_cpus": os.cpu_count(),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "threads": args.threads, "dtypes": args.dtypes, "repeat": args.repeat,
+            "min_time_s": args.min_time, "env": ENV_FIX, "impls": infos}
+    _print_report(meta, machine, rows, args, impls)
+    rc = 0
+    if args.json:
+        try:
+            with open(args.json, "w") as fh:
+                json.dump({"meta": meta, "machine": {str(k): v for k, v in machine.items()},
+                           "results": rows}, fh, indent=1)
+            print("\nwrote %s" % args.json)
+        except OSError as exc:
+            print("%s: error: cannot write %s: %s" % (_PROG, args.json, exc), file=sys.stderr)
+            rc = 1
+    if args.plot:
+        try:
+            _plot(args.plot, [r for r in rows if r["sweep"]], meta, tmax)
+            print("wrote %s" % args.plot)
+        except OSError as exc:
+            print("%s: error: cannot write %s: %s" % (_PROG, args.plot, exc), file=sys.stderr)
+            rc = 1
+    return rc
+
+
+def _derive(rows, machine):
+    for r in rows:
+        dims, dt, t = tuple(r["dims"]), r["dtype"], r["threads"]
+        m = machine.get(t, {})
+        peak = m.get("gemm", {}).get(dt, {}).get("gflops")
+        bw = m.get("bandwidth", {}).get(str(_kv_bytes(dims, dt)), {}).get("gbs")
+        for i, d in r["impls"].items():
+            if "median_s" not in d:
+                continue
+            d["gflops"] = _flops(dims) / d["median_s"] / 1e9
+            d["pct_gemm"] = 100.0 * d["gflops"] / peak if peak else None
+            if dims[2] == 1:
+                d["gbs"] = _traffic_bytes(dims, dt) / d["median_s"] / 1e9
+                d["pct_bw"] = 100.0 * d["gbs"] / bw if bw else None
+        c = r["impls"].get("cattn", {}).get("median_s")
+        for other in ("torch", "numpy"):
+            o = r["impls"].get(other, {}).get("median_s")
+            r["cattn_over_" + other] = c / o if c and o else None
+
+
+def _table(header, body):
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    line = lambda cells: "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
+    out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(b) for b in body]
+    return "\n".join(out)
+
+
+def _print_report(meta, machine, rows, args, impls):
+    infos = meta["impls"]
+
+    def ver(i, key):
+        d = infos.get(i)
+        if d is None:
+            return "not run"
+        return d.get(key) or "unavailable (%s)" % d.get("error", "?")
+
+    print("cattn bench  %s" % meta["started"])
+    print("CPU: %s; %d usable CPUs (%s logical); threads timed: %s"
+          % (meta["cpu"], meta["usable_cpus"], meta["logical_cpus"],
+             ", ".join(map(str, meta["threads"]))))
+    np_info = next((d for d in infos.values() if d and d.get("numpy")), {})
+    print("versions: cattn %s%s, numpy %s%s, torch %s; python %s"
+          % (ver("cattn", "cattn"),
+             " (%s)" % infos["cattn"]["cattn_path"] if infos.get("cattn", {}).get("cattn_path") else "",
+             np_info.get("numpy", "?"),
+             " [%s]" % "; ".join(np_info["blas"]) if np_info.get("blas") else "",
+             ver("torch", "torch"), meta["python"]))
+    print("method: one worker process per implementation and thread count (%s, "
+          "*_NUM_THREADS=t); implementations alternated in rotated order, median of "
+          "%d rounds, each round >= %.3g s of calls"
+          % (", ".join("%s=%s" % kv for kv in ENV_FIX.items()), args.repeat, args.min_time))
+    print("numpy = naive NumPy in the input dtype, softmax(q @ k^T * D**-0.5) @ v; "
+          "torch = torch.nn.functional.scaled_dot_product_attention")
+    for t in sorted(machine):
+        m = machine[t]
+        g = m["gemm"]
+        gs = ", ".join("%s %s GFLOP/s" % ("sgemm" if dt == "float32" else "dgemm",
+                                          "%.1f" % g[dt]["gflops"] if "gflops" in g[dt] else "err")
+                       for dt in DTYPES if dt in g)
+        bws = ", ".join("%s GB/s over %d MiB" % ("%.1f" % b["gbs"] if b.get("gbs") else "err",
+                                                 int(k) >> 20)
+                        for k, b in sorted(m["bandwidth"].items(), key=lambda kv: int(kv[0])))
+        print("machine @ %d thread(s): NumPy matmul %d^2 (median): %s; read bandwidth "
+              "(%d process(es) x np.dot(x, x), together): %s" % (t, args.gemm_n, gs, t, bws))
+    print()
+    header = ["shape (B,H,Lq,Lk,D)", "dtype", "thr", "cattn ms", "numpy ms", "torch ms",
+              "cattn/torch", "cattn/numpy", "cattn GFLOP/s", "% GEMM", "GB/s", "% BW"]
+    body, slower = [], []
+    f = lambda x, fmt: "-" if x is None else fmt % x
+    for r in rows:
+        if not r["table"]:
+            continue
+        im = r["impls"]
+        ca = im.get("cattn", {})
+        body.append([
+            "%s (%s)" % (r["name"], ",".join(map(str, r["dims"]))), r["dtype"], r["threads"],
+            _cell(im.get("cattn")), _cell(im.get("numpy")), _cell(im.get("torch")),
+            f(r.get("cattn_over_torch"), "%.2f"), f(r.get("cattn_over_numpy"), "%.3f"),
+            f(ca.get("gflops"), "%.1f"), f(ca.get("pct_gemm"), "%.0f%%"),
+            f(ca.get("gbs"), "%.1f"), f(ca.get("pct_bw"), "%.0f%%")])
+        if r.get("cattn_over_torch") and r["cattn_over_torch"] > 1.0:
+            slower.append("%s %s %dt (x%.2f)" % (r["name"], r["dtype"], r["threads"],
+                                                r["cattn_over_torch"]))
+    print(_table(header, body))
+    print("\nratios: time(cattn) / time(other), < 1 = cattn faster.  GFLOP/s = 4*B*H*Lq*Lk*D "
+          "/ time; GB/s (Lq = 1) = (q + k + v + out) bytes / time")
+    if "torch" in impls:
+        print("cattn slower than torch: %s" % ("; ".join(slower) if slower else "none"))
+    sweep = [r for r in rows if r["sweep"]]
+    if sweep:
+        print("\ntime vs L, (1,8,L,L,64) float32, %d thread(s):" % sweep[0]["threads"])
+        print(_table(["L", "cattn ms", "numpy ms", "torch ms"],
+                     [[r["dims"][2], _cell(r["impls"].get("cattn")),
+                       _cell(r["impls"].get("numpy")), _cell(r["impls"].get("torch"))]
+                      for r in sorted(sweep, key=lambda r: r["dims"][2])]))
+    print("\nelapsed %.0f s" % meta["elapsed_s"])
+
+
+def _plot(path, sweep, meta, threads):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    labels = {"cattn": "cattn", "numpy": "NumPy (naive)", "torch": "PyTorch SDPA"}
+    sweep = sorted(sweep, key=lambda r: r["dims"][2])
+    for i in IMPLS:
+        pts = [(r["dims"][2], r["impls"][i]["median_s"] * 1e3) for r in sweep
+               if "median_s" in r["impls"].get(i, {})]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=labels[i])
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length L (Lq = Lk)")
+    ax.set_ylabel("time per call (ms, median)")
+    ax.set_title("attention (1, 8, L, L, 64) float32, %d thread(s)\n%s" % (threads, meta["cpu"]),
+                 fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
