@@ -59,6 +59,17 @@ DTYPES = ["float32", "float64"]
 IMPLS = ["cattn", "numpy_ref", "numpy_naive", "torch"]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
+if HAVE_TORCH and "run_server" in sys.argv:
+    # asv's forkserver (launch_method "forkserver", asv.conf.json) imports the
+    # suites once and forks a fresh process per parameter combination: import
+    # torch here so each torch child does not pay its ~1.5 s import.  Importing
+    # starts no thread pool, so forking afterwards is safe.  Under "spawn"
+    # torch is imported only by the processes that time it.
+    try:
+        import torch  # noqa: F401
+    except Exception:  # a broken torch is reported by the torch rows
+        pass
+
 
 def shape_id(B, H, Lq, Lk, D):
     """The string asv shows for a shape parameter: ``BxHxLqxLkxD``."""
@@ -210,6 +221,7 @@ class _AttentionSuite:
     repeat = (1, 5, 20.0)
     number = 0
     min_run_count = 1
+    warmup_work = 2e9      # one untimed call in setup up to this size (asv --quick times one call)
 
     def args_of(self, *params):
         raise NotImplementedError
@@ -222,6 +234,8 @@ class _AttentionSuite:
         self.impl = Impl(impl, threads, variant, dims)
         self.fn = self.impl.fn
         self.qkv = make_qkv(dims, dtype)
+        if work(dims) <= self.warmup_work:
+            self.fn(*self.qkv)      # thread-team start, first-touch: not timed
 
     def teardown(self, *params):
         impl = getattr(self, "impl", None)

@@ -365,6 +365,13 @@ def _cpu_model():
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def _loadavg():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def _usable_cpus():
     try:
         return len(os.sched_getaffinity(0))
@@ -586,6 +593,7 @@ def main(argv=None):
                 for t in args.threads)
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    load0 = _loadavg()
     t_start = time.perf_counter()
     prog = _Progress(total, not args.no_progress)
     machine, rows, infos = {}, [], {}
@@ -640,7 +648,8 @@ def main(argv=None):
             "usable_cpus": ncpu, "logical_cpus": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version(),
             "threads": args.threads, "dtypes": args.dtypes, "repeat": args.repeat,
-            "min_time_s": args.min_time, "env": ENV_FIX, "impls": infos}
+            "min_time_s": args.min_time, "env": ENV_FIX, "impls": infos,
+            "loadavg_1min": [load0, _loadavg()]}
     _print_report(meta, machine, rows, args, impls)
     rc = 0
     if args.json:
@@ -710,6 +719,11 @@ def _print_report(meta, machine, rows, args, impls):
              np_info.get("numpy", "?"),
              " [%s]" % "; ".join(np_info["blas"]) if np_info.get("blas") else "",
              ver("torch", "torch"), meta["python"]))
+    la = meta["loadavg_1min"]
+    if la[0] is not None:
+        busy = max(la) > 0.5 * meta["usable_cpus"]
+        print("load average (1 min) before/after: %s / %s%s" % (
+            la[0], la[1], "  <-- other processes were busy: expect noisy times" if busy else ""))
     print("method: one worker process per implementation and thread count (%s, "
           "*_NUM_THREADS=t); implementations alternated in rotated order, median of "
           "%d rounds, each round >= %.3g s of calls"

@@ -26,7 +26,8 @@ from libc.string cimport memset
 from libc.math cimport exp, expf, INFINITY
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
-from cattn._openmp_helpers cimport omp_get_thread_num
+from cattn._openmp_helpers cimport omp_get_thread_num, omp_get_wtime
+import threading
 
 cnp.import_array()
 
@@ -153,60 +154,180 @@ cdef void _fill_params(cattn_params *p, dict a) except *:
 
 
 
-def flash(dict a, int num_threads):
-    """Run the fused kernel over all (batch item, query block) pairs.
+cdef extern from "Python.h":
+    int PyErr_CheckSignals()
 
-    ``a`` holds the operands and geometry prepared by ``_api`` (see the
-    fields of ``cattn_params`` in ``_src/flash.h``).  Returns nothing; the
-    results are written into ``a["out"]``, ``a["lse"]``, ``a["weights"]``
-    or ``a["key_mass"]``.  Raises MemoryError if scratch cannot be had.
-    """
-    cdef cattn_params p
-    _fill_params(&p, a)
-    cdef bint is_double = a["q"].dtype == np.float64
-    cdef int64_t n_qblocks = (p.Lq + p.block_q - 1) // p.block_q
-    cdef int64_t n_work = p.n_batch * n_qblocks
-    if n_work == 0:
+
+# One driver serves the tile and the decode kernels: it runs work items
+# under prange (or on the calling thread when one thread is asked for, so a
+# forked child never enters OpenMP), with per-thread scratch, and lets the
+# main thread poll for Ctrl-C between items.
+cdef struct _Run:
+    cattn_params *p
+    bint is_double
+    bint decode
+    int64_t n_qblocks
+    int64_t n_split
+    int64_t chunk
+    char *acc
+    char *mm
+    char *ll
+
+
+cdef void _work_item(_Run *r, int64_t w, void *scratch) noexcept nogil:
+    cdef int64_t b, sp, js, je, Lq, Dv
+    cdef size_t isz
+    if not r.decode:
+        if r.is_double:
+            cattn_flash_block_f64(r.p, w // r.n_qblocks, w % r.n_qblocks, scratch)
+        else:
+            cattn_flash_block_f32(r.p, w // r.n_qblocks, w % r.n_qblocks, scratch)
         return
-    cdef size_t scratch_bytes = cattn_scratch_bytes(&p, is_double)
-    cdef int n_threads = num_threads
-    if n_threads > n_work:
-        n_threads = <int>n_work
-    cdef int failed[1]
-    failed[0] = 0   # an array element stays shared inside the region
+    b = w // r.n_split
+    sp = w % r.n_split
+    js = sp * r.chunk
+    je = js + r.chunk
+    if je > r.p.Lk:
+        je = r.p.Lk
+    Lq = r.p.Lq
+    Dv = r.p.Dv
+    isz = 8 if r.is_double else 4
+    if r.is_double:
+        cattn_decode_block_f64(r.p, b, js, je, <double *>(r.acc + w * Lq * Dv * isz),
+                               <double *>(r.mm + w * Lq * isz),
+                               <double *>(r.ll + w * Lq * isz), scratch)
+    else:
+        cattn_decode_block_f32(r.p, b, js, je, <float *>(r.acc + w * Lq * Dv * isz),
+                               <float *>(r.mm + w * Lq * isz),
+                               <float *>(r.ll + w * Lq * isz), scratch)
+
+
+# Seconds between two polls for pending signals (Ctrl-C).
+cdef double _SIGNAL_POLL = 0.02
+
+
+cdef int _interrupted(double *last) noexcept nogil:
+    """On the main thread: re-acquire the GIL briefly, every _SIGNAL_POLL
+    seconds, and run Python's signal handlers.  True when one raised."""
+    cdef double now = omp_get_wtime()
+    if now - last[0] < _SIGNAL_POLL:
+        return 0
+    last[0] = now
+    with gil:
+        return PyErr_CheckSignals() != 0
+
+
+cdef int _run(_Run *r, int64_t n_work, size_t scratch_bytes, int n_threads,
+              bint poll) except -1:
+    cdef int status[2]      # [0] scratch allocation failed, [1] interrupted
+    cdef double last[1]
     cdef int64_t w
     cdef void *raw = NULL
     cdef void *scratch = NULL
-
-    if n_threads == 1:
-        # Small calls stay on the calling thread: no team is started.
+    status[0] = 0
+    status[1] = 0
+    last[0] = omp_get_wtime()
+    if n_threads > n_work:
+        n_threads = <int>n_work
+    if n_threads <= 1:
         raw = malloc(scratch_bytes + 64)
         if raw == NULL:
             raise MemoryError("cattn: cannot allocate %d bytes of scratch" % scratch_bytes)
         scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
         with nogil:
             for w in range(n_work):
-                if is_double:
-                    cattn_flash_block_f64(&p, w // n_qblocks, w % n_qblocks, scratch)
-                else:
-                    cattn_flash_block_f32(&p, w // n_qblocks, w % n_qblocks, scratch)
+                if poll and _interrupted(last):
+                    status[1] = 1
+                    break
+                _work_item(r, w, scratch)
         free(raw)
-        return
+    else:
+        with nogil, parallel(num_threads=n_threads):
+            raw = malloc(scratch_bytes + 64)
+            if raw == NULL:
+                status[0] = 1
+            scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
+            for w in prange(n_work, schedule="dynamic"):
+                if raw == NULL or status[1]:
+                    continue
+                if poll and omp_get_thread_num() == 0 and _interrupted(last):
+                    status[1] = 1
+                    continue
+                _work_item(r, w, scratch)
+            free(raw)
+    if status[1]:
+        return -1           # the signal handler's exception is set
+    if status[0]:
+        raise MemoryError("cattn: cannot allocate %d bytes of per-thread scratch"
+                          % scratch_bytes)
+    return 0
 
-    with nogil, parallel(num_threads=n_threads):
-        raw = malloc(scratch_bytes + 64)
-        if raw == NULL:
-            failed[0] = 1
-        scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
-        for w in prange(n_work, schedule="dynamic"):
-            if raw != NULL:
-                if is_double:
-                    cattn_flash_block_f64(&p, w // n_qblocks, w % n_qblocks, scratch)
-                else:
-                    cattn_flash_block_f32(&p, w // n_qblocks, w % n_qblocks, scratch)
-        free(raw)
-    if failed[0]:
-        raise MemoryError("cattn: cannot allocate %d bytes of per-thread scratch" % scratch_bytes)
+
+def _poll_signals():
+    return threading.current_thread() is threading.main_thread()
+
+
+def flash(dict a, int num_threads):
+    """Run the fused kernel over all (batch item, query block) pairs.
+
+    ``a`` holds the operands and geometry prepared by ``_api`` (see the
+    fields of ``cattn_params`` in ``_src/flash.h``).  Returns nothing; the
+    results are written into ``a["out"]``, ``a["lse"]``, ``a["weights"]``
+    or ``a["key_mass"]``.  Raises MemoryError if scratch cannot be had and
+    KeyboardInterrupt (or whatever a signal handler raises) on Ctrl-C.
+    """
+    cdef cattn_params p
+    _fill_params(&p, a)
+    cdef _Run r
+    r.p = &p
+    r.is_double = a["q"].dtype == np.float64
+    r.decode = False
+    r.n_qblocks = (p.Lq + p.block_q - 1) // p.block_q
+    cdef int64_t n_work = p.n_batch * r.n_qblocks
+    if n_work == 0:
+        return
+    _run(&r, n_work, cattn_scratch_bytes(&p, r.is_double), num_threads, _poll_signals())
+
+
+def flash_decode(dict a, int num_threads, int64_t n_split):
+    """The decode path: (batch item, key split) work items stream K and V
+    once and leave partial results, merged per query by the log-sum-exp
+    rule afterwards."""
+    cdef cattn_params p
+    _fill_params(&p, a)
+    cdef _Run r
+    r.p = &p
+    r.is_double = a["q"].dtype == np.float64
+    r.decode = True
+    cdef int64_t N = p.n_batch, Lq = p.Lq, Dv = p.Dv, Lk = p.Lk, w, b
+    if N == 0 or Lq == 0:
+        return
+    dt = np.float64 if r.is_double else np.float32
+    part_acc = np.empty((N, n_split, Lq, max(Dv, 1)), dtype=dt)
+    part_m = np.empty((N, n_split, Lq), dtype=dt)
+    part_l = np.empty((N, n_split, Lq), dtype=dt)
+    r.acc = <char *>cnp.PyArray_DATA(part_acc)
+    r.mm = <char *>cnp.PyArray_DATA(part_m)
+    r.ll = <char *>cnp.PyArray_DATA(part_l)
+    cdef size_t isz = 8 if r.is_double else 4
+    r.n_split = n_split
+    r.chunk = (Lk + n_split - 1) // n_split
+    r.chunk = ((r.chunk + 63) // 64) * 64
+    _run(&r, N * n_split, cattn_decode_scratch_bytes(&p, r.is_double), num_threads,
+         _poll_signals())
+    with nogil:
+        for w in range(N * Lq):
+            b = w // Lq
+            if r.is_double:
+                cattn_decode_finish_f64(&p, b, w % Lq, n_split,
+                                        <double *>(r.acc + b * n_split * Lq * Dv * isz),
+                                        <double *>(r.mm + b * n_split * Lq * isz),
+                                        <double *>(r.ll + b * n_split * Lq * isz))
+            else:
+                cattn_decode_finish_f32(&p, b, w % Lq, n_split,
+                                        <float *>(r.acc + b * n_split * Lq * Dv * isz),
+                                        <float *>(r.mm + b * n_split * Lq * isz),
+                                        <float *>(r.ll + b * n_split * Lq * isz))
 
 
 cdef inline void _gemm(char *ta, char *tb, int m, int n, int k, floating alpha,
@@ -262,107 +383,42 @@ def gemm_batched(A, A_off, lda, B, B_off, ldb, C, C_stride, ldc, trans_a, m, n, 
 def softmax_rows(floating[:, ::1] x, int num_threads):
     """Stable softmax of every row of ``x``, in place.  A row that is all
     -inf becomes all 0; a NaN anywhere in a row makes the row NaN."""
-    cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r, c
-    cdef floating m, s, e
+    cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r
     if R == 0 or C == 0:
         return
-    with nogil:
-        for r in prange(R, num_threads=num_threads if R * C > 32768 else 1,
-                        schedule="static"):
-            m = -INFINITY
-            for c in range(C):
-                if x[r, c] > m:
-                    m = x[r, c]
-            if m == -INFINITY:
-                s = 0
-                for c in range(C):
-                    if x[r, c] != x[r, c]:      # all NaN / -inf: NaN stays NaN
-                        s = x[r, c]
-                for c in range(C):
-                    x[r, c] = s
-                continue
-            s = 0
-            for c in range(C):
-                if floating is float:
-                    e = expf(x[r, c] - m)
-                else:
-                    e = exp(x[r, c] - m)
-                x[r, c] = e
-                s = s + e
-            s = 1 / s
-            for c in range(C):
-                x[r, c] = x[r, c] * s
-
-
-def flash_decode(dict a, int num_threads, int64_t n_split):
-    """The decode path: (batch item, key split) work items stream K and V
-    once and leave partial results, merged per query by the log-sum-exp
-    rule in a second loop of the same parallel region."""
-    cdef cattn_params p
-    _fill_params(&p, a)
-    cdef bint is_double = a["q"].dtype == np.float64
-    cdef int64_t N = p.n_batch, Lq = p.Lq, Dv = p.Dv, Lk = p.Lk
-    if N == 0 or Lq == 0:
+    if num_threads <= 1 or R * C <= 32768:
+        with nogil:
+            for r in range(R):
+                _softmax_row(&x[r, 0], C)
         return
-    dt = np.float64 if is_double else np.float32
-    part_acc = np.empty((N, n_split, Lq, max(Dv, 1)), dtype=dt)
-    part_m = np.empty((N, n_split, Lq), dtype=dt)
-    part_l = np.empty((N, n_split, Lq), dtype=dt)
-    cdef char *acc = <char *>cnp.PyArray_DATA(part_acc)
-    cdef char *mm = <char *>cnp.PyArray_DATA(part_m)
-    cdef char *ll = <char *>cnp.PyArray_DATA(part_l)
-    cdef size_t isz = 8 if is_double else 4
-    cdef int64_t chunk = (Lk + n_split - 1) // n_split
-    chunk = ((chunk + 63) // 64) * 64
-    cdef int64_t n_work = N * n_split, w, b, sp, js, je
-    cdef size_t scratch_bytes = cattn_decode_scratch_bytes(&p, is_double)
-    cdef int n_threads = num_threads
-    if n_threads > n_work:
-        n_threads = <int>n_work
-    if n_threads < 1:
-        n_threads = 1
-    cdef int failed[1]
-    failed[0] = 0
-    cdef void *raw = NULL
-    cdef void *scratch = NULL
-    with nogil, parallel(num_threads=n_threads):
-        raw = malloc(scratch_bytes + 64)
-        if raw == NULL:
-            failed[0] = 1
-        scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
-        for w in prange(n_work, schedule="dynamic"):
-            if raw != NULL:
-                b = w // n_split
-                sp = w % n_split
-                js = sp * chunk
-                je = js + chunk
-                if je > Lk:
-                    je = Lk
-                if is_double:
-                    cattn_decode_block_f64(&p, b, js, je,
-                                           <double *>(acc + w * Lq * Dv * isz),
-                                           <double *>(mm + w * Lq * isz),
-                                           <double *>(ll + w * Lq * isz), scratch)
-                else:
-                    cattn_decode_block_f32(&p, b, js, je,
-                                           <float *>(acc + w * Lq * Dv * isz),
-                                           <float *>(mm + w * Lq * isz),
-                                           <float *>(ll + w * Lq * isz), scratch)
-        free(raw)
-        for w in prange(N * Lq, schedule="static"):
-            b = w // Lq
-            if is_double:
-                cattn_decode_finish_f64(&p, b, w % Lq, n_split,
-                                        <double *>(acc + b * n_split * Lq * Dv * isz),
-                                        <double *>(mm + b * n_split * Lq * isz),
-                                        <double *>(ll + b * n_split * Lq * isz))
-            else:
-                cattn_decode_finish_f32(&p, b, w % Lq, n_split,
-                                        <float *>(acc + b * n_split * Lq * Dv * isz),
-                                        <float *>(mm + b * n_split * Lq * isz),
-                                        <float *>(ll + b * n_split * Lq * isz))
-    if failed[0]:
-        raise MemoryError("cattn: cannot allocate %d bytes of per-thread scratch" % scratch_bytes)
+    with nogil:
+        for r in prange(R, num_threads=num_threads, schedule="static"):
+            _softmax_row(&x[r, 0], C)
+
+
+cdef void _softmax_row(floating *x, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef floating m = -INFINITY, s = 0, e
+    for c in range(C):
+        if x[c] > m:
+            m = x[c]
+    if m == -INFINITY:
+        for c in range(C):
+            if x[c] != x[c]:        # all -inf or NaN: NaN stays NaN
+                s = x[c]
+        for c in range(C):
+            x[c] = s
+        return
+    for c in range(C):
+        if floating is float:
+            e = expf(x[c] - m)
+        else:
+            e = exp(x[c] - m)
+        x[c] = e
+        s = s + e
+    s = 1 / s
+    for c in range(C):
+        x[c] = x[c] * s
 
 
 def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double scale,

@@ -10,9 +10,30 @@ cdef extern from *:
     static inline int omp_get_max_threads(void) { return 1; }
     static inline int omp_get_thread_num(void) { return 0; }
     static inline int omp_get_num_threads(void) { return 1; }
+    #include <time.h>
+    static inline double omp_get_wtime(void) { return (double)clock() / CLOCKS_PER_SEC; }
+    #endif
+
+    /* GNU libgomp's thread pool does not survive fork(): a child that
+       enters a parallel region after its parent used one hangs.  A
+       pthread_atfork handler marks the child, and cattn then runs on the
+       calling thread only (the approach of data.table). */
+    #if defined(__unix__) || defined(__APPLE__)
+    #include <pthread.h>
+    static int cattn_in_forked_child = 0;
+    static void cattn_atfork_child(void) { cattn_in_forked_child = 1; }
+    static int cattn_register_atfork(void) {
+        return pthread_atfork(NULL, NULL, cattn_atfork_child);
+    }
+    #else
+    static int cattn_in_forked_child = 0;
+    static int cattn_register_atfork(void) { return 0; }
     #endif
     """
     bint CATTN_HAVE_OPENMP
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil
     int omp_get_num_threads() noexcept nogil
+    double omp_get_wtime() noexcept nogil
+    int cattn_in_forked_child
+    int cattn_register_atfork() noexcept nogil

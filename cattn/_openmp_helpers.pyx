@@ -11,6 +11,13 @@ from cython.parallel cimport parallel
 
 _user_n_threads = None   # set by cattn.set_num_threads
 
+cattn_register_atfork()
+
+
+def _in_forked_child():
+    """True in a process forked from one that had loaded cattn."""
+    return bool(cattn_in_forked_child)
+
 
 def _openmp_enabled():
     """True when the extension was compiled with OpenMP."""
@@ -32,16 +39,18 @@ def _cpu_count():
 def _openmp_effective_n_threads(n_threads=None):
     """Threads a cattn call will use.
 
-    An explicit ``n_threads`` wins.  Otherwise the value of
+    In a forked child (see ``_in_forked_child``) it is always 1: OpenMP's
+    thread pool does not survive fork.  Otherwise an explicit ``n_threads``
+    wins.  Otherwise the value of
     ``cattn.set_num_threads`` if any, else OpenMP's own limit (which follows
     ``OMP_NUM_THREADS`` and threadpoolctl, and defaults to the usable cores);
     in both cases capped by OpenMP's current limit so that
     ``threadpool_limits(1, user_api="openmp")`` always takes effect.
     """
+    if not CATTN_HAVE_OPENMP or cattn_in_forked_child:
+        return 1
     if n_threads is not None:
         return n_threads
-    if not CATTN_HAVE_OPENMP:
-        return 1
     limit = omp_get_max_threads()
     if _user_n_threads is not None:
         return max(1, min(_user_n_threads, limit))

@@ -198,6 +198,18 @@ def test_threads_rule(client, monkeypatch):
     assert got == 1
     got = client.submit(cdask.task_threads, 3, pure=False).result()
     assert got == 3
+    # without the nanny's OMP_NUM_THREADS: cores // threads of the host's workers
+
+    def on_worker():
+        from dask.system import CPU_COUNT
+        old = os.environ.pop("OMP_NUM_THREADS", None)
+        try:
+            return (CPU_COUNT, cdask.task_threads(), cdask.task_threads(None, {"127.0.0.1": 2}))
+        finally:
+            if old is not None:
+                os.environ["OMP_NUM_THREADS"] = old
+    cores, own, shared = client.submit(on_worker, pure=False).result()
+    assert own == cores and shared == max(1, cores // 2)
     # outside a worker: main thread gets all cores, OMP_NUM_THREADS caps it
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(cdask, "_cores", lambda: 8)
