@@ -24,6 +24,8 @@ def as_real_array(x, name):
     Bools and integers become float64; float16/32/64 are kept; complex,
     object, string and structured data raise TypeError naming ``name``.
     """
+    if type(x).__module__.startswith("torch") and hasattr(x, "device"):
+        x = _from_torch(x, name)
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
@@ -39,6 +41,24 @@ def as_real_array(x, name):
     if arr.dtype.itemsize > 8:
         raise TypeError(f"{name}: dtype {arr.dtype} is not supported (use float64)")
     return arr
+
+
+def _from_torch(t, name):
+    """A CPU torch tensor as a NumPy array sharing its memory (DLPack);
+    torch is never imported by cattn itself."""
+    if t.device.type != "cpu":
+        raise TypeError(
+            f"{name} is a torch tensor on {t.device}; cattn computes on the CPU: "
+            f"pass {name}.cpu()"
+        )
+    if t.requires_grad:
+        t = t.detach()
+    if str(t.dtype) == "torch.bfloat16":   # NumPy has no bfloat16
+        t = t.float()
+    try:
+        return np.from_dlpack(t)
+    except (TypeError, RuntimeError, BufferError):
+        return t.numpy()
 
 
 def compute_dtype(*arrays):
