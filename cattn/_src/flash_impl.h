@@ -486,15 +486,18 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
         }
 
         if (mode != CATTN_MODE_ATTENTION) {
-            /* second pass: weights = exp(s - lse), masked -> 0 */
-            if (mode != CATTN_MODE_SCORES) for (int64_t i = 0; i < nq; i++) {
-                const T l = lse[i0 + i];
-                for (int64_t j = 0; j < nk; j++) {
-                    T s = ST[j * ld + i];
-                    T d = s - l;   /* <= 0 up to rounding; NaN stays NaN */
-                    T w = (s == -INFINITY || l == -INFINITY) ? (T)0 : (T)exp((double)(d > 0 ? 0 : d));
-                    ST[j * ld + i] = w;
-                }
+            /* second pass: weights = exp(s - lse), masked -> 0; vector code
+               with the block's lse in the alpha scratch (padding: -inf) */
+            if (mode != CATTN_MODE_SCORES) {
+                for (int64_t i = 0; i < nqp; i++) alpha[i] = i < nq ? lse[i0 + i] : (T)-INFINITY;
+                const V zero = vset1(0), ninf = vset1(-INFINITY);
+                for (int64_t j = 0; j < nk; j++)
+                    for (int64_t i = 0; i < nqp; i += VL) {
+                        V l = vload(alpha + i);
+                        V d = vload(ST + j * ld + i) - l;   /* <= 0 up to rounding */
+                        d = vsel(d > zero, zero, d);          /* NaN stays NaN */
+                        vstore(ST + j * ld + i, vsel(l == ninf, zero, vexp(d)));
+                    }
             }
             if (mode == CATTN_MODE_WEIGHTS || mode == CATTN_MODE_SCORES) {
                 T *W = (T *)p->weights + (b * Lq + i0) * Lk + j0;
