@@ -112,6 +112,42 @@ def _check_matrix(x, name):
         )
 
 
+def _matrices(**named):
+    """Validate (name=array_like) operands of shape (..., L, D): real arrays
+    with at least 2 dims.  Returns them in order."""
+    out = []
+    for name, x in named.items():
+        arr = as_real_array(x, name)
+        _check_matrix(arr, name)
+        out.append(arr)
+    return out
+
+
+def _batch(named, num_threads, work_per_item):
+    """Compute/result dtypes, broadcast leading dims, GQA groups, number of
+    batch items and the threads for a call over ``named`` operands."""
+    cdt, rdt = compute_dtype(*(x for _, x in named))
+    out_lead, groups = batch_shape(named)
+    N = int(np.prod(out_lead, dtype=np.int64))
+    return cdt, rdt, out_lead, groups, N, _threads(num_threads, N * work_per_item)
+
+
+def _check_same(n1, n2, what, name1, x1, name2, x2):
+    if n1 != n2:
+        raise ValueError(f"{what}: {name1} {x1.shape}, {name2} {x2.shape}")
+
+
+def _additive_weights(additive_weight, score, D, cdt):
+    if additive_weight is None:
+        return np.ones(D, dtype=cdt) if score == "additive" else None
+    if score != "additive":
+        raise ValueError("additive_weight is only used with score='additive'")
+    w = np.ascontiguousarray(as_real_array(additive_weight, "additive_weight"), dtype=cdt)
+    if w.shape != (D,):
+        raise ValueError(f"additive_weight must have shape (D,) = ({D},); got {w.shape}")
+    return w
+
+
 def _default_scale(score, D):
     if score == "scaled_dot" and D > 0:
         return 1.0 / math.sqrt(D)
@@ -284,40 +320,16 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
         )
     if not isinstance(return_lse, (bool, np.bool_)):
         raise TypeError(f"return_lse must be True or False; got {return_lse!r}")
-    q = as_real_array(query, "query")
-    k = as_real_array(key, "key")
-    v = as_real_array(value, "value")
-    _check_matrix(q, "query"); _check_matrix(k, "key"); _check_matrix(v, "value")
-    Lq, D = q.shape[-2:]
-    Lk, Dk = k.shape[-2:]
-    Lkv, Dv = v.shape[-2:]
-    if D != Dk:
-        raise ValueError(
-            f"query and key must share the feature dim D: query {q.shape}, key {k.shape}"
-        )
-    if Lk != Lkv:
-        raise ValueError(
-            f"key and value must have the same number of keys Lk: key {k.shape}, "
-            f"value {v.shape}"
-        )
-    cdt, rdt = compute_dtype(q, k, v)
-    out_lead, groups = batch_shape([("query", q), ("key", k), ("value", v)])
-    N = int(np.prod(out_lead, dtype=np.int64))
-    n_threads = _threads(num_threads, N * Lq * max(Lk, 1) * max(D, 1))
+    q, k, v = _matrices(query=query, key=key, value=value)
+    (Lq, D), (Lk, Dk), (Lkv, Dv) = q.shape[-2:], k.shape[-2:], v.shape[-2:]
+    _check_same(D, Dk, "query and key must share the feature dim D", "query", q, "key", k)
+    _check_same(Lk, Lkv, "key and value must have the same number of keys Lk",
+                "key", k, "value", v)
+    cdt, rdt, out_lead, groups, N, n_threads = _batch(
+        [("query", q), ("key", k), ("value", v)], num_threads, Lq * max(Lk, 1) * max(D, 1))
     wl, wr = _check_window(window, causal)
     scale_b = _scale_per_batch(scale, score, D, out_lead)
-
-    if additive_weight is not None:
-        if score != "additive":
-            raise ValueError("additive_weight is only used with score='additive'")
-        add_w = np.ascontiguousarray(as_real_array(additive_weight, "additive_weight"),
-                                     dtype=cdt)
-        if add_w.shape != (D,):
-            raise ValueError(
-                f"additive_weight must have shape (D,) = ({D},); got {add_w.shape}"
-            )
-    else:
-        add_w = np.ones(D, dtype=cdt) if score == "additive" else None
+    add_w = _additive_weights(additive_weight, score, D, cdt)
 
     if softcap is not None:
         if isinstance(softcap, (bool, np.bool_)) or not isinstance(softcap, numbers.Real):
@@ -610,27 +622,16 @@ def scores(query, key, *, score="scaled_dot", scale=None, additive_weight=None,
     array([[11.,  1.]])
     """
     score = _check_score(score)
-    q = as_real_array(query, "query")
-    k = as_real_array(key, "key")
-    _check_matrix(q, "query"); _check_matrix(k, "key")
-    Lq, D = q.shape[-2:]
-    Lk, Dk = k.shape[-2:]
-    if D != Dk:
-        raise ValueError(
-            f"query and key must share the feature dim D: query {q.shape}, key {k.shape}"
-        )
-    cdt, rdt = compute_dtype(q, k)
-    out_lead, groups = batch_shape([("query", q), ("key", k)])
-    N = int(np.prod(out_lead, dtype=np.int64))
-    n_threads = _threads(num_threads, N * Lq * max(Lk, 1) * max(D, 1))
+    q, k = _matrices(query=query, key=key)
+    (Lq, D), (Lk, Dk) = q.shape[-2:], k.shape[-2:]
+    _check_same(D, Dk, "query and key must share the feature dim D", "query", q, "key", k)
+    cdt, rdt, out_lead, groups, N, n_threads = _batch(
+        [("query", q), ("key", k)], num_threads, Lq * max(Lk, 1) * max(D, 1))
     scale_b = _scale_per_batch(scale, score, D, out_lead)
-    if additive_weight is not None and score != "additive":
-        raise ValueError("additive_weight is only used with score='additive'")
+    add_w = _additive_weights(additive_weight, score, D, cdt)
 
     if score == "additive":
-        # Same tile kernel as attention, writing the raw scores out.
-        res = _additive_scores(q, k, cdt, out_lead, groups, scale_b, additive_weight,
-                               n_threads)
+        res = _additive_scores(q, k, cdt, out_lead, groups, scale_b, add_w, n_threads)
     else:
         q = np.ascontiguousarray(q, dtype=cdt)
         k = np.ascontiguousarray(k, dtype=cdt)
@@ -648,21 +649,12 @@ def scores(query, key, *, score="scaled_dot", scale=None, additive_weight=None,
     return res if rdt == cdt else res.astype(rdt)
 
 
-def _additive_scores(q, k, cdt, out_lead, groups, scale_b, additive_weight, n_threads):
+def _additive_scores(q, k, cdt, out_lead, groups, scale_b, add_w, n_threads):
     N = int(np.prod(out_lead, dtype=np.int64))
     Lq, D = q.shape[-2:]
     Lk = k.shape[-2]
     q = _strided(q, cdt)
     k = _unit_last(k, cdt)
-    if additive_weight is None:
-        add_w = np.ones(D, dtype=cdt)
-    else:
-        add_w = np.ascontiguousarray(as_real_array(additive_weight, "additive_weight"),
-                                     dtype=cdt)
-        if add_w.shape != (D,):
-            raise ValueError(
-                f"additive_weight must have shape (D,) = ({D},); got {add_w.shape}"
-            )
     res = np.zeros((N, Lq, Lk), dtype=cdt)
     if N == 0 or Lq == 0 or Lk == 0:
         return res
@@ -729,20 +721,12 @@ def aggregate(weights, value, *, num_threads=None):
     >>> cattn.aggregate(np.array([[0.25, 0.75]]), np.array([[0.0, 4.0], [8.0, 0.0]]))
     array([[6., 1.]])
     """
-    w = as_real_array(weights, "weights")
-    v = as_real_array(value, "value")
-    _check_matrix(w, "weights"); _check_matrix(v, "value")
-    Lq, Lk = w.shape[-2:]
-    Lkv, Dv = v.shape[-2:]
-    if Lk != Lkv:
-        raise ValueError(
-            f"weights' last dim and value's keys must match: weights {w.shape}, "
-            f"value {v.shape}"
-        )
-    cdt, rdt = compute_dtype(w, v)
-    out_lead, groups = batch_shape([("weights", w), ("value", v)])
-    N = int(np.prod(out_lead, dtype=np.int64))
-    n_threads = _threads(num_threads, N * Lq * max(Lk, 1) * max(Dv, 1))
+    w, v = _matrices(weights=weights, value=value)
+    (Lq, Lk), (Lkv, Dv) = w.shape[-2:], v.shape[-2:]
+    _check_same(Lk, Lkv, "weights' last dim and value's keys must match",
+                "weights", w, "value", v)
+    cdt, rdt, out_lead, groups, N, n_threads = _batch(
+        [("weights", w), ("value", v)], num_threads, Lq * max(Lk, 1) * max(Dv, 1))
     w = np.ascontiguousarray(w, dtype=cdt)
     v = np.ascontiguousarray(v, dtype=cdt)
     # row-major O (Lq x Dv) is column-major O^T = V^T . W^T
