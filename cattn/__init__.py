@@ -26,6 +26,16 @@ from ._config import show_config
 from . import reference
 from .explain import Explanation, explain
 
+
+
+def __getattr__(name):
+    # cattn.dask is optional (needs dask); import it only when asked for.
+    if name == "dask":
+        import importlib
+        return importlib.import_module("cattn.dask")
+    raise AttributeError(f"module 'cattn' has no attribute {name!r}")
+
+
 __all__ = [
     "attention", "scores", "softmax", "aggregate", "merge",
     "get_num_threads", "set_num_threads", "show_config", "reference",

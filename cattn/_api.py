@@ -168,7 +168,9 @@ def _scale_per_batch(scale, score, D, out_lead):
     return broadcast_lead(arr, out_lead, "scale", np.float64, extra_ok=((1, 1),))
 
 
-def _check_window(window, causal):
+def window_bounds(window, causal):
+    """Validated (left, right) key window, ints or None (unbounded), with
+    ``causal`` folded in as ``right <= 0``.  Shared with ``cattn.dask``."""
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"causal must be True or False; got {causal!r}")
     left = right = None
@@ -182,11 +184,19 @@ def _check_window(window, causal):
             if v is not None and (isinstance(v, (bool, np.bool_))
                                   or not isinstance(v, numbers.Integral)):
                 raise ValueError(f"window {side} must be an int or None; got {v!r}")
-    unb = _kernels.UNBOUNDED
-    wl = unb if left is None else max(-unb + 1, min(int(left), unb))
-    wr = unb if right is None else max(-unb + 1, min(int(right), unb))
+        left = None if left is None else int(left)
+        right = None if right is None else int(right)
     if causal:
-        wr = min(wr, 0)
+        right = 0 if right is None else min(right, 0)
+    return left, right
+
+
+def _check_window(window, causal):
+    """The window in the kernel's terms (UNBOUNDED for None)."""
+    left, right = window_bounds(window, causal)
+    unb = _kernels.UNBOUNDED
+    wl = unb if left is None else max(-unb + 1, min(left, unb))
+    wr = unb if right is None else max(-unb + 1, min(right, unb))
     return wl, wr
 
 

@@ -365,11 +365,29 @@ def _cpu_model():
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _loadavg():
+def _cpu_account():
+    """(busy CPU seconds of the whole machine, CPU seconds of this process and
+    its waited-for children); None where /proc/stat is missing."""
     try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
+        import resource
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)) / tick
+        own = sum(getattr(resource.getrusage(w), a)
+                  for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                  for a in ("ru_utime", "ru_stime"))
+        return busy, own
+    except Exception:
         return None
+
+
+def _foreign_cpu_pct(a, b, elapsed, ncpu):
+    """Share of the machine's CPU time other processes (or the hypervisor:
+    steal) took during the run."""
+    if a is None or b is None or elapsed <= 0:
+        return None
+    return max(0.0, 100.0 * ((b[0] - a[0]) - (b[1] - a[1])) / (elapsed * ncpu))
 
 
 def _usable_cpus():
@@ -593,7 +611,7 @@ def main(argv=None):
                 for t in args.threads)
 
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    load0 = _loadavg()
+    cpu0 = _cpu_account()
     t_start = time.perf_counter()
     prog = _Progress(total, not args.no_progress)
     machine, rows, infos = {}, [], {}
@@ -649,7 +667,7 @@ def main(argv=None):
             "platform": platform.platform(), "python": platform.python_version(),
             "threads": args.threads, "dtypes": args.dtypes, "repeat": args.repeat,
             "min_time_s": args.min_time, "env": ENV_FIX, "impls": infos,
-            "loadavg_1min": [load0, _loadavg()]}
+            "foreign_cpu_pct": _foreign_cpu_pct(cpu0, _cpu_account(), elapsed, ncpu)}
     _print_report(meta, machine, rows, args, impls)
     rc = 0
     if args.json:
@@ -719,11 +737,10 @@ def _print_report(meta, machine, rows, args, impls):
              np_info.get("numpy", "?"),
              " [%s]" % "; ".join(np_info["blas"]) if np_info.get("blas") else "",
              ver("torch", "torch"), meta["python"]))
-    la = meta["loadavg_1min"]
-    if la[0] is not None:
-        busy = max(la) > 0.5 * meta["usable_cpus"]
-        print("load average (1 min) before/after: %s / %s%s" % (
-            la[0], la[1], "  <-- other processes were busy: expect noisy times" if busy else ""))
+    fc = meta["foreign_cpu_pct"]
+    if fc is not None:
+        print("other processes took %.0f%% of the CPU time during the run%s" % (
+            fc, "  <-- busy machine: expect noisy times" if fc > 10 else ""))
     print("method: one worker process per implementation and thread count (%s, "
           "*_NUM_THREADS=t); implementations alternated in rotated order, median of "
           "%d rounds, each round >= %.3g s of calls"

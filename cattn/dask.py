@@ -542,25 +542,7 @@ def _lead_param(x, name, out_lead, out_chunks, kind):
     return _Operand(arr, ["full"] * nd, ()), values
 
 
-def _check_window(window, causal):
-    if not isinstance(causal, (bool, np.bool_)):
-        raise TypeError(f"causal must be True or False; got {causal!r}")
-    left = right = None
-    if window is not None:
-        if not isinstance(window, (tuple, list)) or len(window) != 2:
-            raise ValueError(
-                f"window must be a pair (left, right) of ints or None; got {window!r}"
-            )
-        left, right = window
-        for side, val in (("left", left), ("right", right)):
-            if val is not None and (isinstance(val, (bool, np.bool_))
-                                    or not isinstance(val, numbers.Integral)):
-                raise ValueError(f"window {side} must be an int or None; got {val!r}")
-        left = None if left is None else int(left)
-        right = None if right is None else int(right)
-    if causal:
-        right = 0 if right is None else min(right, 0)
-    return left, right
+_check_window = _api.window_bounds
 
 
 # ------------------------------------------------------------ attention

@@ -1,0 +1,13 @@
+# Type stub for cattn/_config.py (``cattn.show_config``).  Checked against the
+# runtime by ``python -m mypy.stubtest cattn``; keep in sync with _config.py.
+from typing import Any, Literal, overload
+
+BUILD_INFO: dict[str, Any]
+
+def config() -> dict[str, Any]: ...
+@overload
+def show_config(return_dict: Literal[False] = False) -> None: ...
+@overload
+def show_config(return_dict: Literal[True]) -> dict[str, Any]: ...
+@overload
+def show_config(return_dict: bool) -> dict[str, Any] | None: ...
