@@ -172,7 +172,8 @@ static void SUF(half_rows)(const uint16_t *src, int64_t rs, int64_t n_rows, int6
 }
 
 /* ---------------------------------------------------------------------- */
-/* S^T[0:nk, 0:nqp] = K[0:nk] . Q^T, ld of S^T and Q^T is `ld`.            */
+/* S^T[0:nk, 0:nqp] = K[0:nk] . Q^T; Q^T is packed panel by panel (NQ  */
+/* queries: a contiguous D x NQ block), S^T has leading dimension ld.     */
 /* ---------------------------------------------------------------------- */
 static void SUF(tile_scores_dot)(const T *K, int64_t k_rs, int64_t nk,
                                  const T *QT, int64_t ld, int64_t nqp,
@@ -187,8 +188,8 @@ static void SUF(tile_scores_dot)(const T *K, int64_t k_rs, int64_t nk,
             for (int64_t i = 0; i < nqp; i += NQ) {
                 V c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0},
                   c30 = {0}, c31 = {0}, c40 = {0}, c41 = {0}, c50 = {0}, c51 = {0};
-                const T *qp = QT + i;
-                for (int64_t d = 0; d < D; d++, qp += ld) {
+                const T *qp = QT + i * D;   /* panel i/NQ starts at (i/NQ)*D*NQ */
+                for (int64_t d = 0; d < D; d++, qp += NQ) {
                     V b0 = vload(qp), b1 = vload(qp + VL);
                     V a;
                     a = vset1(k0[d]); c00 += a * b0; c01 += a * b1;
@@ -211,8 +212,8 @@ static void SUF(tile_scores_dot)(const T *K, int64_t k_rs, int64_t nk,
                 const T *kr = k0 + r * k_rs;
                 for (int64_t i = 0; i < nqp; i += NQ) {
                     V c0 = {0}, c1 = {0};
-                    const T *qp = QT + i;
-                    for (int64_t d = 0; d < D; d++, qp += ld) {
+                    const T *qp = QT + i * D;   /* panel i/NQ starts at (i/NQ)*D*NQ */
+                    for (int64_t d = 0; d < D; d++, qp += NQ) {
                         V a = vset1(kr[d]);
                         c0 += a * vload(qp); c1 += a * vload(qp + VL);
                     }
@@ -233,8 +234,8 @@ static void SUF(tile_scores_additive)(const T *K, int64_t k_rs, int64_t nk,
         const T *kr = K + j * k_rs;
         for (int64_t i = 0; i < nqp; i += NQ) {
             V c0 = {0}, c1 = {0};
-            const T *qp = QT + i;
-            for (int64_t d = 0; d < D; d++, qp += ld) {
+            const T *qp = QT + i * D;   /* panel i/NQ starts at (i/NQ)*D*NQ */
+            for (int64_t d = 0; d < D; d++, qp += NQ) {
                 V a = vset1(kr[d]), wd = vset1(w[d]);
                 c0 += wd * vtanh(vload(qp) + a);
                 c1 += wd * vtanh(vload(qp + VL) + a);
@@ -379,9 +380,9 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
             } else {
                 f = scale;
             }
-            for (int64_t d = 0; d < D; d++) QT[d * ld + i] = qr[d * p->q_cs] * f;
+            for (int64_t d = 0; d < D; d++) QT[(i / NQ) * D * NQ + d * NQ + i % NQ] = qr[d * p->q_cs] * f;
         } else {
-            for (int64_t d = 0; d < D; d++) QT[d * ld + i] = 0;
+            for (int64_t d = 0; d < D; d++) QT[(i / NQ) * D * NQ + d * NQ + i % NQ] = 0;
         }
     }
     for (int64_t i = 0; i < nqp; i++) {
