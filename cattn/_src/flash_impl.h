@@ -39,10 +39,13 @@ static inline V SUF(vload)(const T *p) { return (V)(*(const VU *)p); }
 static inline void SUF(vstore)(T *p, V x) { *(VU *)p = (VU)x; }
 static inline V SUF(vset1)(T x)
 {
-    /* not `zero + x`: that turns -0.0 into +0.0 */
-    V r;
-    for (int v = 0; v < VL; v++) r[v] = x;
-    return r;
+    /* An explicit initializer compiles to one broadcast; `zero + x` would
+       turn -0.0 into +0.0 and a lane loop compiles to a chain of inserts. */
+#if CATTN_F64
+    return (V){x, x, x, x};
+#else
+    return (V){x, x, x, x, x, x, x, x};
+#endif
 }
 /* bitwise select: m ? a : b, m a lane mask from a vector comparison */
 static inline V SUF(vsel)(VI m, V a, V b) { return (V)((m & (VI)a) | (~m & (VI)b)); }
