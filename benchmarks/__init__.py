@@ -18,19 +18,24 @@ Implementations (the ``impl`` parameter):
                  importable
 
 Combinations that would take more than a few seconds a call raise
-``NotImplementedError`` in ``setup`` (asv shows them as skipped / n/a).
-Masks (causal / window) of the NumPy and torch baselines are built in
-``setup``, not timed.
+``NotImplementedError`` in ``setup`` (asv shows them as n/a); the float64
+oracle runs at float32 only at small sizes (it computes in float64 anyway).
+``peakmem_*`` twins run at the largest thread count only.  Masks (causal /
+window) of the NumPy and torch baselines are built in ``setup``, not timed;
+calls up to ``warmup_work`` get one untimed warm-up call in ``setup``
+(``--quick`` times a single call).
 
-Timing traps on small machines: asv runs every parameter combination in its
-own process (``launch_method: spawn``), so one library's idle thread pool never
-sits next to another's; ``OMP_WAIT_POLICY=PASSIVE`` and
-``OPENBLAS_THREAD_TIMEOUT=4`` are also set here (before NumPy is imported) so
-idle pools sleep instead of spinning.  ``peakmem_*`` is the process' peak RSS
-(libraries, inputs and output included: torch's own footprint shows up in its
-rows); ``Memory.track_extra_mib`` is the growth of the peak during one call.
-For side-by-side ratios with less noise use ``python benchmarks/compare.py``
-(``cattn bench``).
+Timing traps on small machines: asv runs every parameter combination in a
+fresh process (``launch_method: forkserver`` forks it from a server that has
+imported the suites, numpy and torch once, but run none of them; use
+``--launch-method spawn`` for fully fresh interpreters), so one library's idle
+thread pool never sits next to another's; ``OMP_WAIT_POLICY=PASSIVE`` and
+``OPENBLAS_THREAD_TIMEOUT=4`` are also set here (before NumPy is imported, unless
+already set) so pools sleep instead of spinning on a shared, busy machine.
+``peakmem_*`` is the process' peak RSS (libraries, inputs and output
+included); ``Memory.track_extra_mib`` is the growth of the peak during one
+call.  asv times are single processes; for side-by-side ratios use
+``python benchmarks/compare.py`` (``cattn bench``).
 
 This module holds the shared helpers; the suites are in ``bench_*.py``.
 """
@@ -40,6 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import importlib.util  # noqa: E402
+import itertools  # noqa: E402
 import sys  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,6 +141,21 @@ _CATTN_KW = {"plain": {}, "causal": {"causal": True}, "window": {"window": (WIND
              "scaled_dot": {}, "cosine": {"score": "cosine"}, "additive": {"score": "additive"}}
 
 
+def import_cattn(tries=10, wait=1.5):
+    """``import cattn``, retried: the extension may be being rebuilt in place."""
+    import importlib
+    import time
+    for attempt in range(tries):
+        try:
+            return importlib.import_module("cattn")
+        except ImportError:
+            if attempt == tries - 1:
+                raise
+            for name in [m for m in sys.modules if m == "cattn" or m.startswith("cattn.")]:
+                del sys.modules[name]
+            time.sleep(wait)
+
+
 class Impl:
     """One implementation set up for ``threads``; ``fn(q, k, v)`` runs it.
 
@@ -148,14 +169,14 @@ class Impl:
         if variant not in _CATTN_KW:
             raise ValueError("unknown variant %r" % variant)
         if impl == "cattn":
-            import cattn
+            cattn = import_cattn()
             kw = dict(_CATTN_KW[variant], num_threads=threads)
             attention = cattn.attention
             self.fn = lambda q, k, v: attention(q, k, v, **kw)
         elif impl in ("numpy_ref", "numpy_naive"):
             self._limit_blas(threads)
             if impl == "numpy_ref":
-                from cattn import reference
+                reference = import_cattn().reference
                 kw = dict(_CATTN_KW[variant])
                 ref = reference.attention
                 self.fn = lambda q, k, v: ref(q, k, v, **kw)
@@ -212,25 +233,49 @@ def _torch_fn(torch, F, variant, Lq, Lk):
 
 
 class _AttentionSuite:
-    """Base of the suites: subclasses set ``params``/``param_names`` and
-    ``args_of(*params) -> (impl, dims, dtype, threads, variant)``; ``limits``
-    maps an implementation to the largest ``work`` it is run at."""
+    """Base of the suites: subclasses set ``params``/``param_names`` (with a
+    ``threads`` parameter) and ``args_of(*params) -> (impl, dims, dtype,
+    threads, variant)``.
 
-    limits = {"numpy_ref": 1.1e10, "numpy_naive": 1.1e10}
+    ``limits`` maps ``(impl, dtype)`` or ``impl`` to the largest ``work`` the
+    implementation is run at; above it setup raises NotImplementedError.  The
+    float64 oracle converts float32 inputs to float64, so at float32 it only
+    runs at small sizes (its float64 row is the same computation).
+
+    ``time_attention`` runs at every thread count; its ``peakmem_attention``
+    twin only at the largest (memory does not depend on it), the other
+    combinations are skipped before setup.
+    """
+
+    limits = {("numpy_ref", "float32"): 1.1e9, "numpy_ref": 1.1e10, "numpy_naive": 1.1e10}
     timeout = 300
     repeat = (1, 5, 20.0)
     number = 0
     min_run_count = 1
     warmup_work = 2e9      # one untimed call in setup up to this size (asv --quick times one call)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "peakmem_attention" in cls.__dict__ or "threads" not in getattr(cls, "param_names", ()):
+            return
+
+        def peakmem_attention(self, *params):
+            self.fn(*self.qkv)
+
+        i = cls.param_names.index("threads")
+        # read by asv_runner before setup (what @skip_for_params sets)
+        peakmem_attention.skip_params = [p for p in itertools.product(*cls.params)
+                                         if p[i] != MAX_THREADS]
+        cls.peakmem_attention = peakmem_attention
+
     def args_of(self, *params):
         raise NotImplementedError
 
     def setup(self, *params):
         impl, dims, dtype, threads, variant = self.args_of(*params)
-        limit = self.limits.get(impl)
+        limit = self.limits.get((impl, dtype), self.limits.get(impl))
         if limit is not None and work(dims) > limit:
-            raise NotImplementedError("%s skipped at this size (too slow)" % impl)
+            raise NotImplementedError("%s %s skipped at this size (too slow)" % (impl, dtype))
         self.impl = Impl(impl, threads, variant, dims)
         self.fn = self.impl.fn
         self.qkv = make_qkv(dims, dtype)
@@ -244,7 +289,4 @@ class _AttentionSuite:
         self.qkv = None
 
     def time_attention(self, *params):
-        self.fn(*self.qkv)
-
-    def peakmem_attention(self, *params):
         self.fn(*self.qkv)

@@ -445,13 +445,15 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
             out[...] = res
         result = out
     else:
-        result = res if rdt == cdt else res.astype(rdt)
+        with np.errstate(over="ignore"):
+            result = res if rdt == cdt else res.astype(rdt)
     ret = [result]
-    if return_weights:
-        shape = tuple(out_lead) + ((Lk,) if return_weights == "key_mass" else (Lq, Lk))
-        ret.append(weights.reshape(shape).astype(rdt, copy=False))
-    if return_lse:
-        ret.append(lse.reshape(tuple(out_lead) + (Lq,)).astype(rdt, copy=False))
+    with np.errstate(over="ignore"):     # float16 results: overflow is inf, as it should be
+        if return_weights:
+            shape = tuple(out_lead) + ((Lk,) if return_weights == "key_mass" else (Lq, Lk))
+            ret.append(weights.reshape(shape).astype(rdt, copy=False))
+        if return_lse:
+            ret.append(lse.reshape(tuple(out_lead) + (Lq,)).astype(rdt, copy=False))
     return ret[0] if len(ret) == 1 else tuple(ret)
 
 

@@ -3,6 +3,9 @@
 # tests/test_typing.py) compares this file with the built extension.
 """Thread-count resolution for cattn's OpenMP regions."""
 
+# Cython adds a (here empty) doctest table to every module.
+__test__: dict[str, str]
+
 _user_n_threads: int | None
 
 def _in_forked_child() -> bool: ...

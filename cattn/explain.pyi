@@ -33,8 +33,14 @@ class Explanation:
     options: dict[str, Any]
     lang: _Lang
     max_abs_diff: float | None
-    # Built by explain(); the keyword-only arguments are internal.
-    def __init__(self, **kwargs: Any) -> None: ...
+    # Built by explain(); the arguments are internal.
+    def __init__(
+        self, *, query: _Array, keys: _Array, values: _Array, q2: _Array, v2: _Array,
+        s2: _Array, su2: _Array, a2: _Array, o2: _Array, single: bool,
+        scalar_values: bool, score: _Score, labels: Sequence[str],
+        value_labels: Sequence[str] | None, query_labels: Sequence[str],
+        options: dict[str, Any], lang: _Lang, max_abs_diff: float | None,
+    ) -> None: ...
     @property
     def most_attended(self) -> str | list[str | None] | None: ...
     def __len__(self) -> int: ...
