@@ -39,9 +39,11 @@ class IssueShapes(_AttentionSuite):
 
 
 class Masked(_AttentionSuite):
-    """Causal and sliding-window (512 keys back, causal) attention at 4096."""
+    """Causal and sliding-window (512 keys back, causal) attention at 4096.
+    The float64 oracle is skipped here (its masking takes 8-25 s a call)."""
 
     shape = (1, 8, 4096, 4096, 64)
+    limits = {"numpy_ref": 0, "numpy_naive": 1.1e10}
     params = [IMPLS, ["causal", "window"], DTYPES, THREADS]
     param_names = ["impl", "variant", "dtype", "threads"]
 

@@ -76,11 +76,13 @@ def set_num_threads(n):
 
 
 def _threads(num_threads, work):
+    """Threads for a call doing ``work`` score-entry x feature operations:
+    the resolved count, or 1 below the serial threshold (whatever was asked:
+    a team costs more than such a call)."""
     n = check_num_threads(num_threads)
-    n = _openmp_effective_n_threads(n)
-    if num_threads is None and work < _SERIAL_WORK:
+    if work < _SERIAL_WORK:
         return 1
-    return n
+    return _openmp_effective_n_threads(n)
 
 
 _blas_controller = None
@@ -478,9 +480,9 @@ def _attention_fast(q, k, v, score, scale, num_threads):
         return None
     if q.size == 0 or k.size == 0 or v.size == 0 or qs[-2] <= _kernels.DECODE_MAX_LQ:
         return None
-    if num_threads is not None and num_threads != 1 or type(num_threads) is bool:
+    if not (num_threads is None or type(num_threads) is int and num_threads >= 1):
         return None
-    if num_threads is None and q.size // qs[-1] * ks[-2] * qs[-1] >= _SERIAL_WORK:
+    if q.size // qs[-1] * ks[-2] * qs[-1] >= _SERIAL_WORK:
         return None
     if score == "scaled_dot":
         kind = 0

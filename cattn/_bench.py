@@ -624,15 +624,21 @@ def main(argv=None):
                     w.wait_ready()
                 for i, w in workers.items():
                     infos.setdefault(i, w.info or {"error": w.error})
+                # an implementation that cannot start (torch not installed, cattn
+                # not built) is left out: its columns show "-"
+                active = [i for i in impls if workers[i].error is None]
+                for i in impls:
+                    if i not in active:
+                        prog.step(n=len(plan[t]) * args.repeat)
                 machine[t] = _measure_machine(t, gemm_worker, bw_sizes[t], args, prog)
                 for ci, c in enumerate(plan[t]):
                     req = {"op": "case", "key": "%d:%s:%s" % (t, c["dims"], c["dtype"]),
                            "dims": list(c["dims"]), "dtype": c["dtype"],
                            "min_time": args.min_time, "max_call_s": args.max_call}
-                    samples = {i: [] for i in impls}
-                    last = {i: None for i in impls}
-                    for r in range(args.repeat):
-                        order = impls[(r + ci) % len(impls):] + impls[:(r + ci) % len(impls)]
+                    samples = {i: [] for i in active}
+                    last = {i: None for i in active}
+                    for r in range(args.repeat if active else 0):
+                        order = active[(r + ci) % len(active):] + active[:(r + ci) % len(active)]
                         for i in order:
                             prog.step("%dt %s %s %s" % (t, c["name"], c["dtype"], i))
                             if last[i] is not None and "t" not in last[i]:
@@ -642,7 +648,7 @@ def main(argv=None):
                             if "t" in res:
                                 samples[i].append(res["t"])
                     row = dict(c, threads=t, dims=list(c["dims"]), impls={})
-                    for i in impls:
+                    for i in active:
                         if samples[i]:
                             row["impls"][i] = {"median_s": _median(samples[i]),
                                                "min_s": min(samples[i]), "samples_s": samples[i],
@@ -771,7 +777,7 @@ def _print_report(meta, machine, rows, args, impls):
         body.append([
             "%s (%s)" % (r["name"], ",".join(map(str, r["dims"]))), r["dtype"], r["threads"],
             _cell(im.get("cattn")), _cell(im.get("numpy")), _cell(im.get("torch")),
-            f(r.get("cattn_over_torch"), "%.2f"), f(r.get("cattn_over_numpy"), "%.3f"),
+            f(r.get("cattn_over_torch"), "%.3g"), f(r.get("cattn_over_numpy"), "%.3g"),
             f(ca.get("gflops"), "%.1f"), f(ca.get("pct_gemm"), "%.0f%%"),
             f(ca.get("gbs"), "%.1f"), f(ca.get("pct_bw"), "%.0f%%")])
         if r.get("cattn_over_torch") and r["cattn_over_torch"] > 1.0:
@@ -780,8 +786,11 @@ def _print_report(meta, machine, rows, args, impls):
     print(_table(header, body))
     print("\nratios: time(cattn) / time(other), < 1 = cattn faster.  GFLOP/s = 4*B*H*Lq*Lk*D "
           "/ time; GB/s (Lq = 1) = (q + k + v + out) bytes / time")
-    if "torch" in impls:
+    if "torch" in impls and "torch" in infos and "error" not in infos["torch"]:
         print("cattn slower than torch: %s" % ("; ".join(slower) if slower else "none"))
+    for i in impls:
+        if "error" in infos.get(i, {}):
+            print("%s: not timed (%s)" % (i, infos[i]["error"]))
     sweep = [r for r in rows if r["sweep"]]
     if sweep:
         print("\ntime vs L, (1,8,L,L,64) float32, %d thread(s):" % sweep[0]["threads"])
@@ -796,6 +805,7 @@ def _plot(path, sweep, meta, threads):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     labels = {"cattn": "cattn", "numpy": "NumPy (naive)", "torch": "PyTorch SDPA"}
     sweep = sorted(sweep, key=lambda r: r["dims"][2])
@@ -805,6 +815,9 @@ def _plot(path, sweep, meta, threads):
         if pts:
             ax.plot(*zip(*pts), marker="o", label=labels[i])
     ax.set_xscale("log", base=2)
+    ax.set_xticks([r["dims"][2] for r in sweep])
+    ax.set_xticklabels([str(r["dims"][2]) for r in sweep])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_yscale("log")
     ax.set_xlabel("sequence length L (Lq = Lk)")
     ax.set_ylabel("time per call (ms, median)")
