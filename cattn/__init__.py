@@ -13,6 +13,8 @@ True
 """
 __version__ = "0.1.0"
 
+import types as _types
+
 from ._api import (
     aggregate,
     attention,
@@ -28,7 +30,7 @@ from .explain import Explanation, explain
 
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> "_types.ModuleType":
     # cattn.dask is optional (needs dask); import it only when asked for.
     if name == "dask":
         import importlib
@@ -39,6 +41,6 @@ def __getattr__(name):
 __all__ = [
     "attention", "scores", "softmax", "aggregate", "merge",
     "get_num_threads", "set_num_threads", "show_config", "reference",
-    "explain", "__version__",
+    "explain", "Explanation", "__version__",
 ]
 

@@ -44,10 +44,10 @@ try:
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
-except ImportError as exc:  # pragma: no cover - exercised without dask only
+except ImportError as _exc:  # pragma: no cover - exercised without dask only
     raise ImportError(
         "cattn.dask needs Dask: pip install 'cattn[dask]'"
-    ) from exc
+    ) from _exc
 
 from . import _api
 from ._operands import batch_shape
