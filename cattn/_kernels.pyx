@@ -461,15 +461,15 @@ def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double 
     p.out = cnp.PyArray_DATA(out); p.out_off = offs + 3 * N; p.out_rs = Dv; p.out_cs = 1
     p.scale = scales
     p.win_left = CATTN_UNBOUNDED; p.win_right = CATTN_UNBOUNDED
-    cdef int64_t bq = 128
+    cdef int64_t bq = 64
     cdef int64_t n_qblocks, n_work, w
     cdef size_t scratch_bytes
     cdef void *raw
     cdef void *scratch
     try:
         bq = ((Lq + 15) // 16) * 16
-        if bq > 128:
-            bq = 128
+        if bq > 64:
+            bq = 64
         p.block_q = bq; p.block_k = 128
         n_qblocks = (Lq + bq - 1) // bq
         n_work = N * n_qblocks
