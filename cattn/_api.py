@@ -351,7 +351,9 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
 
     out_shape = tuple(out_lead) + (Lq, Dv)
     if out is not None:
-        _check_out(out, out_shape, rdt, (query, key, value, mask, bias))
+        _check_out(out, out_shape, rdt, (query, key, value, mask, bias, scale, additive_weight,
+                                          kv_lengths, q_lengths, q_segments, kv_segments,
+                                          sinks))
 
     a = {"n_batch": N, "Lq": Lq, "Lk": Lk, "D": D, "Dv": Dv,
          "score_kind": _kernels.SCORE_KINDS[score], "mode": _kernels.MODE_ATTENTION,
