@@ -420,7 +420,14 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     a["lse"] = lse
     bq, bk = _blocks(N, Lq, n_threads)
     a["block_q"], a["block_k"] = bq, bk
-    if N and Lq:
+    if Lk == 0 or (Dv == 0 and not need_lse):
+        # nothing to attend to (zeros, lse -inf), or nothing to compute
+        res.fill(0)
+        if lse is not None:
+            lse.fill(-np.inf)
+        weights = (np.zeros((N, Lk), dtype=cdt) if return_weights == "key_mass"
+                   else np.zeros((N, Lq, Lk), dtype=cdt)) if return_weights else None
+    elif N and Lq:
         # With weights asked for, both passes take the tile path so the
         # weights see bit-identical scores to the lse they are divided by.
         if Lq <= _kernels.DECODE_MAX_LQ and not return_weights:

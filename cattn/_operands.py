@@ -7,6 +7,7 @@ sharing a key/value head between query heads (GQA) or reading a reversed
 view never copies or expands anything.
 """
 import operator
+import os
 
 import numpy as np
 
@@ -86,7 +87,16 @@ def check_num_threads(num_threads):
         ) from None
     if n < 1:
         raise ValueError(f"num_threads must be >= 1; got {n}")
-    return n
+    # More threads than this never helps, and asking OpenMP for millions of
+    # threads makes it abort the process when thread creation fails.
+    return min(n, 4 * _cpu_count())
+
+
+def _cpu_count():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
 
 
 def element_strides(arr):
