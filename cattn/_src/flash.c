@@ -1,9 +1,10 @@
 /*
  * Instantiates flash_impl.h per element type and per ISA, and picks the ISA
  * variant once at run time.  The default build carries no -march flag: the
- * Haswell (AVX2+FMA+F16C) variants are compiled inside a target region and only
- * called when the CPU reports both features.  CATTN_ISA=generic forces the
- * baseline variant (the tests use it to cover that path).
+ * Haswell (AVX2+FMA+F16C) and Skylake-X (AVX-512) variants are compiled
+ * inside target regions and only called when the CPU reports the features.
+ * CATTN_ISA=generic|haswell caps the choice (the tests use it to cover
+ * every variant on one machine).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #endif
 
 /* ---- baseline variants (whatever the compiler targets by default) ---- */
+#define CATTN_VBYTES 32
 #define T float
 #define CATTN_F64 0
 #define SUF(name) name##_f32_generic
@@ -68,23 +70,67 @@
 #else
 #pragma GCC pop_options
 #endif
+
+/* ---- Skylake-X variants: AVX-512 (F, VL, BW, DQ), 64-byte vectors ---- */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")
+#endif
+#define CATTN_HAVE_F16C 1
+#undef CATTN_VBYTES
+#define CATTN_VBYTES 64
+
+#define T float
+#define CATTN_F64 0
+#define SUF(name) name##_f32_skylake
+#include "flash_impl.h"
+#undef T
+#undef CATTN_F64
+#undef SUF
+
+#define T double
+#define CATTN_F64 1
+#define SUF(name) name##_f64_skylake
+#include "flash_impl.h"
+#undef T
+#undef CATTN_F64
+#undef SUF
+
+#undef CATTN_VBYTES
+#undef CATTN_HAVE_F16C
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
 #endif /* CATTN_X86_DISPATCH */
 
 /* ---- run-time selection ---- */
 typedef void (*block_fn)(const cattn_params *, int64_t, int64_t, void *);
 
-static int isa_level = -1;   /* 0 generic, 1 haswell */
+static int isa_level = -1;   /* 0 generic, 1 haswell, 2 skylake */
 
+/* The best variant this CPU runs; CATTN_ISA=generic|haswell|skylake caps it
+   (the tests use that to cover every variant on one machine). */
 static int detect_isa(void)
 {
+    int level = 0, cap = 2;
     const char *force = getenv("CATTN_ISA");
-    if (force && strcmp(force, "generic") == 0) return 0;
+    if (force && strcmp(force, "generic") == 0) cap = 0;
+    if (force && strcmp(force, "haswell") == 0) cap = 1;
 #if CATTN_X86_DISPATCH
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
-        && __builtin_cpu_supports("f16c")) return 1;
+        && __builtin_cpu_supports("f16c")) {
+        level = 1;
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+            && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+            level = 2;
+    }
 #endif
-    return 0;
+    return level < cap ? level : cap;
 }
 
 static int get_isa(void)
@@ -98,7 +144,11 @@ static int get_isa(void)
     return level;
 }
 
-const char *cattn_isa_name(void) { return get_isa() == 1 ? "haswell" : "generic"; }
+const char *cattn_isa_name(void)
+{
+    static const char *names[] = {"generic", "haswell", "skylake"};
+    return names[get_isa()];
+}
 
 int cattn_isa_dispatch_available(void) { return CATTN_X86_DISPATCH; }
 
@@ -107,21 +157,6 @@ size_t cattn_scratch_bytes(const cattn_params *p, int is_double)
     return is_double ? scratch_bytes_f64_generic(p) : scratch_bytes_f32_generic(p);
 }
 
-void cattn_flash_block_f32(const cattn_params *p, int64_t b, int64_t qb, void *scratch)
-{
-#if CATTN_X86_DISPATCH
-    if (get_isa() == 1) { flash_block_f32_haswell(p, b, qb, scratch); return; }
-#endif
-    flash_block_f32_generic(p, b, qb, scratch);
-}
-
-void cattn_flash_block_f64(const cattn_params *p, int64_t b, int64_t qb, void *scratch)
-{
-#if CATTN_X86_DISPATCH
-    if (get_isa() == 1) { flash_block_f64_haswell(p, b, qb, scratch); return; }
-#endif
-    flash_block_f64_generic(p, b, qb, scratch);
-}
 
 size_t cattn_decode_scratch_bytes(const cattn_params *p, int is_double)
 {
@@ -130,11 +165,19 @@ size_t cattn_decode_scratch_bytes(const cattn_params *p, int is_double)
 
 #if CATTN_X86_DISPATCH
 #define CATTN_DISPATCH(fn, suffix, args) \
-    do { if (get_isa() == 1) { fn##_##suffix##_haswell args; return; } \
+    do { int isa_ = get_isa(); \
+         if (isa_ == 2) { fn##_##suffix##_skylake args; return; } \
+         if (isa_ == 1) { fn##_##suffix##_haswell args; return; } \
          fn##_##suffix##_generic args; } while (0)
 #else
 #define CATTN_DISPATCH(fn, suffix, args) do { fn##_##suffix##_generic args; } while (0)
 #endif
+
+void cattn_flash_block_f32(const cattn_params *p, int64_t b, int64_t qb, void *scratch)
+{ CATTN_DISPATCH(flash_block, f32, (p, b, qb, scratch)); }
+
+void cattn_flash_block_f64(const cattn_params *p, int64_t b, int64_t qb, void *scratch)
+{ CATTN_DISPATCH(flash_block, f64, (p, b, qb, scratch)); }
 
 void cattn_decode_block_f32(const cattn_params *p, int64_t b, int64_t js, int64_t je,
                             float *acc, float *mm, float *ll, void *scratch)

@@ -5,26 +5,29 @@
  *   T           float or double
  *   CATTN_F64   0 or 1
  *   SUF(name)   appends the variant suffix (e.g. name##_f32_haswell)
+ *   CATTN_VBYTES  vector width in bytes: 32 (baseline, Haswell) or 64 (AVX-512)
  * The ISA itself comes from the surrounding `#pragma GCC target` region, so
  * the same source becomes SSE2 code in the baseline variant and AVX2+FMA
  * code in the Haswell one.
  *
- * Vectors are 32 bytes (8 floats / 4 doubles); on a baseline x86-64 target
- * the compiler splits each into two SSE registers.
+ * Vectors are 32 bytes (8 floats / 4 doubles) or 64 with AVX-512; on a
+ * baseline x86-64 target the compiler splits a 32-byte vector into two SSE
+ * registers.
  */
 
+#ifndef CATTN_VBYTES
+#error "define CATTN_VBYTES (vector width in bytes: 32 or 64) before including flash_impl.h"
+#endif
 #if CATTN_F64
-typedef double SUF(V) __attribute__((vector_size(32)));
-typedef double SUF(VU) __attribute__((vector_size(32), aligned(8)));
-typedef int64_t SUF(VI) __attribute__((vector_size(32)));
-typedef int64_t SUF(VIU) __attribute__((vector_size(32), aligned(8)));
-#define VL 4
+typedef double SUF(V) __attribute__((vector_size(CATTN_VBYTES)));
+typedef double SUF(VU) __attribute__((vector_size(CATTN_VBYTES), aligned(8)));
+typedef int64_t SUF(VI) __attribute__((vector_size(CATTN_VBYTES)));
+#define VL (CATTN_VBYTES / 8)
 #else
-typedef float SUF(V) __attribute__((vector_size(32)));
-typedef float SUF(VU) __attribute__((vector_size(32), aligned(4)));
-typedef int32_t SUF(VI) __attribute__((vector_size(32)));
-typedef int32_t SUF(VIU) __attribute__((vector_size(32), aligned(4)));
-#define VL 8
+typedef float SUF(V) __attribute__((vector_size(CATTN_VBYTES)));
+typedef float SUF(VU) __attribute__((vector_size(CATTN_VBYTES), aligned(4)));
+typedef int32_t SUF(VI) __attribute__((vector_size(CATTN_VBYTES)));
+#define VL (CATTN_VBYTES / 4)
 #endif
 #define V SUF(V)
 #define VU SUF(VU)
@@ -41,10 +44,12 @@ static inline V SUF(vset1)(T x)
 {
     /* An explicit initializer compiles to one broadcast; `zero + x` would
        turn -0.0 into +0.0 and a lane loop compiles to a chain of inserts. */
-#if CATTN_F64
+#if CATTN_VBYTES / (CATTN_F64 ? 8 : 4) == 4
     return (V){x, x, x, x};
-#else
+#elif CATTN_VBYTES / (CATTN_F64 ? 8 : 4) == 8
     return (V){x, x, x, x, x, x, x, x};
+#else
+    return (V){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
 #endif
 }
 /* bitwise select: m ? a : b, m a lane mask from a vector comparison */
@@ -330,9 +335,11 @@ static inline int SUF(row_nonfinite)(const T *v, int64_t n)
 
 /* Scratch layout (in elements of T), every piece rounded to 16 elements. */
 #define RUP16(x) ((((x) + 15) / 16) * 16)
+/* queries are padded to 32, a multiple of every variant's panel (NQ) */
+#define RUPQ(x) ((((x) + 31) / 32) * 32)
 static void SUF(scratch_layout)(const cattn_params *p, int64_t *bqp, int64_t off[8])
 {
-    int64_t BQP = RUP16(p->block_q);
+    int64_t BQP = RUPQ(p->block_q);
     int64_t BK = RUP16(p->block_k);
     *bqp = BQP;
     off[0] = 0;                                      /* Q^T   D x BQP */
@@ -370,7 +377,7 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
     const int64_t nq_blk = imin(p->block_q, Lq - i0);
     /* queries past q_len produce 0 and are not computed */
     const int64_t nq = imax(0, imin(nq_blk, q_len - i0));
-    const int64_t nqp = RUP16(nq > 0 ? nq : 1);   /* multiple of NQ (<= 16) */
+    const int64_t nqp = RUPQ(nq > 0 ? nq : 1);    /* a multiple of NQ */
     const int64_t ld = BQP;
     const int64_t shift = Lk - Lq;     /* p = i + shift */
     const int64_t wl = p->win_left, wr = p->win_right;
@@ -681,7 +688,9 @@ static inline void SUF(axpy)(T alpha, const T *x, T *y, int64_t n)
 /* VL float16 values widened to T (F16C on Haswell, exact software otherwise) */
 static inline V SUF(vload_h)(const uint16_t *p)
 {
-#if defined(CATTN_HAVE_F16C) && !CATTN_F64
+#if defined(CATTN_HAVE_F16C) && !CATTN_F64 && CATTN_VBYTES == 64
+    return (V)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#elif defined(CATTN_HAVE_F16C) && !CATTN_F64
     return (V)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
 #else
     V r;
@@ -946,3 +955,4 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
 #undef imax
 #undef imin
 #undef RUP16
+#undef RUPQ
