@@ -652,9 +652,16 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
 
 static inline T SUF(hsum)(V x)
 {
-    T s = 0;
-    for (int v = 0; v < VL; v++) s += x[v];
-    return s;
+    /* a tree, not a chain of VL dependent adds */
+    T b[VL];
+    memcpy(b, &x, sizeof b);
+#if VL >= 16
+    for (int i = 0; i < 8; i++) b[i] += b[i + 8];
+#endif
+#if VL >= 8
+    for (int i = 0; i < 4; i++) b[i] += b[i + 4];
+#endif
+    return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
 static inline T SUF(dot)(const T *a, const T *b, int64_t n)
@@ -713,32 +720,23 @@ static inline T SUF(dot_h)(const T *a, const uint16_t *b, int64_t n)
     return s;
 }
 
-/* y += sum_r w[r] x_r for up to 4 rows x_r: one pass over y per 4 keys */
-static inline void SUF(axpy4)(const T *w, const T *const *x, int nr, T *y, int64_t n)
-{
-    const V w0 = vset1(w[0]), w1 = vset1(nr > 1 ? w[1] : 0),
-            w2 = vset1(nr > 2 ? w[2] : 0), w3 = vset1(nr > 3 ? w[3] : 0);
-    const T *x0 = x[0], *x1 = nr > 1 ? x[1] : x[0], *x2 = nr > 2 ? x[2] : x[0],
-            *x3 = nr > 3 ? x[3] : x[0];
-    int64_t d = 0;
-    if (nr == 4) {
-        for (; d + VL <= n; d += VL)
-            vstore(y + d, vload(y + d) + (w0 * vload(x0 + d) + w1 * vload(x1 + d))
-                                      + (w2 * vload(x2 + d) + w3 * vload(x3 + d)));
-        for (; d < n; d++) y[d] += (w[0] * x0[d] + w[1] * x1[d]) + (w[2] * x2[d] + w[3] * x3[d]);
-    } else {
-        for (int r = 0; r < nr; r++) SUF(axpy)(w[r], x[r], y, n);
-    }
-}
-
+/* y += sum_r w[r] x_r over nr <= 4 float16 rows: one pass over y for four
+   keys (measured: 1.5x faster than a pass per key when widening float16) */
 static inline void SUF(axpy4_h)(const T *w, const uint16_t *const *x, int nr, T *y, int64_t n)
 {
+    int64_t d = 0;
+    if (nr == 4) {
+        const V w0 = vset1(w[0]), w1 = vset1(w[1]), w2 = vset1(w[2]), w3 = vset1(w[3]);
+        for (; d + VL <= n; d += VL)
+            vstore(y + d, vload(y + d) + (w0 * SUF(vload_h)(x[0] + d) + w1 * SUF(vload_h)(x[1] + d))
+                                      + (w2 * SUF(vload_h)(x[2] + d) + w3 * SUF(vload_h)(x[3] + d)));
+    }
     for (int r = 0; r < nr; r++) {
         const V a = vset1(w[r]);
-        const uint16_t *xr = x[r];
-        int64_t d = 0;
-        for (; d + VL <= n; d += VL) vstore(y + d, vload(y + d) + a * SUF(vload_h)(xr + d));
-        for (; d < n; d++) y[d] += w[r] * SUF(half1)(xr[d]);
+        int64_t c = d;
+        if (nr < 4)
+            for (; c + VL <= n; c += VL) vstore(y + c, vload(y + c) + a * SUF(vload_h)(x[r] + c));
+        for (; c < n; c++) y[c] += w[r] * SUF(half1)(x[r][c]);
     }
 }
 
@@ -864,27 +862,24 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             int64_t j = 0;
             for (; j + VL <= n; j += VL) vstore(e + j, vexp(vload(s + j) - msub));
             for (; j < n; j++) { V t = vset1(s[j] - msub); e[j] = vexp(t)[0]; }
-            T lsum = 0;
-            T w4[4];
-            const T *x4[4];
+            T lsum = 0, w4[4];
             const uint16_t *h4[4];
             int nr = 0;
             for (j = 0; j < n; j++) {
                 if (s[j] == -INFINITY) continue;      /* masked: V never touched */
                 lsum += e[j];
+                if (!half) {
+                    SUF(axpy)(e[j], Vm + (jlo + j) * p->v_rs, acc + i * Dv, Dv);
+                    continue;
+                }
                 w4[nr] = e[j];
-                if (half) h4[nr] = Vh + (jlo + j) * p->v_rs;
-                else x4[nr] = Vm + (jlo + j) * p->v_rs;
+                h4[nr] = Vh + (jlo + j) * p->v_rs;
                 if (++nr == 4) {
-                    if (half) SUF(axpy4_h)(w4, h4, 4, acc + i * Dv, Dv);
-                    else SUF(axpy4)(w4, x4, 4, acc + i * Dv, Dv);
+                    SUF(axpy4_h)(w4, h4, 4, acc + i * Dv, Dv);
                     nr = 0;
                 }
             }
-            if (nr) {
-                if (half) SUF(axpy4_h)(w4, h4, nr, acc + i * Dv, Dv);
-                else SUF(axpy4)(w4, x4, nr, acc + i * Dv, Dv);
-            }
+            if (nr) SUF(axpy4_h)(w4, h4, nr, acc + i * Dv, Dv);
             ll[i] += lsum;
             mm[i] = mnew;
         }
