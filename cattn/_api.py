@@ -408,6 +408,8 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
         if sk.dtype.kind not in "iuf":
             raise TypeError(f"sinks must be real numbers; got dtype {sk.dtype}")
         a["sinks"] = broadcast_lead(sk, out_lead, "sinks", np.float64, extra_ok=((1, 1),))
+        if np.any(np.isnan(a["sinks"]) | (a["sinks"] == np.inf)):
+            raise ValueError(f"sinks must be finite or -inf (no sink); got {sinks!r}")
 
     # destination
     direct = (out is not None and out.dtype == cdt and element_strides(out) is not None)
@@ -420,36 +422,33 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     a["lse"] = lse
     bq, bk = _blocks(N, Lq, n_threads)
     a["block_q"], a["block_k"] = bq, bk
-    if Lk == 0 or (Dv == 0 and not need_lse):
-        # nothing to attend to (zeros, lse -inf), or nothing to compute
+    # every output is allocated before any work: a MemoryError comes first
+    weights = None
+    if return_weights == "key_mass":
+        weights = np.zeros((N, Lk), dtype=cdt)
+    elif return_weights:
+        weights = np.zeros((N, Lq, Lk), dtype=cdt)
+    if Lk == 0 or (Dv == 0 and not need_lse) or N == 0 or Lq == 0:
+        # nothing to attend to, or nothing to compute: zeros, and lse -inf
+        # (or the sink logit: a sink is all a row without keys has)
         res.fill(0)
         if lse is not None:
-            lse.fill(-np.inf)
-        weights = (np.zeros((N, Lk), dtype=cdt) if return_weights == "key_mass"
-                   else np.zeros((N, Lq, Lk), dtype=cdt)) if return_weights else None
-    elif N and Lq:
+            lse[...] = -np.inf if sinks is None else a["sinks"][:, None]
+            if q_lengths is not None:
+                lse[np.arange(Lq)[None, :] >= a["q_len"][:, None]] = -np.inf
+    else:
         # With weights asked for, both passes take the tile path so the
         # weights see bit-identical scores to the lse they are divided by.
         if Lq <= _kernels.DECODE_MAX_LQ and not return_weights:
             _kernels.flash_decode(a, n_threads, _decode_splits(N, Lk, n_threads))
         else:
             _kernels.flash(a, n_threads)
-        weights = None
-        if return_weights:
-            if return_weights == "key_mass":
-                a["mode"] = _kernels.MODE_KEY_MASS
-                weights = np.zeros((N, Lk), dtype=cdt)
-                a["key_mass"] = weights
-            else:
-                a["mode"] = _kernels.MODE_WEIGHTS
-                weights = np.zeros((N, Lq, Lk), dtype=cdt)
-                a["weights"] = weights
+        if return_weights == "key_mass":
+            a["mode"], a["key_mass"] = _kernels.MODE_KEY_MASS, weights
             _kernels.flash(a, n_threads)
-    else:
-        weights = (np.zeros((N, Lk), dtype=cdt) if return_weights == "key_mass"
-                   else np.zeros((N, Lq, Lk), dtype=cdt))
-        if lse is not None:
-            lse.fill(-np.inf)
+        elif return_weights:
+            a["mode"], a["weights"] = _kernels.MODE_WEIGHTS, weights
+            _kernels.flash(a, n_threads)
 
     if out is not None:
         if not direct:
