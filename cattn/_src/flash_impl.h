@@ -708,14 +708,16 @@ static inline V SUF(vload_h)(const uint16_t *p)
 
 static inline T SUF(dot_h)(const T *a, const uint16_t *b, int64_t n)
 {
-    V c0 = {0}, c1 = {0};
+    V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
     int64_t d = 0;
-    for (; d + 2 * VL <= n; d += 2 * VL) {
+    for (; d + 4 * VL <= n; d += 4 * VL) {
         c0 += vload(a + d) * SUF(vload_h)(b + d);
         c1 += vload(a + d + VL) * SUF(vload_h)(b + d + VL);
+        c2 += vload(a + d + 2 * VL) * SUF(vload_h)(b + d + 2 * VL);
+        c3 += vload(a + d + 3 * VL) * SUF(vload_h)(b + d + 3 * VL);
     }
     for (; d + VL <= n; d += VL) c0 += vload(a + d) * SUF(vload_h)(b + d);
-    T s = SUF(hsum)(c0 + c1);
+    T s = SUF(hsum)((c0 + c1) + (c2 + c3));
     for (; d < n; d++) s += a[d] * SUF(half1)(b[d]);
     return s;
 }
