@@ -339,6 +339,27 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
                 "key", k, "value", v)
     cdt, rdt, out_lead, groups, N, n_threads = _batch(
         [("query", q), ("key", k), ("value", v)], num_threads, Lq * max(Lk, 1) * max(D, 1))
+    g = groups.get("key", (None, 1))[1]
+    if (Lq == 1 and g > 1 and groups.get("value", (None, 1))[1] == g and q.ndim >= 3
+            and window is None and mask is None and bias is None and out is None
+            and return_weights is False and q_lengths is None and q_segments is None
+            and np.ndim(scale) == 0 and np.ndim(sinks) == 0
+            and (kv_lengths is None or np.ndim(kv_lengths) == 1)):
+        # GQA decode: the g query heads sharing a key/value head become g
+        # queries of one item, so each K/V head is streamed once, not g times
+        # (causal is a no-op with one query; nothing else depends on it).
+        s = q.strides
+        qf = np.lib.stride_tricks.as_strided(
+            q, q.shape[:-3] + (q.shape[-3] // g, g, D), s[:-3] + (g * s[-3], s[-3], s[-1]),
+            writeable=False)
+        res = attention(qf, k, v, score=score, scale=scale, additive_weight=additive_weight,
+                        return_lse=return_lse, num_threads=num_threads,
+                        kv_lengths=kv_lengths, softcap=softcap, sinks=sinks)
+        if return_lse:
+            o, lse = res
+            return (o.reshape(o.shape[:-3] + (q.shape[-3], 1, Dv)),
+                    lse.reshape(lse.shape[:-2] + (q.shape[-3], 1)))
+        return res.reshape(res.shape[:-3] + (q.shape[-3], 1, Dv))
     wl, wr = _check_window(window, causal)
     scale_b = _scale_per_batch(scale, score, D, out_lead)
     add_w = _additive_weights(additive_weight, score, D, cdt)
