@@ -871,6 +871,7 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                 if (s[j] == -INFINITY) continue;      /* masked: V never touched */
                 lsum += e[j];
                 if (!half) {
+                    /* per key: measured faster than four keys per pass here */
                     SUF(axpy)(e[j], Vm + (jlo + j) * p->v_rs, acc + i * Dv, Dv);
                     continue;
                 }
