@@ -87,17 +87,38 @@ def _threads(num_threads, work):
 
 _blas_controller = None
 _blas_lock = threading.Lock()
+_blas_state = {"depth": 0, "limiter": None}
 
 
-def _blas_limit(n):
-    """Context manager holding BLAS to ``n`` threads (threadpoolctl)."""
-    global _blas_controller
-    if _blas_controller is None:
+class _blas_limit:
+    """Context manager holding BLAS to ``n`` threads (threadpoolctl) while
+    any cattn stage call runs.  threadpoolctl's limits are process-wide, so
+    concurrent calls share one: the first to enter sets it, the last to
+    leave restores the original (nested or interleaved calls cannot leave
+    BLAS limited behind them)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        global _blas_controller
         with _blas_lock:
             if _blas_controller is None:
                 from threadpoolctl import ThreadpoolController
                 _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=n, user_api="blas")
+            if _blas_state["depth"] == 0:
+                _blas_state["limiter"] = _blas_controller.limit(limits=self.n,
+                                                                user_api="blas")
+            _blas_state["depth"] += 1
+        return self
+
+    def __exit__(self, *exc):
+        with _blas_lock:
+            _blas_state["depth"] -= 1
+            if _blas_state["depth"] == 0:
+                _blas_state["limiter"].restore_original_limits()
+                _blas_state["limiter"] = None
+        return False
 
 
 # -------------------------------------------------------------- validation
