@@ -397,6 +397,16 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
                                           kv_lengths, q_lengths, q_segments, kv_segments,
                                           sinks))
 
+    if cdt == np.float32:
+        # float32 kernels: parameters beyond float32's range are clipped to it
+        # (the result is the same softmax; rounding them would give inf/0)
+        big, tiny = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
+        scale_b = np.clip(scale_b, -big, big)
+        if softcap is not None:
+            softcap = min(max(float(softcap), tiny), big)
+        if sinks is not None:
+            sk = np.asarray(sinks, dtype=np.float64)
+            sinks = np.where(np.isfinite(sk), np.clip(sk, -big, big), sk)
     a = {"n_batch": N, "Lq": Lq, "Lk": Lk, "D": D, "Dv": Dv,
          "score_kind": _kernels.SCORE_KINDS[score], "mode": _kernels.MODE_ATTENTION,
          "scale": scale_b, "add_w": add_w, "win_left": wl, "win_right": wr,
@@ -510,6 +520,7 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
 
 
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def _attention_fast(q, k, v, score, scale, num_threads):
@@ -542,7 +553,7 @@ def _attention_fast(q, k, v, score, scale, num_threads):
         s = 1.0 if scale is None else scale
     else:
         return None
-    if type(s) is not float or not math.isfinite(s):
+    if type(s) is not float or not math.isfinite(s) or abs(s) > _F32_MAX:
         return None
     return _kernels.flash_serial_contiguous(q, k, v, s, kind)
 

@@ -1357,10 +1357,11 @@ def test_plus_inf_logit_lse_is_inf():
     assert np.array_equal(np.isnan(w), np.isnan(ew))
 
 
-@known_bug("BUG-8", "scale/softcap/sinks are rounded to float32 without a range check: "
-                    "finite values beyond float32 give NaN (or drop the softcap)")
-@pytest.mark.parametrize("kw", [{"scale": 1e300}, {"softcap": 1e-300}, {"softcap": 1e300},
-                                {"sinks": 1e300}], ids=lambda d: repr(d))
+@pytest.mark.parametrize("kw", [
+    pytest.param({"scale": 1e300}, marks=pytest.mark.xfail(strict=True, reason=(
+        "BUG-8 (open for scale): float32 scores beyond float32's range overflow "
+        "(docs/reliability.md)"))),
+    {"softcap": 1e-300}, {"softcap": 1e300}, {"sinks": 1e300}], ids=lambda d: repr(d))
 def test_float32_parameter_out_of_range(kw):
     rng = np.random.default_rng(8)
     q, k, v = (rng.standard_normal((2, n, 4)).astype(np.float32) for n in (5, 7, 7))
@@ -1369,8 +1370,6 @@ def test_float32_parameter_out_of_range(kw):
     assert_close(out, ref.attention(q, k, v, **kw), np.float32, logit_mag=1e3)
 
 
-@known_bug("BUG-9", "softcap * tanh(s / softcap) loses accuracy when softcap >> |s| "
-                    "(tanh computed as (1 - e)/(1 + e)): absolute error ~ softcap * eps")
 @pytest.mark.parametrize("dtype,cap", [(np.float32, 1e6), (np.float64, 1e10)],
                          ids=["f32", "f64"])
 def test_large_softcap_is_accurate(dtype, cap):
