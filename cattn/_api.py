@@ -365,7 +365,7 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
             and window is None and mask is None and bias is None and out is None
             and return_weights is False and q_lengths is None and q_segments is None
             and np.ndim(scale) == 0 and np.ndim(sinks) == 0
-            and (kv_lengths is None or np.ndim(kv_lengths) == 1)):
+            and (kv_lengths is None or np.ndim(kv_lengths) == 1 and len(out_lead) >= 2)):
         # GQA decode: the g query heads sharing a key/value head become g
         # queries of one item, so each K/V head is streamed once, not g times
         # (causal is a no-op with one query; nothing else depends on it).
