@@ -86,38 +86,41 @@ def _threads(num_threads, work):
 
 
 _blas_controller = None
-_blas_lock = threading.Lock()
-_blas_state = {"depth": 0, "limiter": None}
+_blas_lock = threading.RLock()
 
 
 class _blas_limit:
-    """Context manager holding BLAS to ``n`` threads (threadpoolctl) while
-    any cattn stage call runs.  threadpoolctl's limits are process-wide, so
-    concurrent calls share one: the first to enter sets it, the last to
-    leave restores the original (nested or interleaved calls cannot leave
-    BLAS limited behind them)."""
+    """Context manager holding BLAS to ``n`` threads (threadpoolctl) while a
+    cattn stage call runs.  threadpoolctl's limits are process-wide, and a
+    limit set on one thread must be restored on that same thread (OpenBLAS
+    otherwise keeps the changed count), so stage calls hold one lock for the
+    whole BLAS section: concurrent ``scores``/``aggregate`` calls from
+    several Python threads run one after the other (each already uses all
+    the threads it was given).  The fused ``attention`` kernel never takes
+    this lock."""
 
     def __init__(self, n):
         self.n = n
+        self.limiter = None
 
     def __enter__(self):
         global _blas_controller
-        with _blas_lock:
+        _blas_lock.acquire()
+        try:
             if _blas_controller is None:
                 from threadpoolctl import ThreadpoolController
                 _blas_controller = ThreadpoolController()
-            if _blas_state["depth"] == 0:
-                _blas_state["limiter"] = _blas_controller.limit(limits=self.n,
-                                                                user_api="blas")
-            _blas_state["depth"] += 1
+            self.limiter = _blas_controller.limit(limits=self.n, user_api="blas")
+        except BaseException:
+            _blas_lock.release()
+            raise
         return self
 
     def __exit__(self, *exc):
-        with _blas_lock:
-            _blas_state["depth"] -= 1
-            if _blas_state["depth"] == 0:
-                _blas_state["limiter"].restore_original_limits()
-                _blas_state["limiter"] = None
+        try:
+            self.limiter.restore_original_limits()
+        finally:
+            _blas_lock.release()
         return False
 
 

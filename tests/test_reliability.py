@@ -932,16 +932,27 @@ def _blas_threads():
 
 
 def test_interleaved_blas_limits_restore_blas_threads():
+    """BUG-6 (fixed): a BLAS limit is set and restored by the same thread, and
+    a second thread's stage call waits instead of interleaving with it."""
+    import threading
     from threadpoolctl import threadpool_limits
     limit = getattr(cattn._api, "_blas_limit", None)
     if limit is None or not _blas_threads():
         pytest.skip("no _blas_limit helper / no BLAS seen")
     with threadpool_limits(3, user_api="blas"):
-        a, b = limit(1), limit(1)        # thread A enters, thread B enters,
+        a = limit(1)
         a.__enter__()
-        b.__enter__()
-        a.__exit__(None, None, None)     # A leaves, B leaves
-        b.__exit__(None, None, None)
+        entered = threading.Event()
+
+        def other():
+            with limit(1):
+                entered.set()
+        t = threading.Thread(target=other)
+        t.start()
+        assert not entered.wait(0.2)      # blocked while A holds the section
+        a.__exit__(None, None, None)
+        t.join(10)
+        assert entered.is_set()
         after = _blas_threads()
     assert after == [3]
 
@@ -967,11 +978,6 @@ assert blas() == before
 """
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "BUG-6 (open): concurrent scores/aggregate calls can still leave the process-wide "
-    "BLAS at 1 thread (seen in about 3 of 4 runs of this test) although their "
-    "threadpoolctl limits now share one lock-protected reference count "
-    "(docs/reliability.md)"))
 def test_concurrent_stage_calls_restore_blas_threads():
     # a fresh process: BLAS at its default thread count, as in a user's program
     proc = run_script(BLAS_RACE_SCRIPT)
