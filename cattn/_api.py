@@ -475,6 +475,10 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     need_lse = return_lse or bool(return_weights)
     lse = np.empty((N, Lq), dtype=cdt) if need_lse else None
     a["lse"] = lse
+    if return_weights:
+        # the weights pass divides by exp(lse) as exp(m) * l, kept apart
+        a["lse_m"] = np.empty((N, Lq), dtype=cdt)
+        a["lse_logl"] = np.empty((N, Lq), dtype=cdt)
     bq, bk = _blocks(N, Lq, n_threads)
     a["block_q"], a["block_k"] = bq, bk
     # every output is allocated before any work: a MemoryError comes first

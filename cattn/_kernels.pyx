@@ -61,6 +61,8 @@ cdef extern from "_src/flash.h" nogil:
         const int64_t *out_off
         int64_t out_rs, out_cs
         void *lse
+        void *lse_m
+        void *lse_logl
         void *weights
         void *key_mass
         const double *scale
@@ -132,6 +134,8 @@ cdef void _fill_params(cattn_params *p, dict a) except *:
     p.out = <void *>_ptr(a.get("out")); p.out_off = <const int64_t *>_ptr(a.get("out_off"))
     p.out_rs = a.get("out_rs", 0); p.out_cs = a.get("out_cs", 0)
     p.lse = <void *>_ptr(a.get("lse"))
+    p.lse_m = <void *>_ptr(a.get("lse_m"))
+    p.lse_logl = <void *>_ptr(a.get("lse_logl"))
     p.weights = <void *>_ptr(a.get("weights"))
     p.key_mass = <void *>_ptr(a.get("key_mass"))
     p.scale = <const double *>_ptr(a["scale"])

@@ -1407,12 +1407,11 @@ def test_infinite_sink():
         assert np.array_equal(lse, e_lse, equal_nan=True)
 
 
-@known_bug("BUG-12", "weights are exp(s - lse): once |logits| >= 2**20 (float32) or "
-                     "2**50 (float64) lse = m + log(l) rounds to m and rows of weights "
-                     "sum to more than 1 (ties: [1, 1] instead of [0.5, 0.5])")
 @pytest.mark.parametrize("dtype,scale", [(np.float32, 2.0**20), (np.float64, 2.0**54)],
                          ids=["f32", "f64"])
 def test_weights_normalised_at_huge_logits(dtype, scale):
+    """BUG-12 (fixed): weights were exp(s - lse) and lse = m + log(l) rounds
+    to m at huge logits; the kernel now keeps m and log(l) apart."""
     q = np.ones((1, 12, 4), dtype); k = np.ones((1, 2, 4), dtype); v = np.ones((1, 2, 3), dtype)
     _, w = cattn.attention(q, k, v, score="dot", scale=scale, return_weights=True)
     np.testing.assert_allclose(w, 0.5, rtol=1e-6)

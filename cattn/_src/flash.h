@@ -56,6 +56,8 @@ typedef struct cattn_params {
     const void *v; const int64_t *v_off; int64_t v_rs;
     void *out; const int64_t *out_off; int64_t out_rs, out_cs;
     void *lse;                 /* (n_batch, Lq) contiguous, or NULL */
+    void *lse_m, *lse_logl;    /* lse = lse_m + lse_logl, kept apart for the weights
+                                  pass (exact at huge logits); NULL if unused */
     void *weights;             /* mode WEIGHTS: (n_batch, Lq, Lk) contiguous, zero-filled */
     void *key_mass;            /* mode KEY_MASS: (n_batch, Lk) contiguous, zero-filled */
     const double *scale;       /* one per batch item */

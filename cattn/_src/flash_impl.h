@@ -534,14 +534,21 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
             /* second pass: weights = exp(s - lse), masked -> 0; vector code
                with the block's lse in the alpha scratch (padding: -inf) */
             if (mode != CATTN_MODE_SCORES) {
-                for (int64_t i = 0; i < nqp; i++) alpha[i] = i < nq ? lse[i0 + i] : (T)-INFINITY;
+                /* (s - m) - log(l) rather than s - lse: exact even when
+                   lse = m + log(l) rounds to m at huge logits */
+                const T *pm = p->lse_m ? (const T *)p->lse_m + b * Lq : lse;
+                const T *pl = p->lse_logl ? (const T *)p->lse_logl + b * Lq : NULL;
+                for (int64_t i = 0; i < nqp; i++) {
+                    alpha[i] = i < nq ? lse[i0 + i] : (T)-INFINITY;   /* -inf: empty row */
+                    mrow[i] = i < nq ? pm[i0 + i] : (T)0;
+                    lrow[i] = (i < nq && pl) ? pl[i0 + i] : (T)0;
+                }
                 const V zero = vset1(0), ninf = vset1(-INFINITY);
                 for (int64_t j = 0; j < nk; j++)
                     for (int64_t i = 0; i < nqp; i += VL) {
-                        V l = vload(alpha + i);
-                        V d = vload(ST + j * ld + i) - l;   /* <= 0 up to rounding */
-                        d = vsel(d > zero, zero, d);          /* NaN stays NaN */
-                        vstore(ST + j * ld + i, vsel(l == ninf, zero, vexp(d)));
+                        V d = (vload(ST + j * ld + i) - vload(mrow + i)) - vload(lrow + i);
+                        d = vsel(d > zero, zero, d);          /* <= 0 up to rounding; NaN stays */
+                        vstore(ST + j * ld + i, vsel(vload(alpha + i) == ninf, zero, vexp(d)));
                     }
             }
             if (mode == CATTN_MODE_WEIGHTS || mode == CATTN_MODE_SCORES) {
@@ -643,9 +650,14 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
             /* no key left (or a padded query): zeros, lse -inf */
             for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] = 0;
             if (lse) lse[i0 + i] = -INFINITY;
+            if (p->lse_m) ((T *)p->lse_m)[b * Lq + i0 + i] = -INFINITY;
         } else {
             for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] = O[i * Dv + c] * f;
             if (lse) lse[i0 + i] = m + (T)log((double)l);
+            if (p->lse_m) {
+                ((T *)p->lse_m)[b * Lq + i0 + i] = m;
+                ((T *)p->lse_logl)[b * Lq + i0 + i] = (T)log((double)l);
+            }
         }
     }
 }
