@@ -1357,9 +1357,8 @@ def test_huge_scale_float64_matches_reference():
         check_semantics(q, k, v, {"scale": s}, True, True)
 
 
-@known_bug("BUG-7", "a +inf logit (inf in q/k/bias) gives lse NaN and an all-NaN "
-                    "weight row; the oracle gives lse +inf and NaN only where inf-inf")
 def test_plus_inf_logit_lse_is_inf():
+    """BUG-7 (fixed): a +inf logit gave lse NaN and an all-NaN weight row."""
     q = np.ones((1, 3, 4)); k = np.ones((1, 5, 4)); v = np.ones((1, 5, 2))
     q[0, 1, 0] = np.inf
     _, w, lse = cattn.attention(q, k, v, return_weights=True, return_lse=True)

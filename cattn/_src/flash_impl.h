@@ -653,10 +653,12 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
             if (p->lse_m) ((T *)p->lse_m)[b * Lq + i0 + i] = -INFINITY;
         } else {
             for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] = O[i * Dv + c] * f;
-            if (lse) lse[i0 + i] = m + (T)log((double)l);
+            /* a +inf logit: lse is +inf (the output is NaN: inf - inf) */
+            const T logl = m == (T)INFINITY ? (T)0 : (T)log((double)l);
+            if (lse) lse[i0 + i] = m + logl;
             if (p->lse_m) {
                 ((T *)p->lse_m)[b * Lq + i0 + i] = m;
-                ((T *)p->lse_logl)[b * Lq + i0 + i] = (T)log((double)l);
+                ((T *)p->lse_logl)[b * Lq + i0 + i] = logl;
             }
         }
     }
@@ -954,7 +956,7 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
         }
         orow[c * p->out_cs] = o * f_extra / L;
     }
-    if (lse) lse[i] = M + (T)log((double)L);
+    if (lse) lse[i] = M == (T)INFINITY ? M : M + (T)log((double)L);   /* +inf logit */
 }
 #undef DCH
 
