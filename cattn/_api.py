@@ -400,6 +400,13 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
                                           kv_lengths, q_lengths, q_segments, kv_segments,
                                           sinks))
 
+    if (cdt == np.float32 and scale_b.size and float(np.abs(scale_b).max()) > 1e4
+            and q.size and k.size
+            and float(np.abs(scale_b).max()) * float(np.abs(q).max()) * float(np.abs(k).max())
+            * max(D, 1) > 1e37):
+        # scaled scores would leave float32's range: compute in float64 and
+        # return float32 (a rare, huge scale; the scan is skipped otherwise)
+        cdt = np.dtype(np.float64)
     if cdt == np.float32:
         # float32 kernels: parameters beyond float32's range are clipped to it
         # (the result is the same softmax; rounding them would give inf/0)
@@ -527,7 +534,6 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
 
 
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def _attention_fast(q, k, v, score, scale, num_threads):
@@ -560,8 +566,8 @@ def _attention_fast(q, k, v, score, scale, num_threads):
         s = 1.0 if scale is None else scale
     else:
         return None
-    if type(s) is not float or not math.isfinite(s) or abs(s) > _F32_MAX:
-        return None
+    if type(s) is not float or not math.isfinite(s) or abs(s) > 1e4:
+        return None      # (a huge scale takes the general path: overflow guard)
     return _kernels.flash_serial_contiguous(q, k, v, s, kind)
 
 

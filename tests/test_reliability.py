@@ -1368,9 +1368,7 @@ def test_plus_inf_logit_lse_is_inf():
 
 
 @pytest.mark.parametrize("kw", [
-    pytest.param({"scale": 1e300}, marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG-8 (open for scale): float32 scores beyond float32's range overflow "
-        "(docs/reliability.md)"))),
+    {"scale": 1e300},
     {"softcap": 1e-300}, {"softcap": 1e300}, {"sinks": 1e300}], ids=lambda d: repr(d))
 def test_float32_parameter_out_of_range(kw):
     rng = np.random.default_rng(8)
