@@ -84,6 +84,8 @@ cdef extern from "_src/flash.h" nogil:
         const double *sinks
         double softcap
         int64_t win_left, win_right
+        int (*poll)() noexcept nogil
+        int *stop
     size_t cattn_scratch_bytes(const cattn_params *p, int is_double)
     void cattn_flash_block_f32(const cattn_params *p, int64_t b, int64_t qb, void *scratch) noexcept
     void cattn_flash_block_f64(const cattn_params *p, int64_t b, int64_t qb, void *scratch) noexcept
@@ -221,6 +223,21 @@ cdef int _interrupted(double *last) noexcept nogil:
         return PyErr_CheckSignals() != 0
 
 
+cdef double _poll_last = 0
+
+
+cdef int _poll_cb() noexcept nogil:
+    """The kernels' in-tile poll (thread 0 of a call from the main thread):
+    Python's signal handlers every _SIGNAL_POLL seconds."""
+    global _poll_last
+    cdef double now = omp_get_wtime()
+    if now - _poll_last < _SIGNAL_POLL:
+        return 0
+    _poll_last = now
+    with gil:
+        return PyErr_CheckSignals() != 0
+
+
 cdef int _run(_Run *r, int64_t n_work, size_t scratch_bytes, int n_threads,
               bint poll) except -1:
     cdef int status[2]      # [0] scratch allocation failed, [1] interrupted
@@ -231,6 +248,13 @@ cdef int _run(_Run *r, int64_t n_work, size_t scratch_bytes, int n_threads,
     status[0] = 0
     status[1] = 0
     last[0] = omp_get_wtime()
+    # inside work items too: one item can span millions of keys
+    global _poll_last
+    _poll_last = last[0]
+    r.p.stop = &status[1]
+    r.p.poll = NULL
+    if poll:
+        r.p.poll = _poll_cb
     if n_threads > n_work:
         n_threads = <int>n_work
     if n_threads <= 1:

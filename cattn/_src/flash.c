@@ -10,6 +10,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include "flash.h"
+#ifdef _OPENMP
+#include <omp.h>
+#define CATTN_THREAD_NUM() omp_get_thread_num()
+#else
+#define CATTN_THREAD_NUM() 0
+#endif
+
+/* True when the call must stop now (see cattn_params.poll/stop). */
+static inline int cattn_should_stop(const cattn_params *p)
+{
+    if (!p->stop) return 0;
+    if (*p->stop) return 1;
+    if (p->poll && CATTN_THREAD_NUM() == 0 && p->poll()) {
+        *p->stop = 1;
+        return 1;
+    }
+    return 0;
+}
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
 #endif

@@ -71,6 +71,11 @@ typedef struct cattn_params {
     const double *sinks;       /* one per batch item, or NULL */
     double softcap;            /* <= 0: none */
     int64_t win_left, win_right;  /* relative to p = i + Lk - Lq */
+    /* Interrupts: every key tile, thread 0 calls poll() (rate-limited by the
+       caller; nonzero = a signal handler raised) and every thread stops once
+       *stop is set.  Both NULL: never interrupted. */
+    int (*poll)(void);
+    volatile int *stop;
 } cattn_params;
 
 /* Bytes of scratch one thread needs for any block of `p`. */

@@ -451,6 +451,7 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
 
     const int64_t BK = p->block_k;
     for (int64_t j0 = k_lo; j0 < k_hi; j0 += BK) {
+        if (cattn_should_stop(p)) return;        /* Ctrl-C: the call raises */
         const int64_t nk = imin(BK, k_hi - j0);
         const T *Kt = K + j0 * p->k_rs;
         const T *Vt = Vm + j0 * p->v_rs;
@@ -822,6 +823,7 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     }
 
     for (int64_t j0 = js; j0 < je; j0 += DCH) {
+        if (cattn_should_stop(p)) return;        /* Ctrl-C: the call raises */
         const int64_t nk = imin(DCH, je - j0);
         /* this chunk's K rows: in place, or widened from float16 for the
            score kinds that need several passes over a row */
