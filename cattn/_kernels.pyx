@@ -26,7 +26,7 @@ from libc.string cimport memset
 from libc.math cimport exp, expf, INFINITY
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
-from cattn._openmp_helpers cimport omp_get_thread_num, omp_get_wtime
+from cattn._openmp_helpers cimport omp_get_thread_num, omp_get_wtime, cattn_usable_team
 import threading
 
 cnp.import_array()
@@ -257,6 +257,8 @@ cdef int _run(_Run *r, int64_t n_work, size_t scratch_bytes, int n_threads,
         r.p.poll = _poll_cb
     if n_threads > n_work:
         n_threads = <int>n_work
+    if n_threads > 1:
+        n_threads = cattn_usable_team(n_threads)
     if n_threads <= 1:
         raw = malloc(scratch_bytes + 64)
         if raw == NULL:
@@ -385,6 +387,8 @@ def _gemm_batched(floating[::1] A, const int64_t[::1] A_off, int lda,
     cdef floating *pb = &B[0]
     cdef floating *pc = &C[0]
     cdef floating al = <floating>alpha
+    if num_threads > 1:
+        num_threads = cattn_usable_team(num_threads)
     if num_threads <= 1 or n_batch == 1:
         with nogil:
             for b in range(n_batch):
@@ -414,6 +418,8 @@ def softmax_rows(floating[:, ::1] x, int num_threads):
     cdef Py_ssize_t R = x.shape[0], C = x.shape[1], r
     if R == 0 or C == 0:
         return
+    if num_threads > 1:
+        num_threads = cattn_usable_team(num_threads)
     if num_threads <= 1 or R * C <= 32768:
         with nogil:
             for r in range(R):

@@ -29,6 +29,31 @@ cdef extern from *:
     static int cattn_in_forked_child = 0;
     static int cattn_register_atfork(void) { return 0; }
     #endif
+
+    /* GNU libgomp ends the process ("Thread creation failed") when it cannot
+       create a team's threads, e.g. under an address-space limit.  Before a
+       team larger than any this module started so far, try creating its
+       threads ourselves (same default stack): the team is cut to what could
+       be created, so OpenMP never meets the failure. */
+    #if defined(_OPENMP) && (defined(__unix__) || defined(__APPLE__))
+    static int cattn_team_verified = 1;
+    static void *cattn_noop_thread(void *arg) { return arg; }
+    static int cattn_usable_team(int n) {
+        pthread_t th[256];
+        int made = 0, i;
+        if (n <= cattn_team_verified) return n;
+        if (n > 257) n = 257;
+        for (i = 0; i < n - 1; i++) {
+            if (pthread_create(&th[i], NULL, cattn_noop_thread, NULL) != 0) break;
+            made++;
+        }
+        for (i = 0; i < made; i++) pthread_join(th[i], NULL);
+        if (made + 1 == n) cattn_team_verified = n;
+        return made + 1;
+    }
+    #else
+    static int cattn_usable_team(int n) { return n; }
+    #endif
     """
     bint CATTN_HAVE_OPENMP
     int omp_get_max_threads() noexcept nogil
@@ -37,3 +62,4 @@ cdef extern from *:
     double omp_get_wtime() noexcept nogil
     int cattn_in_forked_child
     int cattn_register_atfork() noexcept nogil
+    int cattn_usable_team(int n) noexcept nogil
