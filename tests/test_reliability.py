@@ -17,10 +17,10 @@ One section per promise of docs/reliability.md ("Guarantees"):
 8. ``out=``      -- overlapping or read-only ``out`` raises ValueError.
 (7., the debug and AddressSanitizer builds, is a procedure: docs/reliability.md.)
 
-Tests marked ``xfail(strict=True)`` are regression tests of open bugs found
-while writing this file (BUG-n in docs/reliability.md): they fail today and
-turn into a loud XPASS once the bug is fixed (then drop the marker).  Tests
-whose docstring names a BUG-n are regressions of bugs already fixed.
+Tests whose docstring names a BUG-n are regressions of the bugs found while
+writing this file (docs/reliability.md); all are fixed.  A newly found bug
+gets an ``xfail(strict=True)`` test, which turns into a loud XPASS once it is
+fixed.
 
 Everything that could crash, hang or exhaust memory runs in a subprocess with
 a timeout; inputs that are logically huge use zero strides or sparse files.
@@ -63,11 +63,6 @@ ASAN = _under_asan()
 needs_linux = pytest.mark.skipif(not LINUX, reason="uses /proc and Linux rlimits")
 no_asan = pytest.mark.skipif(ASAN, reason="AddressSanitizer reserves the whole address "
                                           "space (RLIMIT_AS tests do not apply)")
-
-
-def known_bug(tag, what):
-    """Regression test of a reported bug: fails (xfail) until it is fixed."""
-    return pytest.mark.xfail(strict=True, reason=f"{tag}: {what} (docs/reliability.md)")
 
 
 def run_script(code, *args, timeout=TIMEOUT, tmp_path=None, env=None):
