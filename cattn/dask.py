@@ -545,6 +545,15 @@ def _lead_param(x, name, out_lead, out_chunks, kind):
 _check_window = _api.window_bounds
 
 
+def _lengths_param(x, name, out_lead, out_chunks, L):
+    """A lengths operand, its NumPy values (None when lazy) range-checked."""
+    op, values = _lead_param(x, name, out_lead, out_chunks, "len")
+    if values is not None and values.size and (values.min() < 0 or values.max() > L):
+        raise ValueError(f"{name} must lie in [0, {L}]; got values in "
+                         f"[{values.min()}, {values.max()}]")
+    return op, values
+
+
 # ------------------------------------------------------------ attention
 def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
               bias=None, causal=False, window=None, additive_weight=None,
@@ -707,19 +716,11 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
                                    Lk, kchunks, "k")
     qlen_np = kvlen_np = None
     if q_lengths is not None:
-        ops["qlen"], qlen_np = _lead_param(q_lengths, "q_lengths", out_lead,
-                                           out_chunks, "len")
-        if qlen_np is not None and qlen_np.size and (qlen_np.min() < 0
-                                                     or qlen_np.max() > Lq):
-            raise ValueError(f"q_lengths must lie in [0, {Lq}]; got values in "
-                             f"[{qlen_np.min()}, {qlen_np.max()}]")
+        ops["qlen"], qlen_np = _lengths_param(q_lengths, "q_lengths", out_lead,
+                                              out_chunks, Lq)
     if kv_lengths is not None:
-        ops["kvlen"], kvlen_np = _lead_param(kv_lengths, "kv_lengths", out_lead,
-                                             out_chunks, "len")
-        if kvlen_np is not None and kvlen_np.size and (kvlen_np.min() < 0
-                                                       or kvlen_np.max() > Lk):
-            raise ValueError(f"kv_lengths must lie in [0, {Lk}]; got values in "
-                             f"[{kvlen_np.min()}, {kvlen_np.max()}]")
+        ops["kvlen"], kvlen_np = _lengths_param(kv_lengths, "kv_lengths", out_lead,
+                                                out_chunks, Lk)
     if scale is not None:
         ops["scale"], _ = _lead_param(scale, "scale", out_lead, out_chunks, "scale")
     if sinks is not None:
