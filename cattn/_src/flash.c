@@ -66,6 +66,7 @@ static inline int cattn_should_stop(const cattn_params *p)
 #endif
 
 #define CATTN_HAVE_F16C 1
+#define CATTN_AVX2 1
 #define T float
 #define CATTN_F64 0
 #define SUF(name) name##_f32_haswell
@@ -83,6 +84,7 @@ static inline int cattn_should_stop(const cattn_params *p)
 #undef SUF
 
 #undef CATTN_HAVE_F16C
+#undef CATTN_AVX2
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -97,6 +99,7 @@ static inline int cattn_should_stop(const cattn_params *p)
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")
 #endif
 #define CATTN_HAVE_F16C 1
+#define CATTN_AVX2 1
 #undef CATTN_VBYTES
 #define CATTN_VBYTES 64
 
@@ -118,6 +121,7 @@ static inline int cattn_should_stop(const cattn_params *p)
 
 #undef CATTN_VBYTES
 #undef CATTN_HAVE_F16C
+#undef CATTN_AVX2
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -198,8 +202,9 @@ void cattn_flash_block_f64(const cattn_params *p, int64_t b, int64_t qb, void *s
 { CATTN_DISPATCH(flash_block, f64, (p, b, qb, scratch)); }
 
 /* Decode streams memory: the 32-byte (Haswell) variant is used on AVX-512
-   CPUs too -- measured 1.5x faster there than the 64-byte variant (float32
-   and float16 caches alike), whose loads of V rows stall the axpy. */
+   CPUs too.  With the register-blocked P.V of the decode kernel both ran at
+   the same speed here (float32 and float16 caches, in cache and from DRAM);
+   the 32-byte one avoids AVX-512 frequency drops on older Intel parts. */
 #if CATTN_X86_DISPATCH
 #define CATTN_DISPATCH_STREAM(fn, suffix, args) \
     do { if (get_isa() >= 1) { fn##_##suffix##_haswell args; return; } \

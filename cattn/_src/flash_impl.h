@@ -677,7 +677,20 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
 
 static inline T SUF(hsum)(V x)
 {
-    /* a tree, not a chain of VL dependent adds */
+    /* a tree of shuffles: a store and scalar reloads would stall on
+       store-to-load forwarding, worst with 64-byte vectors */
+#if defined(CATTN_AVX2) && CATTN_VBYTES == 64 && !CATTN_F64
+    return _mm512_reduce_add_ps((__m512)x);
+#elif defined(CATTN_AVX2) && CATTN_VBYTES == 64
+    return _mm512_reduce_add_pd((__m512d)x);
+#elif defined(CATTN_AVX2) && !CATTN_F64
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128((__m256)x), _mm256_extractf128_ps((__m256)x, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+#elif defined(CATTN_AVX2)
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128((__m256d)x), _mm256_extractf128_pd((__m256d)x, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+#else
     T b[VL];
     memcpy(b, &x, sizeof b);
 #if VL >= 16
@@ -686,7 +699,12 @@ static inline T SUF(hsum)(V x)
 #if VL >= 8
     for (int i = 0; i < 4; i++) b[i] += b[i + 4];
 #endif
+#if VL >= 4
     return (b[0] + b[2]) + (b[1] + b[3]);
+#else
+    return b[0] + b[1];
+#endif
+#endif
 }
 
 static inline T SUF(dot)(const T *a, const T *b, int64_t n)
@@ -705,18 +723,6 @@ static inline T SUF(dot)(const T *a, const T *b, int64_t n)
     return s;
 }
 
-static inline void SUF(axpy)(T alpha, const T *x, T *y, int64_t n)
-{
-    const V a = vset1(alpha);
-    int64_t d = 0;
-    for (; d + 2 * VL <= n; d += 2 * VL) {
-        vstore(y + d, vload(y + d) + a * vload(x + d));
-        vstore(y + d + VL, vload(y + d + VL) + a * vload(x + d + VL));
-    }
-    for (; d + VL <= n; d += VL) vstore(y + d, vload(y + d) + a * vload(x + d));
-    for (; d < n; d++) y[d] += alpha * x[d];
-}
-
 /* VL float16 values widened to T (F16C on Haswell, exact software otherwise) */
 static inline V SUF(vload_h)(const uint16_t *p)
 {
@@ -729,6 +735,14 @@ static inline V SUF(vload_h)(const uint16_t *p)
     for (int v = 0; v < VL; v++) r[v] = SUF(half1)(p[v]);
     return r;
 #endif
+}
+
+/* float16 rows are prefetched this many rows ahead (measured: 8 too few,
+   32 best, 64 no better at one and two threads) */
+#define PFK 32
+static inline void SUF(prefetch_row)(const void *row, int64_t bytes)
+{
+    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)row + o, 0, 3);
 }
 
 static inline T SUF(dot_h)(const T *a, const uint16_t *b, int64_t n)
@@ -747,30 +761,100 @@ static inline T SUF(dot_h)(const T *a, const uint16_t *b, int64_t n)
     return s;
 }
 
-/* y += sum_r w[r] x_r over nr <= 4 float16 rows: one pass over y for four
-   keys (measured: 1.5x faster than a pass per key when widening float16) */
-static inline void SUF(axpy4_h)(const T *w, const uint16_t *const *x, int nr, T *y, int64_t n)
+/* Four keys' dot products with one query, two accumulators each: eight
+   independent FMA chains, and each query vector loaded once for four rows
+   (rows at k, k + rs, k + 2 rs, k + 3 rs). */
+#define CATTN_DOT4_BODY(LOADK)                                                   \
+    V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, d0 = {0}, d1 = {0}, d2 = {0}, d3 = {0}; \
+    int64_t d = 0;                                                               \
+    for (; d + 2 * VL <= n; d += 2 * VL) {                                       \
+        const V x = vload(a + d), y = vload(a + d + VL);                         \
+        c0 += x * LOADK(k + d);          d0 += y * LOADK(k + d + VL);            \
+        c1 += x * LOADK(k + rs + d);     d1 += y * LOADK(k + rs + d + VL);       \
+        c2 += x * LOADK(k + 2 * rs + d); d2 += y * LOADK(k + 2 * rs + d + VL);   \
+        c3 += x * LOADK(k + 3 * rs + d); d3 += y * LOADK(k + 3 * rs + d + VL);   \
+    }                                                                            \
+    if (d + VL <= n) {                                                           \
+        const V x = vload(a + d);                                                \
+        c0 += x * LOADK(k + d);          c1 += x * LOADK(k + rs + d);            \
+        c2 += x * LOADK(k + 2 * rs + d); c3 += x * LOADK(k + 3 * rs + d);        \
+        d += VL;                                                                 \
+    }                                                                            \
+    out[0] = SUF(hsum)(c0 + d0); out[1] = SUF(hsum)(c1 + d1);                    \
+    out[2] = SUF(hsum)(c2 + d2); out[3] = SUF(hsum)(c3 + d3);
+
+static inline void SUF(dot4)(const T *a, const T *k, int64_t rs, int64_t n, T *out)
 {
-    int64_t d = 0;
-    if (nr == 4) {
-        const V w0 = vset1(w[0]), w1 = vset1(w[1]), w2 = vset1(w[2]), w3 = vset1(w[3]);
-        for (; d + VL <= n; d += VL)
-            vstore(y + d, vload(y + d) + (w0 * SUF(vload_h)(x[0] + d) + w1 * SUF(vload_h)(x[1] + d))
-                                      + (w2 * SUF(vload_h)(x[2] + d) + w3 * SUF(vload_h)(x[3] + d)));
-    }
-    for (int r = 0; r < nr; r++) {
-        const V a = vset1(w[r]);
-        int64_t c = d;
-        if (nr < 4)
-            for (; c + VL <= n; c += VL) vstore(y + c, vload(y + c) + a * SUF(vload_h)(x[r] + c));
-        for (; c < n; c++) y[c] += w[r] * SUF(half1)(x[r][c]);
-    }
+    CATTN_DOT4_BODY(vload)
+    for (; d < n; d++)
+        for (int r = 0; r < 4; r++) out[r] += a[d] * k[r * rs + d];
 }
+
+static inline void SUF(dot4_h)(const T *a, const uint16_t *k, int64_t rs, int64_t n, T *out)
+{
+    CATTN_DOT4_BODY(SUF(vload_h))
+    for (; d < n; d++)
+        for (int r = 0; r < 4; r++) out[r] += a[d] * SUF(half1)(k[r * rs + d]);
+}
+#undef CATTN_DOT4_BODY
+
+/* acc += sum_t e[t] * row_t for the nk kept keys of a chunk (row_t at
+   rows[t] elements past Vb), one block of up to eight accumulator vectors
+   at a time, held in registers across the keys: no load and store of acc
+   per key.  LOADV widens a float16 row when the cache is float16. */
+#define CATTN_PV_BODY(VT, LOADV, LOAD1)                                          \
+    const VT *vb = (const VT *)Vb;                                               \
+    int64_t c = 0;                                                               \
+    for (; c + 8 * VL <= Dv; c += 8 * VL) {                                      \
+        V a[8];                                                                  \
+        for (int u = 0; u < 8; u++) a[u] = vload(acc + c + u * VL);              \
+        for (int64_t t = 0; t < nk; t++) {                                       \
+            const VT *x = vb + rows[t] + c;                                      \
+            const V w = vset1(e[t]);                                             \
+            for (int u = 0; u < 8; u++) a[u] += w * LOADV(x + u * VL);           \
+        }                                                                        \
+        for (int u = 0; u < 8; u++) vstore(acc + c + u * VL, a[u]);              \
+    }                                                                            \
+    for (; c + 2 * VL <= Dv; c += 2 * VL) {                                      \
+        V a0 = vload(acc + c), a1 = vload(acc + c + VL);                         \
+        for (int64_t t = 0; t < nk; t++) {                                       \
+            const VT *x = vb + rows[t] + c;                                      \
+            const V w = vset1(e[t]);                                             \
+            a0 += w * LOADV(x); a1 += w * LOADV(x + VL);                         \
+        }                                                                        \
+        vstore(acc + c, a0); vstore(acc + c + VL, a1);                           \
+    }                                                                            \
+    for (; c + VL <= Dv; c += VL) {                                              \
+        V a0 = vload(acc + c);                                                   \
+        for (int64_t t = 0; t < nk; t++) a0 += vset1(e[t]) * LOADV(vb + rows[t] + c); \
+        vstore(acc + c, a0);                                                     \
+    }                                                                            \
+    for (; c < Dv; c++) {                                                        \
+        T a0 = acc[c];                                                           \
+        for (int64_t t = 0; t < nk; t++) a0 += e[t] * LOAD1(vb[rows[t] + c]);    \
+        acc[c] = a0;                                                             \
+    }
+
+#define CATTN_ID(x) (x)
+static inline void SUF(pv_rows)(const T *e, const int64_t *rows, int64_t nk, const void *Vb,
+                                T *acc, int64_t Dv)
+{
+    CATTN_PV_BODY(T, vload, CATTN_ID)
+}
+
+static inline void SUF(pv_rows_h)(const T *e, const int64_t *rows, int64_t nk, const void *Vb,
+                                  T *acc, int64_t Dv)
+{
+    CATTN_PV_BODY(uint16_t, SUF(vload_h), SUF(half1))
+}
+#undef CATTN_ID
+#undef CATTN_PV_BODY
 
 __attribute__((unused)) static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
 {
     return (size_t)(CATTN_DECODE_MAX_LQ * RUP16(p->D) + RUP16(p->D) + 4 * DCH
-                    + (p->kv_half ? DCH * (RUP16(p->D) + RUP16(p->Dv)) : 0)) * sizeof(T) + 64;
+                    + (p->kv_half ? DCH * (RUP16(p->D) + RUP16(p->Dv)) : 0)) * sizeof(T)
+           + DCH * sizeof(int64_t) + 64;
 }
 
 static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int64_t je,
@@ -783,7 +867,8 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     T *s = tmp + D16;                              /* DCH */
     T *inv_k = s + DCH;                            /* DCH */
     T *e = inv_k + DCH;                            /* DCH */
-    T *kbuf = e + DCH;                             /* DCH x D16 (float16 K) */
+    int64_t *rows = (int64_t *)(e + DCH);          /* DCH (8-byte aligned: even offset) */
+    T *kbuf = (T *)(rows + DCH);                   /* DCH x D16 (float16 K) */
     const uint16_t *Kh = (const uint16_t *)p->k + p->k_off[b];
     const uint16_t *Vh = (const uint16_t *)p->v + p->v_off[b];
     const int64_t q_len = p->q_len ? p->q_len[b] : Lq;
@@ -823,7 +908,8 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     }
 
     for (int64_t j0 = js; j0 < je; j0 += DCH) {
-        if (cattn_should_stop(p)) return;        /* Ctrl-C: the call raises */
+        /* Ctrl-C: the call raises (polled every 4 chunks: a poll reads the clock) */
+        if (((j0 - js) & (4 * DCH - 1)) == 0 && cattn_should_stop(p)) return;
         const int64_t nk = imin(DCH, je - j0);
         /* this chunk's K rows: in place, or widened from float16 for the
            score kinds that need several passes over a row */
@@ -849,10 +935,30 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             const T *qi = qs + i * D16;
             const int64_t qsg = qseg ? qseg[i * p->q_seg_s] : 0;
             T mc = -INFINITY;
+            if (score != CATTN_SCORE_ADDITIVE) {
+                /* raw dot products first, four keys at a time */
+                int64_t j = jlo;
+                if (half && score == CATTN_SCORE_DOT) {
+                    const uint16_t *kh = Kh + jlo * p->k_rs;
+                    for (; j + 4 <= jhi; j += 4, kh += 4 * p->k_rs) {
+                        /* software prefetch PFK rows ahead: float16 rows carry
+                           half the bytes per instruction, too few misses in
+                           flight for one core to reach the streaming rate */
+                        for (int r = 0; r < 4; r++)
+                            SUF(prefetch_row)(Kh + imin(j + r + PFK, je - 1) * p->k_rs, 2 * D);
+                        SUF(dot4_h)(qi, kh, p->k_rs, D, s + (j - jlo));
+                    }
+                    for (; j < jhi; j++) s[j - jlo] = SUF(dot_h)(qi, Kh + j * p->k_rs, D);
+                } else {
+                    for (; j + 4 <= jhi; j += 4)
+                        SUF(dot4)(qi, Kc + (j - j0) * kc_rs, kc_rs, D, s + (j - jlo));
+                    for (; j < jhi; j++) s[j - jlo] = SUF(dot)(qi, Kc + (j - j0) * kc_rs, D);
+                }
+            }
             for (int64_t j = jlo; j < jhi; j++) {
-                const T *kr = Kc + (j - j0) * kc_rs;
                 T sc;
                 if (score == CATTN_SCORE_ADDITIVE) {
+                    const T *kr = Kc + (j - j0) * kc_rs;
                     V acc0 = {0};
                     int64_t d = 0;
                     for (; d + VL <= D; d += VL)
@@ -860,10 +966,8 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                     sc = SUF(hsum)(acc0);
                     for (; d < D; d++) sc += addw[d] * SUF(tanh1)(qi[d] + kr[d]);
                     sc *= scale;
-                } else if (half && score == CATTN_SCORE_DOT) {
-                    sc = SUF(dot_h)(qi, Kh + j * p->k_rs, D);
                 } else {
-                    sc = SUF(dot)(qi, kr, D);
+                    sc = s[j - jlo];
                     if (score == CATTN_SCORE_COSINE) sc *= inv_k[j - j0];
                 }
                 if (softcap > 0) sc = softcap * SUF(tanh1)(sc / softcap);
@@ -890,25 +994,19 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             int64_t j = 0;
             for (; j + VL <= n; j += VL) vstore(e + j, vexp(vload(s + j) - msub));
             for (; j < n; j++) { V t = vset1(s[j] - msub); e[j] = vexp(t)[0]; }
-            T lsum = 0, w4[4];
-            const uint16_t *h4[4];
-            int nr = 0;
+            /* the chunk's kept keys, compacted: masked ones are never
+               multiplied (NaN or inf in a masked value cannot leak) */
+            T lsum = 0;
+            int64_t nk2 = 0;
             for (j = 0; j < n; j++) {
-                if (s[j] == -INFINITY) continue;      /* masked: V never touched */
+                if (half) SUF(prefetch_row)(Vh + imin(jlo + j + PFK, je - 1) * p->v_rs, 2 * Dv);
+                if (s[j] == -INFINITY) continue;
                 lsum += e[j];
-                if (!half) {
-                    /* per key: measured faster than four keys per pass here */
-                    SUF(axpy)(e[j], Vm + (jlo + j) * p->v_rs, acc + i * Dv, Dv);
-                    continue;
-                }
-                w4[nr] = e[j];
-                h4[nr] = Vh + (jlo + j) * p->v_rs;
-                if (++nr == 4) {
-                    SUF(axpy4_h)(w4, h4, 4, acc + i * Dv, Dv);
-                    nr = 0;
-                }
+                e[nk2] = e[j];
+                rows[nk2++] = (jlo + j) * p->v_rs;
             }
-            if (nr) SUF(axpy4_h)(w4, h4, nr, acc + i * Dv, Dv);
+            if (half) SUF(pv_rows_h)(e, rows, nk2, Vh, acc + i * Dv, Dv);
+            else SUF(pv_rows)(e, rows, nk2, Vm, acc + i * Dv, Dv);
             ll[i] += lsum;
             mm[i] = mnew;
         }
@@ -948,19 +1046,21 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
         if (lse) lse[i] = -INFINITY;
         return;
     }
-    for (int64_t c = 0; c < Dv; c++) {
-        T o = 0;
-        for (int64_t s = 0; s < n_split; s++) {
-            T m = mm[s * Lq + i];
-            if (m == -INFINITY && ll[s * Lq + i] == 0) continue;   /* empty split */
-            T w = (m == -INFINITY) ? (T)1 : (T)exp((double)(m - M0));
-            o += acc[(s * Lq + i) * Dv + c] * w;
-        }
-        orow[c * p->out_cs] = o * f_extra / L;
+    /* sum_s acc_s * exp(m_s - M0), one exp per split, then scale */
+    for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] = 0;
+    for (int64_t s = 0; s < n_split; s++) {
+        T m = mm[s * Lq + i];
+        if (m == -INFINITY && ll[s * Lq + i] == 0) continue;   /* empty split */
+        T w = (m == -INFINITY) ? (T)1 : (T)exp((double)(m - M0));
+        const T *a = acc + (s * Lq + i) * Dv;
+        for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] += a[c] * w;
     }
+    const T f = f_extra / L;
+    for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] *= f;
     if (lse) lse[i] = M == (T)INFINITY ? M : M + (T)log((double)L);   /* +inf logit */
 }
 #undef DCH
+#undef PFK
 
 #undef V
 #undef VU
