@@ -154,7 +154,7 @@ def _batch(named, num_threads, work_per_item):
     batch items and the threads for a call over ``named`` operands."""
     cdt, rdt = compute_dtype(*(x for _, x in named))
     out_lead, groups = batch_shape(named)
-    N = int(np.prod(out_lead, dtype=np.int64))
+    N = math.prod(out_lead)
     return cdt, rdt, out_lead, groups, N, _threads(num_threads, N * work_per_item)
 
 
@@ -183,7 +183,7 @@ def _default_scale(score, D):
 def _scale_per_batch(scale, score, D, out_lead):
     if scale is None:
         s = _default_scale(score, D)
-        return np.full(int(np.prod(out_lead, dtype=np.int64)), s, dtype=np.float64)
+        return np.full(math.prod(out_lead), s, dtype=np.float64)
     if isinstance(scale, (bool, np.bool_)):
         raise TypeError(f"scale must be a real number or array; got {scale!r}")
     arr = np.asarray(scale)
@@ -400,18 +400,19 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
                                           kv_lengths, q_lengths, q_segments, kv_segments,
                                           sinks))
 
-    if (cdt == np.float32 and scale_b.size and float(np.abs(scale_b).max()) > 1e4
-            and q.size and k.size
-            and float(np.abs(scale_b).max()) * float(np.abs(q).max()) * float(np.abs(k).max())
-            * max(D, 1) > 1e37):
+    smax = (abs(float(scale_b[0])) if scale is None or np.ndim(scale) == 0
+            else float(np.abs(scale_b).max())) if scale_b.size else 0.0
+    if (cdt == np.float32 and smax > 1e4 and q.size and k.size
+            and smax * float(np.abs(q).max()) * float(np.abs(k).max()) * max(D, 1) > 1e37):
         # scaled scores would leave float32's range: compute in float64 and
         # return float32 (a rare, huge scale; the scan is skipped otherwise)
         cdt = np.dtype(np.float64)
     if cdt == np.float32:
         # float32 kernels: parameters beyond float32's range are clipped to it
         # (the result is the same softmax; rounding them would give inf/0)
-        big, tiny = float(np.finfo(np.float32).max), float(np.finfo(np.float32).tiny)
-        scale_b = np.clip(scale_b, -big, big)
+        big, tiny = _F32_MAX, _F32_TINY
+        if smax > big:
+            scale_b = np.clip(scale_b, -big, big)
         if softcap is not None:
             softcap = min(max(float(softcap), tiny), big)
         if sinks is not None:
@@ -534,6 +535,8 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
 
 
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).tiny)
 
 
 def _attention_fast(q, k, v, score, scale, num_threads):

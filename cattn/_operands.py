@@ -6,6 +6,7 @@ are built from the operand's own strides, so broadcasting a leading dim,
 sharing a key/value head between query heads (GQA) or reading a reversed
 view never copies or expands anything.
 """
+import math
 import operator
 import os
 
@@ -103,9 +104,13 @@ def element_strides(arr):
     """Strides in elements; None when a stride is not a multiple of the
     item size (then the caller copies)."""
     size = arr.dtype.itemsize
-    if any(s % size for s in arr.strides):
-        return None
-    return tuple(s // size for s in arr.strides)
+    out = []
+    for s in arr.strides:
+        q, r = divmod(s, size)
+        if r:
+            return None
+        out.append(q)
+    return tuple(out)
 
 
 def lead_offsets(arr, n_trailing, out_lead, group_axis=None, group=1):
@@ -119,6 +124,12 @@ def lead_offsets(arr, n_trailing, out_lead, group_axis=None, group=1):
     lead_shape = arr.shape[: arr.ndim - n_trailing]
     lead_strides = strides[: arr.ndim - n_trailing]
     nd = len(out_lead)
+    if lead_shape == tuple(out_lead) and group == 1 and lead_strides:
+        # the common case: item k sits at k * (stride of the last lead axis)
+        step = lead_strides[-1]
+        if all(n == 1 or st == step * math.prod(lead_shape[ax + 1:])
+               for ax, (n, st) in enumerate(zip(lead_shape, lead_strides))):
+            return np.arange(math.prod(lead_shape), dtype=np.int64) * step
     off = np.zeros(out_lead, dtype=np.int64)
     for ax, (n_in, st) in enumerate(zip(lead_shape, lead_strides)):
         out_ax = nd - len(lead_shape) + ax
