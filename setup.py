@@ -18,6 +18,9 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("CATTN_DEBUG", "0") not in ("", "0")
+# Standard-C kernels (one lane, no vector extensions): what MSVC builds;
+# CATTN_PORTABLE=1 forces them on any compiler so the tests can cover them.
+PORTABLE = os.environ.get("CATTN_PORTABLE", "0") not in ("", "0")
 ALLOW_NO_OPENMP = os.environ.get("CATTN_ALLOW_NO_OPENMP", "0") not in ("", "0")
 
 OPENMP_CANDIDATES = {
@@ -82,7 +85,8 @@ class BuildExt(build_ext):
                 "-Wno-unreachable-code",
             ]
         build_info = {"openmp": bool(flags[0]), "cflags": opt + flags[0],
-                      "ldflags": flags[1], "debug": DEBUG, "compiler": ctype}
+                      "ldflags": flags[1], "debug": DEBUG, "compiler": ctype,
+                      "portable_c": PORTABLE or ctype == "msvc"}
         for ext in self.extensions:
             ext.extra_compile_args = list(opt) + list(flags[0])
             ext.extra_link_args = list(flags[1])
@@ -106,7 +110,8 @@ directives = {
 }
 common = dict(
     include_dirs=[np.get_include(), "cattn"],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")]
+    + ([("CATTN_PORTABLE", "1")] if PORTABLE else []),
 )
 extensions = [
     Extension("cattn._openmp_helpers", ["cattn/_openmp_helpers.pyx"], **common),

@@ -52,6 +52,9 @@ def test_variant_matches_reference(isa):
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     chosen, status = res.stdout.split("\n")[:2]
+    assert status.startswith("ok")
+    if chosen == "portable":      # a CATTN_PORTABLE build has one variant only
+        return
     # the cap never raises the level above what the CPU has
     assert chosen in ("generic", "haswell", "skylake")
     if isa == "generic":
@@ -59,3 +62,29 @@ def test_variant_matches_reference(isa):
     if isa == "haswell":
         assert chosen in ("generic", "haswell")
     assert status.startswith("ok")
+
+
+_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                    "cattn", "_src", "flash.c")
+
+
+@pytest.mark.skipif(not os.path.exists(_SRC), reason="needs the source tree")
+def test_portable_kernels_are_standard_c():
+    """The CATTN_PORTABLE kernels (what MSVC compiles) use no GNU extension:
+    preprocessed as a compiler that is not GCC would see them, the project's
+    part holds no vector_size, __attribute__ or __builtin, and it compiles as
+    strict C11 without variable-length arrays."""
+    import shutil
+    cc = shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs gcc")
+    res = subprocess.run([cc, "-E", "-P", "-U__GNUC__", "-DCATTN_PORTABLE=1", _SRC],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    own = res.stdout[res.stdout.index("cattn_params"):]
+    for token in ("vector_size", "__attribute__", "__builtin", "__typeof", "({"):
+        assert token not in own, token
+    res = subprocess.run([cc, "-std=c11", "-pedantic-errors", "-Werror=vla", "-fsyntax-only",
+                          "-DCATTN_PORTABLE=1", _SRC], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr

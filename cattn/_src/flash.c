@@ -28,14 +28,34 @@ static inline int cattn_should_stop(const cattn_params *p)
     }
     return 0;
 }
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#include <immintrin.h>
+
+/* CATTN_PORTABLE: standard C only, one lane per "vector" (MSVC's C has no
+   vector extensions; any compiler can be forced with -DCATTN_PORTABLE=1,
+   which the tests use).  Same kernels, same results, scalar speed. */
+#ifndef CATTN_PORTABLE
+#if defined(_MSC_VER) && !defined(__clang__)
+#define CATTN_PORTABLE 1
+#else
+#define CATTN_PORTABLE 0
+#endif
 #endif
 
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#if defined(__GNUC__) || defined(__clang__)
+#define CATTN_UNUSED __attribute__((unused))
+#define CATTN_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define CATTN_UNUSED
+#define CATTN_PREFETCH(p) ((void)(p))
+#endif
+
+#if !CATTN_PORTABLE && (defined(__GNUC__) || defined(__clang__)) \
+    && (defined(__x86_64__) || defined(__i386__))
 #define CATTN_X86_DISPATCH 1
 #else
 #define CATTN_X86_DISPATCH 0
+#endif
+#if CATTN_X86_DISPATCH
+#include <immintrin.h>
 #endif
 
 /* ---- baseline variants (whatever the compiler targets by default) ---- */
@@ -169,7 +189,7 @@ static int get_isa(void)
 const char *cattn_isa_name(void)
 {
     static const char *names[] = {"generic", "haswell", "skylake"};
-    return names[get_isa()];
+    return CATTN_PORTABLE ? "portable" : names[get_isa()];
 }
 
 int cattn_isa_dispatch_available(void) { return CATTN_X86_DISPATCH; }

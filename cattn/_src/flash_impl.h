@@ -18,7 +18,18 @@
 #ifndef CATTN_VBYTES
 #error "define CATTN_VBYTES (vector width in bytes: 32 or 64) before including flash_impl.h"
 #endif
+#if CATTN_PORTABLE
+/* Standard C only (MSVC has no vector extensions): one lane, the same code.
+   Lane masks are unsigned all-ones/zero words, as a vector comparison gives. */
+typedef T SUF(V);
+typedef T SUF(VU);
 #if CATTN_F64
+typedef uint64_t SUF(VI);
+#else
+typedef uint32_t SUF(VI);
+#endif
+#define VL 1
+#elif CATTN_F64
 typedef double SUF(V) __attribute__((vector_size(CATTN_VBYTES)));
 typedef double SUF(VU) __attribute__((vector_size(CATTN_VBYTES), aligned(8)));
 typedef int64_t SUF(VI) __attribute__((vector_size(CATTN_VBYTES)));
@@ -38,6 +49,17 @@ typedef int32_t SUF(VI) __attribute__((vector_size(CATTN_VBYTES)));
 #define MR_S 6
 #define MR_O 4
 
+#if CATTN_PORTABLE
+static inline V SUF(vload)(const T *p) { return *p; }
+static inline void SUF(vstore)(T *p, V x) { *p = x; }
+static inline V SUF(vset1)(T x) { return x; }
+/* bits of a lane and back (memcpy: the standard's type pun) */
+static inline VI SUF(vbits)(V x) { VI i; memcpy(&i, &x, sizeof i); return i; }
+static inline V SUF(vfrom)(VI i) { V x; memcpy(&x, &i, sizeof x); return x; }
+#define VMASK(c) ((VI)0 - (VI)(c))
+#define VLANE(x, v) (x)
+static inline V SUF(vsel)(VI m, V a, V b) { return m ? a : b; }
+#else
 static inline V SUF(vload)(const T *p) { return (V)(*(const VU *)p); }
 static inline void SUF(vstore)(T *p, V x) { *(VU *)p = (VU)x; }
 static inline V SUF(vset1)(T x)
@@ -52,10 +74,18 @@ static inline V SUF(vset1)(T x)
     return (V){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
 #endif
 }
+static inline VI SUF(vbits)(V x) { return (VI)x; }
+static inline V SUF(vfrom)(VI i) { return (V)i; }
+/* a comparison's result as a lane mask, and lane v of a vector */
+#define VMASK(c) (c)
+#define VLANE(x, v) ((x)[v])
 /* bitwise select: m ? a : b, m a lane mask from a vector comparison */
 static inline V SUF(vsel)(VI m, V a, V b) { return (V)((m & (VI)a) | (~m & (VI)b)); }
+#endif
 /* max that ignores a NaN in `a` (the new value): keeps b then */
-static inline V SUF(vmax)(V a, V b) { return SUF(vsel)(a > b, a, b); }
+static inline V SUF(vmax)(V a, V b) { return SUF(vsel)(VMASK(a > b), a, b); }
+#define vbits SUF(vbits)
+#define vfrom SUF(vfrom)
 
 #define vload SUF(vload)
 #define vstore SUF(vstore)
@@ -82,9 +112,9 @@ static inline V SUF(vexp)(V x)
             magic = 12582912.0f, /* 1.5 * 2^23 */
             c1 = 0.693359375f, c2 = -2.12194440e-4f;
 #endif
-    VI under = x < lo;
-    x = vsel(x > hi, vset1(hi), x);
-    x = vsel(x < lo, vset1(lo), x);
+    VI under = VMASK(x < lo);
+    x = vsel(VMASK(x > hi), vset1(hi), x);
+    x = vsel(VMASK(x < lo), vset1(lo), x);
     V t = x * log2e + magic;
     V n = t - magic;
 #if CATTN_F64
@@ -105,7 +135,7 @@ static inline V SUF(vexp)(V x)
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    VI e = (((VI)t - (VI)vset1(magic)) + 1023) << 52;
+    VI e = ((vbits(t) - vbits(vset1(magic))) + 1023) << 52;
 #else
     V r = x - n * c1;
     r = r - n * c2;
@@ -117,10 +147,10 @@ static inline V SUF(vexp)(V x)
     p = p * r + 1.6666665459E-1f;
     p = p * r + 5.0000001201E-1f;
     p = p * (r * r) + r + 1.0f;
-    VI e = (((VI)t - (VI)vset1(magic)) + 127) << 23;
+    VI e = ((vbits(t) - vbits(vset1(magic))) + 127) << 23;
 #endif
-    V res = p * (V)e;
-    return (V)((VI)res & ~under);
+    V res = p * vfrom(e);
+    return vfrom(vbits(res) & ~under);
 }
 #define vexp SUF(vexp)
 
@@ -128,8 +158,8 @@ static inline V SUF(vexp)(V x)
    where 1 - e cancels, the odd Taylor series (relative error < 1 ulp). */
 static inline V SUF(vtanh)(V x)
 {
-    const VI sign = (VI)vset1((T)-0.0);
-    V ax = (V)((VI)x & ~sign);
+    const VI sign = vbits(vset1((T)-0.0));
+    V ax = vfrom(vbits(x) & ~sign);
     V e = vexp(ax * (T)-2.0);
     V t = ((T)1.0 - e) / ((T)1.0 + e);
     V x2 = x * x;
@@ -140,12 +170,12 @@ static inline V SUF(vtanh)(V x)
     p = p * x2 + (T)(2.0 / 15.0);
     p = p * x2 + (T)(-1.0 / 3.0);
     V small = x + x * (x2 * p);
-    t = (V)((VI)t | ((VI)x & sign));
-    return vsel(ax < (T)0.0625, small, t);
+    t = vfrom(vbits(t) | (vbits(x) & sign));
+    return vsel(VMASK(ax < (T)0.0625), small, t);
 }
 #define vtanh SUF(vtanh)
 
-static inline T SUF(tanh1)(T x) { V v = vset1(x); return vtanh(v)[0]; }
+static inline T SUF(tanh1)(T x) { V v = vset1(x); return VLANE(vtanh(v), 0); }
 
 static inline int64_t SUF(imax)(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline int64_t SUF(imin)(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -362,7 +392,7 @@ static void SUF(scratch_layout)(const cattn_params *p, int64_t *bqp, int64_t off
     off[7] = off[6] + (p->kv_half ? BK * (RUP16(p->D) + RUP16(p->Dv)) : 0);  /* end */
 }
 
-__attribute__((unused)) static size_t SUF(scratch_bytes)(const cattn_params *p)
+CATTN_UNUSED static size_t SUF(scratch_bytes)(const cattn_params *p)
 {
     int64_t bqp, off[8];
     SUF(scratch_layout)(p, &bqp, off);
@@ -548,8 +578,8 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
                 for (int64_t j = 0; j < nk; j++)
                     for (int64_t i = 0; i < nqp; i += VL) {
                         V d = (vload(ST + j * ld + i) - vload(mrow + i)) - vload(lrow + i);
-                        d = vsel(d > zero, zero, d);          /* <= 0 up to rounding; NaN stays */
-                        vstore(ST + j * ld + i, vsel(vload(alpha + i) == ninf, zero, vexp(d)));
+                        d = vsel(VMASK(d > zero), zero, d);          /* <= 0 up to rounding; NaN stays */
+                        vstore(ST + j * ld + i, vsel(VMASK(vload(alpha + i) == ninf), zero, vexp(d)));
                     }
             }
             if (mode == CATTN_MODE_WEIGHTS || mode == CATTN_MODE_SCORES) {
@@ -577,7 +607,7 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
             V mt = neg_inf;
             for (int64_t j = 0; j < nk; j++) mt = vmax(vload(ST + j * ld + i), mt);
             V mnew = vmax(mt, mold);
-            VI empty = mnew == neg_inf;
+            VI empty = VMASK(mnew == neg_inf);
             V a = vsel(empty, vset1(1), vexp(mold - mnew));
             V msub = vsel(empty, vset1(0), mnew);
             V lsum = {0};
@@ -588,7 +618,7 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
                     V e = vexp(s - msub);
                     lsum += e;
                     /* flag masked entries as -0.0 for the non-finite-V guard */
-                    vstore(ST + j * ld + i, vsel(s == neg_inf, negzero, e));
+                    vstore(ST + j * ld + i, vsel(VMASK(s == neg_inf), negzero, e));
                 }
             } else {
                 for (int64_t j = 0; j < nk; j++) {
@@ -600,7 +630,7 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
             vstore(lrow + i, vload(lrow + i) * a + lsum);
             vstore(mrow + i, mnew);
             vstore(alpha + i, a);
-            for (int v = 0; v < VL; v++) any_rescale |= a[v] != (T)1;
+            for (int v = 0; v < VL; v++) any_rescale |= VLANE(a, v) != (T)1;
         }
         if (any_rescale)
             for (int64_t i = 0; i < nqp; i++) {
@@ -690,6 +720,8 @@ static inline T SUF(hsum)(V x)
 #elif defined(CATTN_AVX2)
     __m128d h = _mm_add_pd(_mm256_castpd256_pd128((__m256d)x), _mm256_extractf128_pd((__m256d)x, 1));
     return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+#elif CATTN_PORTABLE
+    return x;
 #else
     T b[VL];
     memcpy(b, &x, sizeof b);
@@ -730,6 +762,8 @@ static inline V SUF(vload_h)(const uint16_t *p)
     return (V)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
 #elif defined(CATTN_HAVE_F16C) && !CATTN_F64
     return (V)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+#elif CATTN_PORTABLE
+    return SUF(half1)(p[0]);
 #else
     V r;
     for (int v = 0; v < VL; v++) r[v] = SUF(half1)(p[v]);
@@ -742,7 +776,7 @@ static inline V SUF(vload_h)(const uint16_t *p)
 #define PFK 32
 static inline void SUF(prefetch_row)(const void *row, int64_t bytes)
 {
-    for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch((const char *)row + o, 0, 3);
+    for (int64_t o = 0; o < bytes; o += 64) CATTN_PREFETCH((const char *)row + o);
 }
 
 static inline T SUF(dot_h)(const T *a, const uint16_t *b, int64_t n)
@@ -850,7 +884,7 @@ static inline void SUF(pv_rows_h)(const T *e, const int64_t *rows, int64_t nk, c
 #undef CATTN_ID
 #undef CATTN_PV_BODY
 
-__attribute__((unused)) static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
+CATTN_UNUSED static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
 {
     return (size_t)(CATTN_DECODE_MAX_LQ * RUP16(p->D) + RUP16(p->D) + 4 * DCH
                     + (p->kv_half ? DCH * (RUP16(p->D) + RUP16(p->Dv)) : 0)) * sizeof(T)
@@ -993,7 +1027,7 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             }
             int64_t j = 0;
             for (; j + VL <= n; j += VL) vstore(e + j, vexp(vload(s + j) - msub));
-            for (; j < n; j++) { V t = vset1(s[j] - msub); e[j] = vexp(t)[0]; }
+            for (; j < n; j++) { V t = vset1(s[j] - msub); e[j] = VLANE(vexp(t), 0); }
             /* the chunk's kept keys, compacted: masked ones are never
                multiplied (NaN or inf in a masked value cannot leak) */
             T lsum = 0;
@@ -1073,6 +1107,10 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
 #undef vstore
 #undef vset1
 #undef vsel
+#undef vbits
+#undef vfrom
+#undef VMASK
+#undef VLANE
 #undef vmax
 #undef vexp
 #undef vtanh
