@@ -257,7 +257,31 @@ static void SUF(tile_scores_dot)(const T *K, int64_t k_rs, int64_t nk,
                                  const T *QT, int64_t ld, int64_t nqp,
                                  int64_t D, T *ST)
 {
-    for (int64_t j = 0; j < nk; j += MR_S) {
+    int64_t j = 0;
+#if CATTN_VBYTES == 64
+    /* AVX-512: 8 key rows x 2 vectors, sixteen accumulators of 32 registers */
+    for (; j + 8 <= nk; j += 8) {
+        const T *k0 = K + j * k_rs;
+        for (int64_t i = 0; i < nqp; i += NQ) {
+            V c[8][2];
+            for (int r = 0; r < 8; r++) c[r][0] = c[r][1] = vset1(0);
+            const T *qp = QT + i * D;   /* panel i/NQ starts at (i/NQ)*D*NQ */
+            for (int64_t d = 0; d < D; d++, qp += NQ) {
+                const V b0 = vload(qp), b1 = vload(qp + VL);
+                for (int r = 0; r < 8; r++) {
+                    const V a = vset1(k0[r * k_rs + d]);
+                    c[r][0] += a * b0;
+                    c[r][1] += a * b1;
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                vstore(ST + (j + r) * ld + i, c[r][0]);
+                vstore(ST + (j + r) * ld + i + VL, c[r][1]);
+            }
+        }
+    }
+#endif
+    for (; j < nk; j += MR_S) {
         const int64_t mr = imin(MR_S, nk - j);
         const T *k0 = K + (j + 0) * k_rs;
         if (mr == MR_S) {
@@ -354,6 +378,34 @@ static void SUF(tile_pv)(const T *PT, int64_t ld, int64_t nqp,
             vstore(o0, a0); vstore(o0 + ldo, a1); vstore(o0 + 2 * ldo, a2);
             vstore(o0 + 3 * ldo, a3); vstore(o0 + 4 * ldo, a4); vstore(o0 + 5 * ldo, a5);
             vstore(o0 + 6 * ldo, a6); vstore(o0 + 7 * ldo, a7);
+        }
+    }
+#endif
+#if CATTN_VBYTES == 64 && !CATTN_F64
+    /* AVX-512 float32: 8 query rows x 2 vectors, sixteen accumulators of
+       32 registers -- the 4-row block left FMA latency no slack here */
+    for (; c + NQ <= Dv; c += NQ) {
+        for (int64_t i = 0; i < nqp; i += 8) {
+            T *o0 = O + i * ldo + c;
+            V a[8][2];
+            for (int r = 0; r < 8; r++) {
+                a[r][0] = vload(o0 + r * ldo);
+                a[r][1] = vload(o0 + r * ldo + VL);
+            }
+            const T *vp = Vm + ja * v_rs + c;
+            const T *pp = PT + ja * ld + i;
+            for (int64_t j = ja; j < jb; j++, vp += v_rs, pp += ld) {
+                const V b0 = vload(vp), b1 = vload(vp + VL);
+                for (int r = 0; r < 8; r++) {
+                    const V pr = vset1(pp[r]);
+                    a[r][0] += pr * b0;
+                    a[r][1] += pr * b1;
+                }
+            }
+            for (int r = 0; r < 8; r++) {
+                vstore(o0 + r * ldo, a[r][0]);
+                vstore(o0 + r * ldo + VL, a[r][1]);
+            }
         }
     }
 #endif
