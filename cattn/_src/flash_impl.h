@@ -357,32 +357,8 @@ static void SUF(tile_pv)(const T *PT, int64_t ld, int64_t nqp,
                          int64_t Dv, T *O, int64_t ldo)
 {
     int64_t c = 0;
-#if CATTN_F64
-    /* float64: 8 query rows x 1 vector, so each key reads one whole cache
-       line of P^T (8 doubles) instead of half of one */
-    for (; c + VL <= Dv; c += VL) {
-        for (int64_t i = 0; i < nqp; i += 8) {
-            T *o0 = O + i * ldo + c;
-            V a0 = vload(o0), a1 = vload(o0 + ldo), a2 = vload(o0 + 2 * ldo),
-              a3 = vload(o0 + 3 * ldo), a4 = vload(o0 + 4 * ldo), a5 = vload(o0 + 5 * ldo),
-              a6 = vload(o0 + 6 * ldo), a7 = vload(o0 + 7 * ldo);
-            const T *vp = Vm + ja * v_rs + c;
-            const T *pp = PT + ja * ld + i;
-            for (int64_t j = ja; j < jb; j++, vp += v_rs, pp += ld) {
-                V b = vload(vp);
-                a0 += vset1(pp[0]) * b; a1 += vset1(pp[1]) * b;
-                a2 += vset1(pp[2]) * b; a3 += vset1(pp[3]) * b;
-                a4 += vset1(pp[4]) * b; a5 += vset1(pp[5]) * b;
-                a6 += vset1(pp[6]) * b; a7 += vset1(pp[7]) * b;
-            }
-            vstore(o0, a0); vstore(o0 + ldo, a1); vstore(o0 + 2 * ldo, a2);
-            vstore(o0 + 3 * ldo, a3); vstore(o0 + 4 * ldo, a4); vstore(o0 + 5 * ldo, a5);
-            vstore(o0 + 6 * ldo, a6); vstore(o0 + 7 * ldo, a7);
-        }
-    }
-#endif
-#if CATTN_VBYTES == 64 && !CATTN_F64
-    /* AVX-512 float32: 8 query rows x 2 vectors, sixteen accumulators of
+#if CATTN_VBYTES == 64
+    /* AVX-512: 8 query rows x 2 vectors, sixteen accumulators of
        32 registers -- the 4-row block left FMA latency no slack here */
     for (; c + NQ <= Dv; c += NQ) {
         for (int64_t i = 0; i < nqp; i += 8) {
@@ -406,6 +382,30 @@ static void SUF(tile_pv)(const T *PT, int64_t ld, int64_t nqp,
                 vstore(o0 + r * ldo, a[r][0]);
                 vstore(o0 + r * ldo + VL, a[r][1]);
             }
+        }
+    }
+#endif
+#if CATTN_F64
+    /* float64: 8 query rows x 1 vector, so each key reads one whole cache
+       line of P^T (8 doubles) instead of half of one */
+    for (; c + VL <= Dv; c += VL) {
+        for (int64_t i = 0; i < nqp; i += 8) {
+            T *o0 = O + i * ldo + c;
+            V a0 = vload(o0), a1 = vload(o0 + ldo), a2 = vload(o0 + 2 * ldo),
+              a3 = vload(o0 + 3 * ldo), a4 = vload(o0 + 4 * ldo), a5 = vload(o0 + 5 * ldo),
+              a6 = vload(o0 + 6 * ldo), a7 = vload(o0 + 7 * ldo);
+            const T *vp = Vm + ja * v_rs + c;
+            const T *pp = PT + ja * ld + i;
+            for (int64_t j = ja; j < jb; j++, vp += v_rs, pp += ld) {
+                V b = vload(vp);
+                a0 += vset1(pp[0]) * b; a1 += vset1(pp[1]) * b;
+                a2 += vset1(pp[2]) * b; a3 += vset1(pp[3]) * b;
+                a4 += vset1(pp[4]) * b; a5 += vset1(pp[5]) * b;
+                a6 += vset1(pp[6]) * b; a7 += vset1(pp[7]) * b;
+            }
+            vstore(o0, a0); vstore(o0 + ldo, a1); vstore(o0 + 2 * ldo, a2);
+            vstore(o0 + 3 * ldo, a3); vstore(o0 + 4 * ldo, a4); vstore(o0 + 5 * ldo, a5);
+            vstore(o0 + 6 * ldo, a6); vstore(o0 + 7 * ldo, a7);
         }
     }
 #endif
