@@ -252,6 +252,24 @@ def test_plot_writes_png(tmp_path):
     assert (tmp_path / "four.png").stat().st_size > 1000
 
 
+def test_plot_zh_with_a_cjk_font(tmp_path):
+    """With a CJK font installed, Chinese titles and labels are drawn in it
+    (without one they fall back to English: test_cli_plot covers that)."""
+    pytest.importorskip("matplotlib")
+    import importlib
+    mod = importlib.import_module("cattn.explain")
+    if not mod.cjk_font_available():
+        pytest.skip("no CJK font installed")
+    d = newspaper("zh")
+    e = explain(d["query"], d["keys"], d["values"], labels=d["labels"], lang="zh")
+    ax = e.plot(path=tmp_path / "zh.png")
+    assert "权重" in ax.get_title()
+    ticks = ax.get_xticklabels()
+    assert [t.get_text() for t in ticks] == d["labels"]
+    assert all(t.get_fontfamily() == [mod._cjk_font()] for t in ticks)
+    assert (tmp_path / "zh.png").stat().st_size > 1000
+
+
 def test_plot_on_given_axes():
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
