@@ -1083,6 +1083,10 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                     for (; j < jhi; j++) s[j - jlo] = SUF(dot)(qi, Kc + (j - j0) * kc_rs, D);
                 }
             }
+            if (softcap <= 0 && !mask && !kseg && !bias && score == CATTN_SCORE_DOT) {
+                /* plain scores: s holds them already */
+                for (int64_t t = 0; t < jhi - jlo; t++) if (s[t] > mc) mc = s[t];
+            } else
             for (int64_t j = jlo; j < jhi; j++) {
                 T sc;
                 if (score == CATTN_SCORE_ADDITIVE) {
