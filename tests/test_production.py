@@ -206,6 +206,31 @@ def test_float16_kv_float32_q(shape, rng):
     assert_close(out, up.astype(np.float64), np.float32)
 
 
+@pytest.mark.parametrize("D, Dv", [(128, 130), (64, 64), (7, 257)])
+def test_float16_decode_wide_rows_with_mask(D, Dv, rng):
+    """The float16 decode path with value rows wide enough for its
+    register-blocked P.V (8 vectors and more, plus a tail), a mask, and
+    NaN/inf in the masked value rows, which must not leak."""
+    lk = 1100
+    q = randn(rng, (2, 4, 3, D), np.float32)
+    k = randn(rng, (2, 2, lk, D), np.float16)
+    v = randn(rng, (2, 2, lk, Dv), np.float16)
+    mask = rng.random((3, lk)) > 0.4
+    mask[:, 200:330] = False                     # two whole chunks of no key
+    dead = np.flatnonzero(~mask.any(axis=0))     # keys no query sees
+    v[..., dead[::2], :] = np.nan
+    v[..., dead[1::2], 0] = np.inf
+    k[..., dead[::3], :] = np.nan
+    vmasked = np.where(mask.any(axis=0)[:, None], v, 0).astype(np.float16)
+    kmasked = np.where(mask.any(axis=0)[:, None], k, 0).astype(np.float16)
+    out = attn(q, k, v, mask=mask)
+    assert np.isfinite(out).all()
+    check_attention(out, q, kmasked, vmasked, dtype=np.float32, mask=mask)
+    # unmasked, finite rows: the plain path through the same blocks
+    out = attn(q, kmasked, vmasked)
+    check_attention(out, q, kmasked, vmasked, dtype=np.float32)
+
+
 # ---------------------------------------------------------------------------
 # everything at once
 # ---------------------------------------------------------------------------

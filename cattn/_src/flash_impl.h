@@ -1074,8 +1074,9 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                         /* software prefetch PFK rows ahead: float16 rows carry
                            half the bytes per instruction, too few misses in
                            flight for one core to reach the streaming rate */
-                        for (int r = 0; r < 4; r++)
-                            SUF(prefetch_row)(Kh + imin(j + r + PFK, je - 1) * p->k_rs, 2 * D);
+                        if (i == 0)   /* once per chunk, not per query */
+                            for (int r = 0; r < 4; r++)
+                                SUF(prefetch_row)(Kh + imin(j + r + PFK, je - 1) * p->k_rs, 2 * D);
                         SUF(dot4_h)(qi, kh, p->k_rs, D, s + (j - jlo));
                     }
                     for (; j < jhi; j++) s[j - jlo] = SUF(dot_h)(qi, Kh + j * p->k_rs, D);
@@ -1131,7 +1132,8 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             T lsum = 0;
             int64_t nk2 = 0;
             for (j = 0; j < n; j++) {
-                if (half) SUF(prefetch_row)(Vh + imin(jlo + j + PFK, je - 1) * p->v_rs, 2 * Dv);
+                if (half && i == 0)
+                    SUF(prefetch_row)(Vh + imin(jlo + j + PFK, je - 1) * p->v_rs, 2 * Dv);
                 if (s[j] == -INFINITY) continue;
                 lsum += e[j];
                 e[nk2] = e[j];
@@ -1178,17 +1180,25 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
         if (lse) lse[i] = -INFINITY;
         return;
     }
-    /* sum_s acc_s * exp(m_s - M0), one exp per split, then scale */
-    for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] = 0;
-    for (int64_t s = 0; s < n_split; s++) {
+    /* sum_s acc_s * exp(m_s - M0): the split weights computed once (up to
+       64 splits; more recompute them per column), each output written once */
+    T wsplit[64];
+    const int64_t nw = n_split <= 64 ? n_split : 0;
+    for (int64_t s = 0; s < nw; s++) {
         T m = mm[s * Lq + i];
-        if (m == -INFINITY && ll[s * Lq + i] == 0) continue;   /* empty split */
-        T w = (m == -INFINITY) ? (T)1 : (T)exp((double)(m - M0));
-        const T *a = acc + (s * Lq + i) * Dv;
-        for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] += a[c] * w;
+        wsplit[s] = (m == -INFINITY && ll[s * Lq + i] == 0) ? (T)0           /* empty split */
+                    : (m == -INFINITY) ? (T)1 : (T)exp((double)(m - M0));
     }
-    const T f = f_extra / L;
-    for (int64_t c = 0; c < Dv; c++) orow[c * p->out_cs] *= f;
+    for (int64_t c = 0; c < Dv; c++) {
+        T o = 0;
+        for (int64_t s = 0; s < n_split; s++) {
+            T m = mm[s * Lq + i];
+            if (m == -INFINITY && ll[s * Lq + i] == 0) continue;   /* empty split */
+            T w = nw ? wsplit[s] : (m == -INFINITY) ? (T)1 : (T)exp((double)(m - M0));
+            o += acc[(s * Lq + i) * Dv + c] * w;
+        }
+        orow[c * p->out_cs] = o * f_extra / L;
+    }
     if (lse) lse[i] = M == (T)INFINITY ? M : M + (T)log((double)L);   /* +inf logit */
 }
 #undef DCH
