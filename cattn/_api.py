@@ -6,6 +6,7 @@ typed kernels of ``_kernels.pyx`` with the GIL released.
 """
 import math
 import numbers
+import os
 import threading
 
 import numpy as np
@@ -31,9 +32,24 @@ __all__ = ["attention", "scores", "softmax", "aggregate", "merge",
 
 _SCORES = ("dot", "scaled_dot", "cosine", "additive")
 
-# Below this many score entries (B*H*Lq*Lk*D) a call runs on the calling
-# thread: starting a team costs more than it saves.
-_SERIAL_WORK = 1 << 18
+
+def _serial_work(wait_policy):
+    """Below this many score-entry x feature operations (B*H*Lq*Lk*D) a call
+    runs on the calling thread: a team would cost more than it saves.
+
+    Calibrated on a 2-core host (1 vs 2 threads, float32, D = 64; the
+    numbers are in the README's Threads section): with OpenMP's default
+    spinning workers two threads win from 2**19 on; with
+    OMP_WAIT_POLICY=PASSIVE a sleeping worker takes ~60 us to wake, and
+    two threads win only from 2**23 on.  libgomp reads the policy once, at
+    load, so it is read once here too.
+    """
+    if wait_policy.strip().upper() == "PASSIVE":
+        return 1 << 23
+    return 1 << 18
+
+
+_SERIAL_WORK = _serial_work(os.environ.get("OMP_WAIT_POLICY", ""))
 
 _BLOCK_Q = 64     # measured: 64 and 128 tie at D = 64, 64 wins by 14% at D = 128
 _BLOCK_K = 128
