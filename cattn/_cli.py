@@ -60,7 +60,7 @@ def build_parser():
                       help="also save a heatmap of the attention weights to FILE "
                            "(needs matplotlib: pip install \"cattn[plot]\")")
 
-    sub.add_parser(
+    info = sub.add_parser(
         "info", help="show how cattn was built and how it runs (threads, SIMD, ...)",
         description="Print cattn's build and runtime configuration "
                     "(cattn.show_config()).")
@@ -73,6 +73,7 @@ def build_parser():
     bench.add_argument("-h", "--help", action="store_true",
                        help="show the benchmark's options and exit")
     parser.bench_parser = bench  # for "cattn bench --help" without cattn._bench
+    parser.command_parsers = {"demo": demo, "info": info}
     return parser
 
 
@@ -157,7 +158,10 @@ def _main(argv):
         return _run_bench(argv[1:])
     parser = build_parser()
     try:
-        ns = parser.parse_args(argv)
+        ns, extra = parser.parse_known_args(argv)
+        if extra:  # reported with the usage of the command they were given to
+            parser.command_parsers.get(ns.command, parser).error(
+                "unrecognized arguments: " + " ".join(extra))
     except SystemExit as exc:  # --help / --version (0) and usage errors (2)
         return _exit_code(exc.code)
     if ns.command is None:

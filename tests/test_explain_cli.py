@@ -333,6 +333,9 @@ def test_cli_usage_errors(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err and "error:" in err[-1] and err[-1].startswith("cattn")
+    if argv[:1] in (["demo"], ["info"]) and len(argv) == 2:
+        # a stray argument is reported with the usage of its command
+        assert err[0].startswith(f"usage: cattn {argv[0]}")
 
 
 def test_cli_bench_delegates(monkeypatch, capsys):
