@@ -45,18 +45,11 @@ import cattn
 import cattn.reference as ref
 from cattn import _openmp_helpers as omp_helpers
 from conftest import assert_close, naive_attention, logit_magnitude
+from fuzz_attention import _under_asan
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 60        # seconds a subprocess may take before it counts as a hang
 LINUX = sys.platform.startswith("linux")
-
-
-def _under_asan():
-    try:
-        with open("/proc/self/maps") as f:
-            return "libasan" in f.read()
-    except OSError:
-        return False
 
 
 ASAN = _under_asan()
@@ -490,21 +483,18 @@ for name, fn in cases.items():
     raise AssertionError(f"{name}: no MemoryError")
 
 # failing over and over leaks nothing (scratch is freed on the error path)
-for _ in range(3):
-    for fn in cases.values():
-        try:
-            fn()
-        except MemoryError:
-            pass
-gc.collect()
+def fail_all(rounds):
+    for _ in range(rounds):
+        for fn in cases.values():
+            try:
+                fn()
+            except MemoryError:
+                pass
+    gc.collect()
+
+fail_all(3)
 r0 = rss()
-for _ in range(50):
-    for fn in cases.values():
-        try:
-            fn()
-        except MemoryError:
-            pass
-gc.collect()
+fail_all(50)
 grown = rss() - r0
 assert grown < (8 << 20), f"RSS grew {grown / 2**20:.1f} MiB over 300 failed calls"
 assert np.array_equal(cattn.attention(small, small, small, num_threads=2), expect)
