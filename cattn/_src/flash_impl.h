@@ -908,77 +908,69 @@ static inline T SUF(dot_h)(const T *a, const uint16_t *b, int64_t n)
    rows (rows at k, k + rs, k + 2 rs, k + 3 rs).  float16 only: with a
    float32 cache, four concurrent row streams from DRAM measured 1.4x
    slower than one key after another. */
-#define CATTN_DOT4_BODY(LOADK)                                                   \
-    V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, d0 = {0}, d1 = {0}, d2 = {0}, d3 = {0}; \
-    int64_t d = 0;                                                               \
-    for (; d + 2 * VL <= n; d += 2 * VL) {                                       \
-        const V x = vload(a + d), y = vload(a + d + VL);                         \
-        c0 += x * LOADK(k + d);          d0 += y * LOADK(k + d + VL);            \
-        c1 += x * LOADK(k + rs + d);     d1 += y * LOADK(k + rs + d + VL);       \
-        c2 += x * LOADK(k + 2 * rs + d); d2 += y * LOADK(k + 2 * rs + d + VL);   \
-        c3 += x * LOADK(k + 3 * rs + d); d3 += y * LOADK(k + 3 * rs + d + VL);   \
-    }                                                                            \
-    if (d + VL <= n) {                                                           \
-        const V x = vload(a + d);                                                \
-        c0 += x * LOADK(k + d);          c1 += x * LOADK(k + rs + d);            \
-        c2 += x * LOADK(k + 2 * rs + d); c3 += x * LOADK(k + 3 * rs + d);        \
-        d += VL;                                                                 \
-    }                                                                            \
-    out[0] = SUF(hsum)(c0 + d0); out[1] = SUF(hsum)(c1 + d1);                    \
-    out[2] = SUF(hsum)(c2 + d2); out[3] = SUF(hsum)(c3 + d3);
-
 static inline void SUF(dot4_h)(const T *a, const uint16_t *k, int64_t rs, int64_t n, T *out)
 {
-    CATTN_DOT4_BODY(SUF(vload_h))
+    V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, d0 = {0}, d1 = {0}, d2 = {0}, d3 = {0};
+    int64_t d = 0;
+    for (; d + 2 * VL <= n; d += 2 * VL) {
+        const V x = vload(a + d), y = vload(a + d + VL);
+        c0 += x * SUF(vload_h)(k + d);          d0 += y * SUF(vload_h)(k + d + VL);
+        c1 += x * SUF(vload_h)(k + rs + d);     d1 += y * SUF(vload_h)(k + rs + d + VL);
+        c2 += x * SUF(vload_h)(k + 2 * rs + d); d2 += y * SUF(vload_h)(k + 2 * rs + d + VL);
+        c3 += x * SUF(vload_h)(k + 3 * rs + d); d3 += y * SUF(vload_h)(k + 3 * rs + d + VL);
+    }
+    if (d + VL <= n) {
+        const V x = vload(a + d);
+        c0 += x * SUF(vload_h)(k + d);          c1 += x * SUF(vload_h)(k + rs + d);
+        c2 += x * SUF(vload_h)(k + 2 * rs + d); c3 += x * SUF(vload_h)(k + 3 * rs + d);
+        d += VL;
+    }
+    out[0] = SUF(hsum)(c0 + d0); out[1] = SUF(hsum)(c1 + d1);
+    out[2] = SUF(hsum)(c2 + d2); out[3] = SUF(hsum)(c3 + d3);
     for (; d < n; d++)
         for (int r = 0; r < 4; r++) out[r] += a[d] * SUF(half1)(k[r * rs + d]);
 }
-#undef CATTN_DOT4_BODY
 
 /* acc += sum_t e[t] * row_t for the nk kept keys of a chunk (row_t at
-   rows[t] elements past Vb), one block of up to eight accumulator vectors
+   rows[t] elements past vb), one block of up to eight accumulator vectors
    at a time, held in registers across the keys: no load and store of acc
    per key.  float16 cache only (float32: the per-key axpy streams each V
    row whole and measured faster from DRAM). */
-#define CATTN_PV_BODY(VT, LOADV, LOAD1)                                          \
-    const VT *vb = (const VT *)Vb;                                               \
-    int64_t c = 0;                                                               \
-    for (; c + 8 * VL <= Dv; c += 8 * VL) {                                      \
-        V a[8];                                                                  \
-        for (int u = 0; u < 8; u++) a[u] = vload(acc + c + u * VL);              \
-        for (int64_t t = 0; t < nk; t++) {                                       \
-            const VT *x = vb + rows[t] + c;                                      \
-            const V w = vset1(e[t]);                                             \
-            for (int u = 0; u < 8; u++) a[u] += w * LOADV(x + u * VL);           \
-        }                                                                        \
-        for (int u = 0; u < 8; u++) vstore(acc + c + u * VL, a[u]);              \
-    }                                                                            \
-    for (; c + 2 * VL <= Dv; c += 2 * VL) {                                      \
-        V a0 = vload(acc + c), a1 = vload(acc + c + VL);                         \
-        for (int64_t t = 0; t < nk; t++) {                                       \
-            const VT *x = vb + rows[t] + c;                                      \
-            const V w = vset1(e[t]);                                             \
-            a0 += w * LOADV(x); a1 += w * LOADV(x + VL);                         \
-        }                                                                        \
-        vstore(acc + c, a0); vstore(acc + c + VL, a1);                           \
-    }                                                                            \
-    for (; c + VL <= Dv; c += VL) {                                              \
-        V a0 = vload(acc + c);                                                   \
-        for (int64_t t = 0; t < nk; t++) a0 += vset1(e[t]) * LOADV(vb + rows[t] + c); \
-        vstore(acc + c, a0);                                                     \
-    }                                                                            \
-    for (; c < Dv; c++) {                                                        \
-        T a0 = acc[c];                                                           \
-        for (int64_t t = 0; t < nk; t++) a0 += e[t] * LOAD1(vb[rows[t] + c]);    \
-        acc[c] = a0;                                                             \
-    }
-
-static inline void SUF(pv_rows_h)(const T *e, const int64_t *rows, int64_t nk, const void *Vb,
-                                  T *acc, int64_t Dv)
+static inline void SUF(pv_rows_h)(const T *e, const int64_t *rows, int64_t nk,
+                                  const uint16_t *vb, T *acc, int64_t Dv)
 {
-    CATTN_PV_BODY(uint16_t, SUF(vload_h), SUF(half1))
+    int64_t c = 0;
+    for (; c + 8 * VL <= Dv; c += 8 * VL) {
+        V a[8];
+        for (int u = 0; u < 8; u++) a[u] = vload(acc + c + u * VL);
+        for (int64_t t = 0; t < nk; t++) {
+            const uint16_t *x = vb + rows[t] + c;
+            const V w = vset1(e[t]);
+            for (int u = 0; u < 8; u++) a[u] += w * SUF(vload_h)(x + u * VL);
+        }
+        for (int u = 0; u < 8; u++) vstore(acc + c + u * VL, a[u]);
+    }
+    for (; c + 2 * VL <= Dv; c += 2 * VL) {
+        V a0 = vload(acc + c), a1 = vload(acc + c + VL);
+        for (int64_t t = 0; t < nk; t++) {
+            const uint16_t *x = vb + rows[t] + c;
+            const V w = vset1(e[t]);
+            a0 += w * SUF(vload_h)(x);
+            a1 += w * SUF(vload_h)(x + VL);
+        }
+        vstore(acc + c, a0); vstore(acc + c + VL, a1);
+    }
+    for (; c + VL <= Dv; c += VL) {
+        V a0 = vload(acc + c);
+        for (int64_t t = 0; t < nk; t++) a0 += vset1(e[t]) * SUF(vload_h)(vb + rows[t] + c);
+        vstore(acc + c, a0);
+    }
+    for (; c < Dv; c++) {
+        T a0 = acc[c];
+        for (int64_t t = 0; t < nk; t++) a0 += e[t] * SUF(half1)(vb[rows[t] + c]);
+        acc[c] = a0;
+    }
 }
-#undef CATTN_PV_BODY
 
 CATTN_UNUSED static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
 {
