@@ -7,6 +7,7 @@ test-compiling a tiny program.  A build without OpenMP fails loudly unless
 compiled per ISA and chosen at run time (see ``cattn/_src/flash.c``).
 ``CATTN_DEBUG=1`` turns Cython's bounds checks on and builds with -O1 -g.
 """
+import glob
 import os
 import sys
 import tempfile
@@ -116,7 +117,7 @@ common = dict(
 extensions = [
     Extension("cattn._openmp_helpers", ["cattn/_openmp_helpers.pyx"], **common),
     Extension("cattn._kernels", ["cattn/_kernels.pyx", "cattn/_src/flash.c"],
-              depends=["cattn/_src/flash.h", "cattn/_src/flash_impl.h"], **common),
+              depends=sorted(glob.glob("cattn/_src/*.h")), **common),
 ]
 
 setup(

@@ -11,11 +11,14 @@ that runs them in one pass:
 >>> bool(np.allclose(o, cattn.attention(q, k, v)))
 True
 """
-__version__ = "0.1.0"
-
 import types as _types
 
-from ._api import (
+from ._version import __version__
+from ._check_build import check_build as _check_build
+
+_check_build()
+
+from ._api import (  # noqa: E402
     aggregate,
     attention,
     get_num_threads,
@@ -24,9 +27,9 @@ from ._api import (
     set_num_threads,
     softmax,
 )
-from ._config import show_config
-from . import reference
-from .explain import Explanation, explain
+from ._config import show_config  # noqa: E402
+from . import reference  # noqa: E402
+from .explain import Explanation, explain  # noqa: E402
 
 
 

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 
 from . import _kernels
+from ._version import __version__
 from ._openmp_helpers import _openmp_enabled, _openmp_max_threads, _openmp_effective_n_threads
 
 try:
@@ -15,7 +16,6 @@ except ImportError:  # pragma: no cover - built by other means
 
 def config():
     """The configuration as a dict."""
-    from . import __version__
     return {
         "version": __version__,
         "python": sys.version.split()[0],

@@ -8,6 +8,8 @@ __test__: dict[str, str]
 
 from typing import Any, Union
 
+from typing_extensions import disjoint_base
+
 import numpy as np
 import numpy.typing as npt
 
@@ -21,14 +23,68 @@ MODE_KEY_MASS: int
 MODE_SCORES: int
 UNBOUNDED: int
 DECODE_MAX_LQ: int
+KV_NATIVE: int
+KV_F16: int
 SCORE_KINDS: dict[str, int]
 
 def isa_name() -> str: ...
 
-# ``a`` maps the fields of ``cattn_params`` (see _src/flash.h) to ints,
-# floats and NumPy arrays; results are written into its arrays.
-def flash(a: dict[str, Any], num_threads: int) -> None: ...
-def flash_decode(a: dict[str, Any], num_threads: int, n_split: int) -> None: ...
+@disjoint_base
+class Operand:
+    """One kernel operand (see cattn_operand in _src/flash.h)."""
+    @property
+    def array(self) -> npt.NDArray[Any]: ...
+    @property
+    def offsets(self) -> _Offsets: ...
+    @property
+    def rs(self) -> int: ...
+    @property
+    def cs(self) -> int: ...
+    def __init__(self, array: npt.NDArray[Any], offsets: _Offsets, rs: int,
+                 cs: int = 1) -> None: ...
+
+@disjoint_base
+class KernelArgs:
+    """Everything a fused-kernel call reads (see cattn_params in _src/flash.h)."""
+    n_batch: int
+    Lq: int
+    Lk: int
+    D: int
+    Dv: int
+    block_q: int
+    block_k: int
+    score_kind: int
+    kv_format: int
+    q: Operand
+    k: Operand
+    v: Operand
+    out: Operand | None
+    mask: Operand | None
+    bias: Operand | None
+    q_seg: Operand | None
+    kv_seg: Operand | None
+    lse: npt.NDArray[Any] | None
+    lse_m: npt.NDArray[Any] | None
+    lse_logl: npt.NDArray[Any] | None
+    weights: npt.NDArray[Any] | None
+    key_mass: npt.NDArray[Any] | None
+    scale: npt.NDArray[np.float64]
+    add_w: npt.NDArray[Any] | None
+    kv_len: _Offsets | None
+    q_len: _Offsets | None
+    sinks: npt.NDArray[np.float64] | None
+    softcap: float
+    win_left: int
+    win_right: int
+    # keyword-only: n_batch, Lq, Lk, D, Dv, block_q, block_k, score_kind,
+    # scale, q, k, v (required); out, kv_format, mask, bias, q_seg, kv_seg,
+    # lse, lse_m, lse_logl, weights, key_mass, add_w, kv_len, q_len, sinks,
+    # softcap, win_left, win_right (optional), as the fields above.
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+
+# Results are written into the arrays of ``a``.
+def flash(a: KernelArgs, mode: int, num_threads: int) -> None: ...
+def flash_decode(a: KernelArgs, num_threads: int, n_split: int) -> None: ...
 def _poll_signals() -> bool: ...
 def _gemm_batched(
     A: _FloatArray,
@@ -71,4 +127,6 @@ def flash_serial_contiguous(
     v: npt.NDArray[Any],
     scale: float,
     score_kind: int,
+    block_q: int,
+    block_k: int,
 ) -> npt.NDArray[np.floating[Any]]: ...

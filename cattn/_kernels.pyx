@@ -18,6 +18,7 @@ broadcast leading dims, GQA head sharing and arbitrary strides cost nothing.
 """
 import numpy as np
 cimport numpy as cnp
+cimport cython
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t, uint8_t
@@ -41,25 +42,21 @@ cdef extern from "_src/flash.h" nogil:
         CATTN_MODE_WEIGHTS
         CATTN_MODE_KEY_MASS
         CATTN_MODE_SCORES
+        CATTN_KV_NATIVE
+        CATTN_KV_F16
     int64_t CATTN_UNBOUNDED
+    int64_t CATTN_DECODE_MAX_LQ
+    ctypedef struct cattn_operand:
+        const void *base
+        const int64_t *off
+        int64_t rs, cs
     ctypedef struct cattn_params:
         int64_t n_batch, Lq, Lk, D, Dv
         int64_t block_q, block_k
         int score_kind
         int mode
-        int kv_half
-        const void *q
-        const int64_t *q_off
-        int64_t q_rs, q_cs
-        const void *k
-        const int64_t *k_off
-        int64_t k_rs
-        const void *v
-        const int64_t *v_off
-        int64_t v_rs
-        void *out
-        const int64_t *out_off
-        int64_t out_rs, out_cs
+        int kv_format
+        cattn_operand q, k, v, out, mask, bias, q_seg, kv_seg
         void *lse
         void *lse_m
         void *lse_logl
@@ -67,45 +64,32 @@ cdef extern from "_src/flash.h" nogil:
         void *key_mass
         const double *scale
         const void *add_w
-        const uint8_t *mask
-        const int64_t *mask_off
-        int64_t mask_rs, mask_cs
-        const void *bias
-        const int64_t *bias_off
-        int64_t bias_rs, bias_cs
         const int64_t *kv_len
         const int64_t *q_len
-        const int64_t *q_seg
-        const int64_t *q_seg_off
-        int64_t q_seg_s
-        const int64_t *kv_seg
-        const int64_t *kv_seg_off
-        int64_t kv_seg_s
         const double *sinks
         double softcap
         int64_t win_left, win_right
         int (*poll)() noexcept nogil
         int *stop
-    size_t cattn_scratch_bytes(const cattn_params *p, int is_double)
-    void cattn_flash_block_f32(const cattn_params *p, int64_t b, int64_t qb, void *scratch) noexcept
-    void cattn_flash_block_f64(const cattn_params *p, int64_t b, int64_t qb, void *scratch) noexcept
+    ctypedef struct cattn_kernels:
+        const char *isa
+        size_t (*tile_scratch)(const cattn_params *p) noexcept nogil
+        void (*tile)(const cattn_params *p, int64_t b, int64_t qb, void *scratch) noexcept nogil
+        size_t (*decode_scratch)(const cattn_params *p) noexcept nogil
+        void (*decode)(const cattn_params *p, int64_t b, int64_t js, int64_t je,
+                       void *acc, void *mm, void *ll, void *scratch) noexcept nogil
+        void (*decode_finish)(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
+                              const void *acc, const void *mm, const void *ll) noexcept nogil
+    cattn_kernels cattn_kernels_for(int is_double, int kv_format)
     const char *cattn_isa_name()
-    int64_t CATTN_DECODE_MAX_LQ
-    size_t cattn_decode_scratch_bytes(const cattn_params *p, int is_double)
-    void cattn_decode_block_f32(const cattn_params *p, int64_t b, int64_t js, int64_t je,
-                                float *acc, float *mm, float *ll, void *scratch) noexcept
-    void cattn_decode_block_f64(const cattn_params *p, int64_t b, int64_t js, int64_t je,
-                                double *acc, double *mm, double *ll, void *scratch) noexcept
-    void cattn_decode_finish_f32(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
-                                 const float *acc, const float *mm, const float *ll) noexcept
-    void cattn_decode_finish_f64(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
-                                 const double *acc, const double *mm, const double *ll) noexcept
 
 
 MODE_ATTENTION = CATTN_MODE_ATTENTION
 MODE_WEIGHTS = CATTN_MODE_WEIGHTS
 MODE_KEY_MASS = CATTN_MODE_KEY_MASS
 MODE_SCORES = CATTN_MODE_SCORES
+KV_NATIVE = CATTN_KV_NATIVE
+KV_F16 = CATTN_KV_F16
 UNBOUNDED = CATTN_UNBOUNDED
 DECODE_MAX_LQ = CATTN_DECODE_MAX_LQ
 SCORE_KINDS = {"dot": CATTN_SCORE_DOT, "scaled_dot": CATTN_SCORE_DOT,
@@ -117,47 +101,118 @@ def isa_name():
     return cattn_isa_name().decode()
 
 
+# ------------------------------------------------------------ the contract
+# The Python side describes a kernel call with the two typed classes below
+# (a misspelt keyword is a TypeError, a misspelt field in this file a
+# compile error); _fill_params copies them into the C struct.
+
+@cython.auto_pickle(False)
+cdef class Operand:
+    """One kernel operand: an array (kept alive for the call), the element
+    offset of each batch item (int64, one per item) and the row/column
+    strides in elements."""
+    cdef readonly cnp.ndarray array
+    cdef readonly cnp.ndarray offsets
+    cdef readonly int64_t rs, cs
+
+    def __init__(self, cnp.ndarray array not None, cnp.ndarray offsets not None,
+                 int64_t rs, int64_t cs=1):
+        if offsets.dtype != np.int64 or not offsets.flags.c_contiguous:
+            raise TypeError("Operand offsets must be a contiguous int64 array")
+        self.array = array
+        self.offsets = offsets
+        self.rs = rs
+        self.cs = cs
+
+
+@cython.auto_pickle(False)
+cdef class KernelArgs:
+    """Everything a fused-kernel call reads: geometry, options and
+    operands, in the compute dtype (see cattn_params in _src/flash.h)."""
+    cdef readonly int64_t n_batch, Lq, Lk, D, Dv, block_q, block_k
+    cdef readonly int score_kind, kv_format
+    cdef readonly Operand q, k, v, out, mask, bias, q_seg, kv_seg
+    cdef readonly object lse, lse_m, lse_logl, weights, key_mass
+    cdef readonly object scale, add_w, kv_len, q_len, sinks
+    cdef readonly double softcap
+    cdef readonly int64_t win_left, win_right
+
+    def __init__(self, *, int64_t n_batch, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv,
+                 int64_t block_q, int64_t block_k, int score_kind, scale,
+                 Operand q, Operand k, Operand v, Operand out=None,
+                 int kv_format=CATTN_KV_NATIVE, Operand mask=None, Operand bias=None,
+                 Operand q_seg=None, Operand kv_seg=None, lse=None, lse_m=None,
+                 lse_logl=None, weights=None, key_mass=None, add_w=None, kv_len=None,
+                 q_len=None, sinks=None, double softcap=0.0,
+                 int64_t win_left=CATTN_UNBOUNDED, int64_t win_right=CATTN_UNBOUNDED):
+        self.n_batch = n_batch; self.Lq = Lq; self.Lk = Lk; self.D = D; self.Dv = Dv
+        self.block_q = block_q; self.block_k = block_k
+        self.score_kind = score_kind; self.kv_format = kv_format
+        self.q = q; self.k = k; self.v = v; self.out = out
+        self.mask = mask; self.bias = bias; self.q_seg = q_seg; self.kv_seg = kv_seg
+        self.lse = lse; self.lse_m = lse_m; self.lse_logl = lse_logl
+        self.weights = weights; self.key_mass = key_mass
+        self.scale = _checked(scale, np.float64, n_batch, "scale")
+        self.add_w = add_w
+        self.kv_len = _checked(kv_len, np.int64, n_batch, "kv_len")
+        self.q_len = _checked(q_len, np.int64, n_batch, "q_len")
+        self.sinks = _checked(sinks, np.float64, n_batch, "sinks")
+        self.softcap = softcap
+        self.win_left = win_left; self.win_right = win_right
+        for op in (q, k, v, out, mask, bias, q_seg, kv_seg):
+            if op is not None and (<Operand>op).offsets.shape[0] != n_batch:
+                raise ValueError("an operand has the wrong number of batch offsets")
+
+
+cdef object _checked(object x, object dtype, int64_t n, str name):
+    """A per-batch-item array of the C contract: contiguous, of `dtype`,
+    `n` long (or None)."""
+    if x is None:
+        return None
+    if (not isinstance(x, np.ndarray) or x.dtype != dtype or not x.flags.c_contiguous
+            or x.shape[0] != n):
+        raise TypeError(f"KernelArgs.{name} must be a contiguous {np.dtype(dtype)} array "
+                        f"of {n} items")
+    return x
+
+
 cdef inline const void *_ptr(object a):
     if a is None:
         return NULL
     return cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef void _fill_params(cattn_params *p, dict a) except *:
-    p.n_batch = a["n_batch"]; p.Lq = a["Lq"]; p.Lk = a["Lk"]
-    p.D = a["D"]; p.Dv = a["Dv"]
-    p.block_q = a["block_q"]; p.block_k = a["block_k"]
-    p.score_kind = a["score_kind"]; p.mode = a["mode"]
-    p.kv_half = a.get("kv_half", 0)
-    p.q = _ptr(a["q"]); p.q_off = <const int64_t *>_ptr(a["q_off"])
-    p.q_rs = a["q_rs"]; p.q_cs = a["q_cs"]
-    p.k = _ptr(a["k"]); p.k_off = <const int64_t *>_ptr(a["k_off"]); p.k_rs = a["k_rs"]
-    p.v = _ptr(a["v"]); p.v_off = <const int64_t *>_ptr(a["v_off"]); p.v_rs = a["v_rs"]
-    p.out = <void *>_ptr(a.get("out")); p.out_off = <const int64_t *>_ptr(a.get("out_off"))
-    p.out_rs = a.get("out_rs", 0); p.out_cs = a.get("out_cs", 0)
-    p.lse = <void *>_ptr(a.get("lse"))
-    p.lse_m = <void *>_ptr(a.get("lse_m"))
-    p.lse_logl = <void *>_ptr(a.get("lse_logl"))
-    p.weights = <void *>_ptr(a.get("weights"))
-    p.key_mass = <void *>_ptr(a.get("key_mass"))
-    p.scale = <const double *>_ptr(a["scale"])
-    p.add_w = _ptr(a.get("add_w"))
-    p.mask = <const uint8_t *>_ptr(a.get("mask"))
-    p.mask_off = <const int64_t *>_ptr(a.get("mask_off"))
-    p.mask_rs = a.get("mask_rs", 0); p.mask_cs = a.get("mask_cs", 0)
-    p.bias = _ptr(a.get("bias")); p.bias_off = <const int64_t *>_ptr(a.get("bias_off"))
-    p.bias_rs = a.get("bias_rs", 0); p.bias_cs = a.get("bias_cs", 0)
-    p.kv_len = <const int64_t *>_ptr(a.get("kv_len"))
-    p.q_len = <const int64_t *>_ptr(a.get("q_len"))
-    p.q_seg = <const int64_t *>_ptr(a.get("q_seg"))
-    p.q_seg_off = <const int64_t *>_ptr(a.get("q_seg_off")); p.q_seg_s = a.get("q_seg_s", 0)
-    p.kv_seg = <const int64_t *>_ptr(a.get("kv_seg"))
-    p.kv_seg_off = <const int64_t *>_ptr(a.get("kv_seg_off")); p.kv_seg_s = a.get("kv_seg_s", 0)
-    p.sinks = <const double *>_ptr(a.get("sinks"))
-    p.softcap = a.get("softcap", 0.0)
-    p.win_left = a.get("win_left", CATTN_UNBOUNDED)
-    p.win_right = a.get("win_right", CATTN_UNBOUNDED)
+cdef inline void _operand(cattn_operand *o, Operand x):
+    if x is None:
+        o.base = NULL; o.off = NULL; o.rs = 0; o.cs = 0
+        return
+    o.base = cnp.PyArray_DATA(x.array)
+    o.off = <const int64_t *>cnp.PyArray_DATA(x.offsets)
+    o.rs = x.rs
+    o.cs = x.cs
 
+
+cdef void _fill_params(cattn_params *p, KernelArgs a, int mode):
+    memset(p, 0, sizeof(cattn_params))
+    p.n_batch = a.n_batch; p.Lq = a.Lq; p.Lk = a.Lk; p.D = a.D; p.Dv = a.Dv
+    p.block_q = a.block_q; p.block_k = a.block_k
+    p.score_kind = a.score_kind; p.mode = mode; p.kv_format = a.kv_format
+    _operand(&p.q, a.q); _operand(&p.k, a.k); _operand(&p.v, a.v)
+    _operand(&p.out, a.out); _operand(&p.mask, a.mask); _operand(&p.bias, a.bias)
+    _operand(&p.q_seg, a.q_seg); _operand(&p.kv_seg, a.kv_seg)
+    p.lse = <void *>_ptr(a.lse)
+    p.lse_m = <void *>_ptr(a.lse_m)
+    p.lse_logl = <void *>_ptr(a.lse_logl)
+    p.weights = <void *>_ptr(a.weights)
+    p.key_mass = <void *>_ptr(a.key_mass)
+    p.scale = <const double *>_ptr(a.scale)
+    p.add_w = _ptr(a.add_w)
+    p.kv_len = <const int64_t *>_ptr(a.kv_len)
+    p.q_len = <const int64_t *>_ptr(a.q_len)
+    p.sinks = <const double *>_ptr(a.sinks)
+    p.softcap = a.softcap
+    p.win_left = a.win_left
+    p.win_right = a.win_right
 
 
 cdef extern from "Python.h":
@@ -167,14 +222,17 @@ cdef extern from "Python.h":
 # One driver serves the tile and the decode kernels: it runs work items
 # under prange (or on the calling thread when one thread is asked for, so a
 # forked child never enters OpenMP), with per-thread scratch, and lets the
-# main thread poll for Ctrl-C between items.
+# main thread poll for Ctrl-C between items.  The kernels come from the
+# table resolved once per call (cattn_kernels_for): a work item dispatches
+# nothing.
 cdef struct _Run:
     cattn_params *p
-    bint is_double
+    cattn_kernels kern
     bint decode
     int64_t n_qblocks
     int64_t n_split
     int64_t chunk
+    size_t isz
     char *acc
     char *mm
     char *ll
@@ -182,12 +240,8 @@ cdef struct _Run:
 
 cdef void _work_item(_Run *r, int64_t w, void *scratch) noexcept nogil:
     cdef int64_t b, sp, js, je, Lq, Dv
-    cdef size_t isz
     if not r.decode:
-        if r.is_double:
-            cattn_flash_block_f64(r.p, w // r.n_qblocks, w % r.n_qblocks, scratch)
-        else:
-            cattn_flash_block_f32(r.p, w // r.n_qblocks, w % r.n_qblocks, scratch)
+        r.kern.tile(r.p, w // r.n_qblocks, w % r.n_qblocks, scratch)
         return
     b = w // r.n_split
     sp = w % r.n_split
@@ -197,15 +251,8 @@ cdef void _work_item(_Run *r, int64_t w, void *scratch) noexcept nogil:
         je = r.p.Lk
     Lq = r.p.Lq
     Dv = r.p.Dv
-    isz = 8 if r.is_double else 4
-    if r.is_double:
-        cattn_decode_block_f64(r.p, b, js, je, <double *>(r.acc + w * Lq * Dv * isz),
-                               <double *>(r.mm + w * Lq * isz),
-                               <double *>(r.ll + w * Lq * isz), scratch)
-    else:
-        cattn_decode_block_f32(r.p, b, js, je, <float *>(r.acc + w * Lq * Dv * isz),
-                               <float *>(r.mm + w * Lq * isz),
-                               <float *>(r.ll + w * Lq * isz), scratch)
+    r.kern.decode(r.p, b, js, je, r.acc + w * Lq * Dv * r.isz, r.mm + w * Lq * r.isz,
+                  r.ll + w * Lq * r.isz, scratch)
 
 
 # Seconds between two polls for pending signals (Ctrl-C).
@@ -297,67 +344,67 @@ def _poll_signals():
     return threading.current_thread() is threading.main_thread()
 
 
-def flash(dict a, int num_threads):
+cdef bint _is_double(KernelArgs a):
+    return a.q.array.dtype == np.float64
+
+
+def flash(KernelArgs a, int mode, int num_threads):
     """Run the fused kernel over all (batch item, query block) pairs.
 
-    ``a`` holds the operands and geometry prepared by ``_api`` (see the
-    fields of ``cattn_params`` in ``_src/flash.h``).  Returns nothing; the
-    results are written into ``a["out"]``, ``a["lse"]``, ``a["weights"]``
-    or ``a["key_mass"]``.  Raises MemoryError if scratch cannot be had and
-    KeyboardInterrupt (or whatever a signal handler raises) on Ctrl-C.
+    ``mode`` is MODE_ATTENTION (writes ``a.out`` and ``a.lse``),
+    MODE_WEIGHTS / MODE_KEY_MASS (the weights pass: ``a.weights`` or
+    ``a.key_mass`` from the lse of an attention pass) or MODE_SCORES
+    (additive scores into ``a.weights``).  Raises MemoryError if scratch
+    cannot be had and KeyboardInterrupt (or whatever a signal handler
+    raises) on Ctrl-C.
     """
     cdef cattn_params p
-    _fill_params(&p, a)
+    _fill_params(&p, a, mode)
     cdef _Run r
     r.p = &p
-    r.is_double = a["q"].dtype == np.float64
+    r.kern = cattn_kernels_for(_is_double(a), p.kv_format)
     r.decode = False
     r.n_qblocks = (p.Lq + p.block_q - 1) // p.block_q
     cdef int64_t n_work = p.n_batch * r.n_qblocks
     if n_work == 0:
         return
-    _run(&r, n_work, cattn_scratch_bytes(&p, r.is_double), num_threads, _poll_signals())
+    _run(&r, n_work, r.kern.tile_scratch(&p), num_threads, _poll_signals())
 
 
-def flash_decode(dict a, int num_threads, int64_t n_split):
+def flash_decode(KernelArgs a, int num_threads, int64_t n_split):
     """The decode path: (batch item, key split) work items stream K and V
     once and leave partial results, merged per query by the log-sum-exp
     rule afterwards."""
     cdef cattn_params p
-    _fill_params(&p, a)
+    _fill_params(&p, a, CATTN_MODE_ATTENTION)
     cdef _Run r
     r.p = &p
-    r.is_double = a["q"].dtype == np.float64
+    cdef bint is_double = _is_double(a)
+    r.kern = cattn_kernels_for(is_double, p.kv_format)
     r.decode = True
     cdef int64_t N = p.n_batch, Lq = p.Lq, Dv = p.Dv, Lk = p.Lk, w, b
     if N == 0 or Lq == 0:
         return
-    dt = np.float64 if r.is_double else np.float32
+    dt = np.float64 if is_double else np.float32
     part_acc = np.empty((N, n_split, Lq, max(Dv, 1)), dtype=dt)
     part_m = np.empty((N, n_split, Lq), dtype=dt)
     part_l = np.empty((N, n_split, Lq), dtype=dt)
     r.acc = <char *>cnp.PyArray_DATA(part_acc)
     r.mm = <char *>cnp.PyArray_DATA(part_m)
     r.ll = <char *>cnp.PyArray_DATA(part_l)
-    cdef size_t isz = 8 if r.is_double else 4
+    r.isz = 8 if is_double else 4
+    cdef size_t isz = r.isz
     r.n_split = n_split
     r.chunk = (Lk + n_split - 1) // n_split
     r.chunk = ((r.chunk + 63) // 64) * 64
-    _run(&r, N * n_split, cattn_decode_scratch_bytes(&p, r.is_double), num_threads,
-         _poll_signals())
+    _run(&r, N * n_split, r.kern.decode_scratch(&p), num_threads, _poll_signals())
     with nogil:
         for w in range(N * Lq):
             b = w // Lq
-            if r.is_double:
-                cattn_decode_finish_f64(&p, b, w % Lq, n_split,
-                                        <double *>(r.acc + b * n_split * Lq * Dv * isz),
-                                        <double *>(r.mm + b * n_split * Lq * isz),
-                                        <double *>(r.ll + b * n_split * Lq * isz))
-            else:
-                cattn_decode_finish_f32(&p, b, w % Lq, n_split,
-                                        <float *>(r.acc + b * n_split * Lq * Dv * isz),
-                                        <float *>(r.mm + b * n_split * Lq * isz),
-                                        <float *>(r.ll + b * n_split * Lq * isz))
+            r.kern.decode_finish(&p, b, w % Lq, n_split,
+                                 r.acc + b * n_split * Lq * Dv * isz,
+                                 r.mm + b * n_split * Lq * isz,
+                                 r.ll + b * n_split * Lq * isz)
 
 
 cdef inline void _gemm(char *ta, char *tb, int m, int n, int k, floating alpha,
@@ -456,12 +503,12 @@ cdef void _softmax_row(floating *x, Py_ssize_t C) noexcept nogil:
 
 
 def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double scale,
-                            int score_kind):
+                            int score_kind, int64_t block_q, int64_t block_k):
     """Fast path of ``attention`` for small plain calls on the calling thread:
     C-contiguous q, k, v of one float dtype, identical leading dims, more
-    than DECODE_MAX_LQ queries, no options (the caller checks all that).
-    Skips the general operand machinery (offsets are built here in C),
-    which otherwise dominates the cost of tiny calls."""
+    than DECODE_MAX_LQ queries, no options (``_api.plain_call`` checks all
+    that).  Skips the general operand machinery (offsets are built here in
+    C), which otherwise dominates the cost of tiny calls."""
     cdef int nd = q.ndim
     cdef int64_t Lq = q.shape[nd - 2], D = q.shape[nd - 1]
     cdef int64_t Lk = k.shape[nd - 2], Dv = v.shape[nd - 1]
@@ -469,12 +516,8 @@ def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double 
     cdef int ax
     for ax in range(nd - 2):
         N *= q.shape[ax]
-    cdef cnp.npy_intp dims[32]
-    for ax in range(nd - 1):
-        dims[ax] = q.shape[ax]
-    dims[nd - 1] = Dv
     cdef bint is_double = q.descr.type_num == cnp.NPY_DOUBLE
-    cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, q.descr.type_num, 0)
+    cdef cnp.ndarray out = np.empty((<object>q).shape[:nd - 1] + (Dv,), dtype=q.dtype)
     cdef int64_t *offs = <int64_t *>malloc(4 * N * sizeof(int64_t) + N * sizeof(double))
     if offs == NULL:
         raise MemoryError()
@@ -489,35 +532,29 @@ def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double 
     memset(&p, 0, sizeof(p))
     p.n_batch = N; p.Lq = Lq; p.Lk = Lk; p.D = D; p.Dv = Dv
     p.score_kind = score_kind; p.mode = CATTN_MODE_ATTENTION
-    p.q = cnp.PyArray_DATA(q); p.q_off = offs; p.q_rs = D; p.q_cs = 1
-    p.k = cnp.PyArray_DATA(k); p.k_off = offs + N; p.k_rs = D
-    p.v = cnp.PyArray_DATA(v); p.v_off = offs + 2 * N; p.v_rs = Dv
-    p.out = cnp.PyArray_DATA(out); p.out_off = offs + 3 * N; p.out_rs = Dv; p.out_cs = 1
+    p.q.base = cnp.PyArray_DATA(q); p.q.off = offs; p.q.rs = D; p.q.cs = 1
+    p.k.base = cnp.PyArray_DATA(k); p.k.off = offs + N; p.k.rs = D; p.k.cs = 1
+    p.v.base = cnp.PyArray_DATA(v); p.v.off = offs + 2 * N; p.v.rs = Dv; p.v.cs = 1
+    p.out.base = cnp.PyArray_DATA(out); p.out.off = offs + 3 * N
+    p.out.rs = Dv; p.out.cs = 1
     p.scale = scales
     p.win_left = CATTN_UNBOUNDED; p.win_right = CATTN_UNBOUNDED
-    cdef int64_t bq = 64
-    cdef int64_t n_qblocks, n_work, w
+    p.block_q = block_q; p.block_k = block_k
+    cdef cattn_kernels kern = cattn_kernels_for(is_double, CATTN_KV_NATIVE)
+    cdef int64_t n_qblocks = (Lq + block_q - 1) // block_q
+    cdef int64_t n_work = N * n_qblocks, w
     cdef size_t scratch_bytes
     cdef void *raw
     cdef void *scratch
     try:
-        bq = ((Lq + 15) // 16) * 16
-        if bq > 64:
-            bq = 64
-        p.block_q = bq; p.block_k = 128
-        n_qblocks = (Lq + bq - 1) // bq
-        n_work = N * n_qblocks
-        scratch_bytes = cattn_scratch_bytes(&p, is_double)
+        scratch_bytes = kern.tile_scratch(&p)
         raw = malloc(scratch_bytes + 64)
         if raw == NULL:
             raise MemoryError()
         scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
         with nogil:
             for w in range(n_work):
-                if is_double:
-                    cattn_flash_block_f64(&p, w // n_qblocks, w % n_qblocks, scratch)
-                else:
-                    cattn_flash_block_f32(&p, w // n_qblocks, w % n_qblocks, scratch)
+                kern.tile(&p, w // n_qblocks, w % n_qblocks, scratch)
         free(raw)
         return out
     finally:

@@ -29,11 +29,7 @@ def _openmp_max_threads():
     return omp_get_max_threads()
 
 
-def _cpu_count():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
+from cattn._options import cpu_count as _cpu_count
 
 
 def _openmp_effective_n_threads(n_threads=None):

@@ -7,14 +7,12 @@ sharing a key/value head between query heads (GQA) or reading a reversed
 view never copies or expands anything.
 """
 import math
-import operator
-import os
 
 import numpy as np
 
 __all__ = [
-    "as_real_array", "compute_dtype", "batch_shape", "lead_offsets",
-    "trailing_strides", "broadcast_lead", "check_num_threads",
+    "as_real_array", "batch_shape", "lead_offsets", "element_strides",
+    "trailing_strides", "broadcast_lead",
 ]
 
 _FLOAT_KINDS = "f"
@@ -61,43 +59,6 @@ def _from_torch(t, name):
         return np.from_dlpack(t)
     except (TypeError, RuntimeError, BufferError):
         return t.numpy()
-
-
-def compute_dtype(*arrays):
-    """(dtype the kernels compute in, dtype returned to the user).
-
-    NumPy promotion decides the result; float16 results are computed in
-    float32.
-    """
-    result = np.result_type(*arrays)
-    if result == np.float16:
-        return np.dtype(np.float32), np.dtype(np.float16)
-    return np.dtype(result), np.dtype(result)
-
-
-def check_num_threads(num_threads):
-    if num_threads is None:
-        return None
-    if isinstance(num_threads, (bool, np.bool_)):
-        raise TypeError(f"num_threads must be an integer >= 1 or None; got {num_threads!r}")
-    try:
-        n = operator.index(num_threads)
-    except TypeError:
-        raise TypeError(
-            f"num_threads must be an integer >= 1 or None; got {num_threads!r}"
-        ) from None
-    if n < 1:
-        raise ValueError(f"num_threads must be >= 1; got {n}")
-    # More threads than this never helps, and asking OpenMP for millions of
-    # threads makes it abort the process when thread creation fails.
-    return min(n, 4 * _cpu_count())
-
-
-def _cpu_count():
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
 
 
 def element_strides(arr):

@@ -50,11 +50,11 @@ except ImportError as _exc:  # pragma: no cover - exercised without dask only
     ) from _exc
 
 from . import _api
-from ._operands import batch_shape
+from ._options import check_sinks_values, real_dtype, result_dtypes
+from ._validate import check_qkv_shapes, leading_dims, validate_options
 
 __all__ = ["attention", "task_threads"]
 
-_SCORES = ("scaled_dot", "dot", "cosine", "additive")
 _KEY_MASS_ELEMS = 1 << 22   # rows x keys of weights held at once for key_mass
 
 
@@ -353,17 +353,6 @@ def _is_dask(x):
     return isinstance(x, da.Array)
 
 
-def _real_dtype(dt, name):
-    dt = np.dtype(dt)
-    if dt.kind in "biu":
-        return np.dtype(np.float64)
-    if dt.kind != "f" or dt.itemsize > 8:
-        raise TypeError(
-            f"{name} must hold real numbers (float16/32/64, int or bool); got dtype {dt}"
-        )
-    return dt
-
-
 def _as_dask(x, name):
     if _is_dask(x):
         if any(math.isnan(c) for cs in x.chunks for c in cs):
@@ -451,14 +440,14 @@ def _pair_operand(x, name, out_lead, out_chunks, Lq, Lk, qchunks, kchunks, kind)
         if kind == "mask" and x.dtype != np.bool_:
             raise TypeError(f"mask must be a bool array (True = attend); got dtype {x.dtype}")
         if kind == "bias":
-            _real_dtype(x.dtype, name)
+            real_dtype(x.dtype, name)
         x = _as_dask(x, name)
     else:
         arr = np.asarray(x)
         if kind == "mask" and arr.dtype != np.bool_:
             raise TypeError(f"mask must be a bool array (True = attend); got dtype {arr.dtype}")
         if kind == "bias":
-            _real_dtype(arr.dtype, name)
+            real_dtype(arr.dtype, name)
         x = arr
     orig_shape = x.shape
     if x.ndim < 2:
@@ -538,11 +527,11 @@ def _lead_param(x, name, out_lead, out_chunks, kind):
         values = np.ascontiguousarray(np.broadcast_to(arr.astype(dtype), out_lead))
         if kind == "scale" and not np.all(np.isfinite(values)):
             raise ValueError(f"scale must be finite; got {x!r}")
+        if kind == "sinks":
+            check_sinks_values(values, x)
         arr = da.from_array(values, chunks=tuple(out_chunks))
     return _Operand(arr, ["full"] * nd, ()), values
 
-
-_check_window = _api.window_bounds
 
 
 def _lengths_param(x, name, out_lead, out_chunks, L):
@@ -590,69 +579,36 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     Dask arrays with ``dtype`` and ``meta`` set: Dask never runs the kernel
     to infer them.
     """
-    # ---- scalar arguments (checked eagerly, like cattn.attention)
-    if not isinstance(score, str) or score not in _SCORES:
-        raise ValueError(f"score must be one of {_SCORES}; got {score!r}")
-    if return_weights not in (False, True, "key_mass") or (
-            isinstance(return_weights, (int, float))
-            and not isinstance(return_weights, (bool, np.bool_))):
-        raise ValueError(
-            f"return_weights must be False, True or 'key_mass'; got {return_weights!r}"
-        )
-    if not isinstance(return_lse, (bool, np.bool_)):
-        raise TypeError(f"return_lse must be True or False; got {return_lse!r}")
+    # ---- scalar arguments: the checks of cattn.attention itself
+    opts = validate_options(score=score, causal=causal, window=window, softcap=softcap,
+                            return_weights=return_weights, return_lse=return_lse,
+                            num_threads=num_threads, q_segments=q_segments,
+                            kv_segments=kv_segments)
     if out is not None:
         raise TypeError(
             "out= is not supported by cattn.dask.attention; write the result with "
             "dask.array.store or .compute()"
         )
-    if num_threads is not None:
-        if isinstance(num_threads, (bool, np.bool_)) or not isinstance(
-                num_threads, numbers.Integral):
-            raise TypeError(
-                f"num_threads must be an integer >= 1 or None; got {num_threads!r}")
-        if num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1; got {num_threads}")
-        num_threads = int(num_threads)
     if split_every is None:
         split_every = 4
     if isinstance(split_every, (bool, np.bool_)) or not isinstance(
             split_every, numbers.Integral) or split_every < 2:
         raise ValueError(f"split_every must be an integer >= 2; got {split_every!r}")
     split_every = int(split_every)
-    left, right = _check_window(window, causal)
-    if softcap is not None:
-        if isinstance(softcap, (bool, np.bool_)) or not isinstance(softcap, numbers.Real):
-            raise TypeError(f"softcap must be a positive float; got {softcap!r}")
-        if not (math.isfinite(softcap) and softcap > 0):
-            raise ValueError(f"softcap must be a finite float > 0; got {softcap!r}")
-        softcap = float(softcap)
-    if (q_segments is None) != (kv_segments is None):
-        raise ValueError("q_segments and kv_segments must be given together")
+    score, softcap = opts.score, opts.softcap
+    return_weights, return_lse = opts.return_weights, opts.return_lse
+    left, right = opts.window
+    num_threads = opts.num_threads
 
     # ---- q, k, v
     q = _as_dask(query, "query")
     k = _as_dask(key, "key")
     v = _as_dask(value, "value")
-    for name, x in (("query", q), ("key", k), ("value", v)):
-        if x.ndim < 2:
-            raise ValueError(
-                f"{name} must have at least 2 dims (..., L, D); got shape {x.shape}")
-    qdt, kdt, vdt = (_real_dtype(x.dtype, n) for n, x in
+    Lq, D, Lk, Dv = check_qkv_shapes(q, k, v)
+    qdt, kdt, vdt = (real_dtype(x.dtype, n) for n, x in
                      (("query", q), ("key", k), ("value", v)))
-    Lq, D = q.shape[-2:]
-    Lk, Dk = k.shape[-2:]
-    Lkv, Dv = v.shape[-2:]
-    if D != Dk:
-        raise ValueError(
-            f"query and key must share the feature dim D: query {q.shape}, key {k.shape}")
-    if Lk != Lkv:
-        raise ValueError(
-            f"key and value must have the same number of keys Lk: key {k.shape}, "
-            f"value {v.shape}")
-    rdt = np.result_type(qdt, kdt, vdt)
-    cdt = np.dtype(np.float32) if rdt == np.float16 else rdt
-    out_lead, groups = batch_shape([("query", q), ("key", k), ("value", v)])
+    cdt, rdt = result_dtypes(qdt, kdt, vdt)
+    out_lead, groups = leading_dims([("query", q), ("key", k), ("value", v)])
     out_lead = tuple(int(n) for n in out_lead)
     nd = len(out_lead)
 

@@ -686,10 +686,10 @@ def test_serial_threshold_follows_wait_policy():
     """Calls below the threshold run serially; the threshold is higher when
     OpenMP workers sleep (OMP_WAIT_POLICY=PASSIVE), where waking one costs
     more than a small call."""
-    from cattn import _api
-    assert _api._serial_work("") == 1 << 18
-    assert _api._serial_work("ACTIVE") == 1 << 18
-    assert _api._serial_work(" passive ") == 1 << 23
-    small = _api._SERIAL_WORK - 1
-    assert _api._threads(4, small) == 1
-    assert _api._threads(2, _api._SERIAL_WORK) == 2
+    from cattn import _threads
+    assert _threads._serial_work("") == 1 << 18
+    assert _threads._serial_work("ACTIVE") == 1 << 18
+    assert _threads._serial_work(" passive ") == 1 << 23
+    small = _threads.SERIAL_WORK - 1
+    assert _threads.threads_for(4, small) == 1
+    assert _threads.threads_for(2, _threads.SERIAL_WORK) == 2

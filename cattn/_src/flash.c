@@ -1,10 +1,15 @@
 /*
- * Instantiates flash_impl.h per element type and per ISA, and picks the ISA
- * variant once at run time.  The default build carries no -march flag: the
- * Haswell (AVX2+FMA+F16C) and Skylake-X (AVX-512) variants are compiled
- * inside target regions and only called when the CPU reports the features.
- * CATTN_ISA=generic|haswell caps the choice (the tests use it to cover
- * every variant on one machine).
+ * Instantiates the kernels per ISA and hands them out as a kernel table
+ * resolved from the CPU's capabilities (SimSIMD's c/lib.c in spirit).  The
+ * default build carries no -march flag: the Haswell (AVX2+FMA+F16C) and
+ * Skylake-X (AVX-512) variants are compiled inside target regions and only
+ * called when the CPU reports the features.  CATTN_ISA=generic|haswell
+ * caps the choice (the tests use it to cover every variant on one
+ * machine).
+ *
+ * A new ISA: a simd_<isa>.h of primitives, one CATTN_VARIANT block below
+ * (its target region and instantiate.h), an entry in CATTN_ISAS and a test
+ * in detect_isa().
  */
 #include <math.h>
 #include <stdlib.h>
@@ -29,9 +34,8 @@ static inline int cattn_should_stop(const cattn_params *p)
     return 0;
 }
 
-/* CATTN_PORTABLE: standard C only, one lane per "vector" (MSVC's C has no
-   vector extensions; any compiler can be forced with -DCATTN_PORTABLE=1,
-   which the tests use).  Same kernels, same results, scalar speed. */
+/* CATTN_PORTABLE: standard C only (MSVC's C has no vector extensions; any
+   compiler can be forced with -DCATTN_PORTABLE=1, which the tests use). */
 #ifndef CATTN_PORTABLE
 #if defined(_MSC_VER) && !defined(__clang__)
 #define CATTN_PORTABLE 1
@@ -41,10 +45,8 @@ static inline int cattn_should_stop(const cattn_params *p)
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
-#define CATTN_UNUSED __attribute__((unused))
 #define CATTN_PREFETCH(p) __builtin_prefetch((p), 0, 3)
 #else
-#define CATTN_UNUSED
 #define CATTN_PREFETCH(p) ((void)(p))
 #endif
 
@@ -58,25 +60,42 @@ static inline int cattn_should_stop(const cattn_params *p)
 #include <immintrin.h>
 #endif
 
-/* ---- baseline variants (whatever the compiler targets by default) ---- */
+/* float16 (bits) -> float, exact (subnormals included) */
+static inline float cattn_half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, ex = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    uint32_t bits;
+    if (ex == 0) {
+        if (man == 0) bits = sign;
+        else {                       /* subnormal: normalise */
+            int e = -1;
+            do { man <<= 1; e++; } while (!(man & 0x400u));
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (ex == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((ex + 112u) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* ---- the variants ---- */
+#if CATTN_PORTABLE
+#define CATTN_ISA portable
+#define CATTN_SIMD "simd_portable.h"
+#else
+#define CATTN_ISA generic
+#define CATTN_SIMD "simd_generic.h"
 #define CATTN_VBYTES 32
-#define T float
-#define CATTN_F64 0
-#define SUF(name) name##_f32_generic
-#include "flash_impl.h"
-#undef T
-#undef CATTN_F64
-#undef SUF
+#endif
+#include "instantiate.h"
+#undef CATTN_ISA
+#undef CATTN_SIMD
+#undef CATTN_VBYTES
 
-#define T double
-#define CATTN_F64 1
-#define SUF(name) name##_f64_generic
-#include "flash_impl.h"
-#undef T
-#undef CATTN_F64
-#undef SUF
-
-/* ---- Haswell variants: AVX2 + FMA ---- */
 #if CATTN_X86_DISPATCH
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
@@ -84,64 +103,32 @@ static inline int cattn_should_stop(const cattn_params *p)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #endif
-
-#define CATTN_HAVE_F16C 1
-#define CATTN_AVX2 1
-#define T float
-#define CATTN_F64 0
-#define SUF(name) name##_f32_haswell
-#include "flash_impl.h"
-#undef T
-#undef CATTN_F64
-#undef SUF
-
-#define T double
-#define CATTN_F64 1
-#define SUF(name) name##_f64_haswell
-#include "flash_impl.h"
-#undef T
-#undef CATTN_F64
-#undef SUF
-
-#undef CATTN_HAVE_F16C
-#undef CATTN_AVX2
+#define CATTN_ISA haswell
+#define CATTN_SIMD "simd_avx2.h"
+#define CATTN_VBYTES 32
+#include "instantiate.h"
+#undef CATTN_ISA
+#undef CATTN_SIMD
+#undef CATTN_VBYTES
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
 #pragma GCC pop_options
 #endif
 
-/* ---- Skylake-X variants: AVX-512 (F, VL, BW, DQ), 64-byte vectors ---- */
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c")
 #endif
-#define CATTN_HAVE_F16C 1
-#define CATTN_AVX2 1
-#undef CATTN_VBYTES
+#define CATTN_ISA skylake
+#define CATTN_SIMD "simd_avx512.h"
 #define CATTN_VBYTES 64
-
-#define T float
-#define CATTN_F64 0
-#define SUF(name) name##_f32_skylake
-#include "flash_impl.h"
-#undef T
-#undef CATTN_F64
-#undef SUF
-
-#define T double
-#define CATTN_F64 1
-#define SUF(name) name##_f64_skylake
-#include "flash_impl.h"
-#undef T
-#undef CATTN_F64
-#undef SUF
-
+#include "instantiate.h"
+#undef CATTN_ISA
+#undef CATTN_SIMD
 #undef CATTN_VBYTES
-#undef CATTN_HAVE_F16C
-#undef CATTN_AVX2
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -149,27 +136,44 @@ static inline int cattn_should_stop(const cattn_params *p)
 #endif
 #endif /* CATTN_X86_DISPATCH */
 
-/* ---- run-time selection ---- */
-typedef void (*block_fn)(const cattn_params *, int64_t, int64_t, void *);
+/* ---- the kernel tables, one per (ISA, compute type) ---- */
+#define CATTN_TABLE(isa, ty) {                                              \
+    #isa, scratch_bytes_##ty##_##isa, flash_block_##ty##_##isa,             \
+    decode_scratch_bytes_##ty##_##isa, decode_block_##ty##_##isa,           \
+    decode_finish_##ty##_##isa }
 
-static int isa_level = -1;   /* 0 generic, 1 haswell, 2 skylake */
+enum { ISA_BASE = 0, ISA_HASWELL = 1, ISA_SKYLAKE = 2, ISA_COUNT = 3 };
 
-/* The best variant this CPU runs; CATTN_ISA=generic|haswell|skylake caps it
-   (the tests use that to cover every variant on one machine). */
+#if CATTN_PORTABLE
+static const cattn_kernels tables[1][2] = {
+    {CATTN_TABLE(portable, f32), CATTN_TABLE(portable, f64)}};
+#elif CATTN_X86_DISPATCH
+static const cattn_kernels tables[ISA_COUNT][2] = {
+    {CATTN_TABLE(generic, f32), CATTN_TABLE(generic, f64)},
+    {CATTN_TABLE(haswell, f32), CATTN_TABLE(haswell, f64)},
+    {CATTN_TABLE(skylake, f32), CATTN_TABLE(skylake, f64)}};
+#else
+static const cattn_kernels tables[1][2] = {
+    {CATTN_TABLE(generic, f32), CATTN_TABLE(generic, f64)}};
+#endif
+
+static int isa_level = -1;   /* an index into tables */
+
+/* The best variant this CPU runs; CATTN_ISA=generic|haswell|skylake caps it. */
 static int detect_isa(void)
 {
-    int level = 0, cap = 2;
+    int level = ISA_BASE, cap = ISA_SKYLAKE;
     const char *force = getenv("CATTN_ISA");
-    if (force && strcmp(force, "generic") == 0) cap = 0;
-    if (force && strcmp(force, "haswell") == 0) cap = 1;
+    if (force && strcmp(force, "generic") == 0) cap = ISA_BASE;
+    if (force && strcmp(force, "haswell") == 0) cap = ISA_HASWELL;
 #if CATTN_X86_DISPATCH
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
         && __builtin_cpu_supports("f16c")) {
-        level = 1;
+        level = ISA_HASWELL;
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
             && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-            level = 2;
+            level = ISA_SKYLAKE;
     }
 #endif
     return level < cap ? level : cap;
@@ -186,68 +190,26 @@ static int get_isa(void)
     return level;
 }
 
+cattn_kernels cattn_kernels_for(int is_double, int kv_format)
+{
+    const int isa = get_isa();
+    cattn_kernels k = tables[isa][is_double ? 1 : 0];
+    /* Decode streams memory.  A float32/64 cache uses the 32-byte (Haswell)
+       variant on AVX-512 CPUs too (measured no slower, and no AVX-512 clock
+       drop on older Intel parts); a float16 cache uses AVX-512 where
+       present: widening 16 halves per instruction instead of 8 made it
+       1.2x faster (float16 decode is compute-bound on one core). */
+    if (isa == ISA_SKYLAKE && kv_format != CATTN_KV_F16) {
+        const cattn_kernels *hw = &tables[ISA_HASWELL][is_double ? 1 : 0];
+        k.decode_scratch = hw->decode_scratch;
+        k.decode = hw->decode;
+    }
+    return k;
+}
+
 const char *cattn_isa_name(void)
 {
-    static const char *names[] = {"generic", "haswell", "skylake"};
-    return CATTN_PORTABLE ? "portable" : names[get_isa()];
+    return tables[get_isa()][0].isa;
 }
 
 int cattn_isa_dispatch_available(void) { return CATTN_X86_DISPATCH; }
-
-size_t cattn_scratch_bytes(const cattn_params *p, int is_double)
-{
-    return is_double ? scratch_bytes_f64_generic(p) : scratch_bytes_f32_generic(p);
-}
-
-
-size_t cattn_decode_scratch_bytes(const cattn_params *p, int is_double)
-{
-    return is_double ? decode_scratch_bytes_f64_generic(p) : decode_scratch_bytes_f32_generic(p);
-}
-
-#if CATTN_X86_DISPATCH
-#define CATTN_DISPATCH(fn, suffix, args) \
-    do { int isa_ = get_isa(); \
-         if (isa_ == 2) { fn##_##suffix##_skylake args; return; } \
-         if (isa_ == 1) { fn##_##suffix##_haswell args; return; } \
-         fn##_##suffix##_generic args; } while (0)
-#else
-#define CATTN_DISPATCH(fn, suffix, args) do { fn##_##suffix##_generic args; } while (0)
-#endif
-
-void cattn_flash_block_f32(const cattn_params *p, int64_t b, int64_t qb, void *scratch)
-{ CATTN_DISPATCH(flash_block, f32, (p, b, qb, scratch)); }
-
-void cattn_flash_block_f64(const cattn_params *p, int64_t b, int64_t qb, void *scratch)
-{ CATTN_DISPATCH(flash_block, f64, (p, b, qb, scratch)); }
-
-/* Decode streams memory.  A float32/64 cache uses the 32-byte (Haswell)
-   variant on AVX-512 CPUs too (measured no slower, and no AVX-512 clock
-   drop on older Intel parts); a float16 cache uses AVX-512 where present:
-   widening 16 halves per instruction instead of 8 made it 1.2x faster
-   (float16 decode is compute-bound on one core). */
-#if CATTN_X86_DISPATCH
-#define CATTN_DISPATCH_STREAM(fn, suffix, args) \
-    do { int isa_ = get_isa(); \
-         if (isa_ == 2 && p->kv_half) { fn##_##suffix##_skylake args; return; } \
-         if (isa_ >= 1) { fn##_##suffix##_haswell args; return; } \
-         fn##_##suffix##_generic args; } while (0)
-#else
-#define CATTN_DISPATCH_STREAM CATTN_DISPATCH
-#endif
-
-void cattn_decode_block_f32(const cattn_params *p, int64_t b, int64_t js, int64_t je,
-                            float *acc, float *mm, float *ll, void *scratch)
-{ CATTN_DISPATCH_STREAM(decode_block, f32, (p, b, js, je, acc, mm, ll, scratch)); }
-
-void cattn_decode_block_f64(const cattn_params *p, int64_t b, int64_t js, int64_t je,
-                            double *acc, double *mm, double *ll, void *scratch)
-{ CATTN_DISPATCH_STREAM(decode_block, f64, (p, b, js, je, acc, mm, ll, scratch)); }
-
-void cattn_decode_finish_f32(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
-                             const float *acc, const float *mm, const float *ll)
-{ CATTN_DISPATCH(decode_finish, f32, (p, b, i, n_split, acc, mm, ll)); }
-
-void cattn_decode_finish_f64(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
-                             const double *acc, const double *mm, const double *ll)
-{ CATTN_DISPATCH(decode_finish, f64, (p, b, i, n_split, acc, mm, ll)); }

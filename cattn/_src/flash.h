@@ -19,9 +19,10 @@
  * element-wise vector code, and the P.V product broadcasts P^T[j, i]
  * against rows of V.
  *
- * The micro-kernels are written once (flash_impl.h) with GCC/clang vector
- * extensions and compiled per ISA (portable baseline and Haswell AVX2+FMA);
- * one variant is chosen at run time from the CPU's capabilities.
+ * The kernels are written once (flash_impl.h) against per-ISA primitives
+ * (simd_generic.h, simd_avx2.h, simd_avx512.h, simd_portable.h) and
+ * instantiated per ISA (instantiate.h, flash.c); one variant is chosen at
+ * run time from the CPU's capabilities and handed out as a kernel table.
  */
 #ifndef CATTN_FLASH_H
 #define CATTN_FLASH_H
@@ -42,32 +43,41 @@ enum { CATTN_MODE_ATTENTION = 0, CATTN_MODE_WEIGHTS = 1, CATTN_MODE_KEY_MASS = 2
 /* Window bounds at or beyond this magnitude mean "unbounded". */
 #define CATTN_UNBOUNDED ((int64_t)1 << 62)
 
+/* K/V storage formats (compute in the call's float type). */
+typedef enum cattn_kv_format {
+    CATTN_KV_NATIVE = 0,       /* the compute type itself */
+    CATTN_KV_F16 = 1           /* IEEE float16 (uint16 bits), float32 math */
+    /* next: CATTN_KV_BF16, CATTN_KV_I8 (with a scales operand) */
+} cattn_kv_format;
+
+/* One operand: the base pointer (element type per the call), one element
+   offset per batch item, row and column strides in elements.  Broadcast
+   leading dims and GQA head sharing are offsets; nothing is expanded.
+   base == NULL: the operand is absent.  Sequences (segment ids) use rs
+   only.  A paged K/V operand will add a block table here. */
+typedef struct cattn_operand {
+    const void *base;
+    const int64_t *off;
+    int64_t rs, cs;
+} cattn_operand;
+
 typedef struct cattn_params {
     int64_t n_batch, Lq, Lk, D, Dv;
     int64_t block_q, block_k;
-    int score_kind;
-    int mode;
-    int kv_half;               /* K and V hold IEEE float16 (uint16 bits) */
-    /* Operands: base pointer (element type = the compute type), one element
-       offset per batch item, strides in elements.  K and V have unit stride
-       along their last axis. */
-    const void *q; const int64_t *q_off; int64_t q_rs, q_cs;
-    const void *k; const int64_t *k_off; int64_t k_rs;
-    const void *v; const int64_t *v_off; int64_t v_rs;
-    void *out; const int64_t *out_off; int64_t out_rs, out_cs;
+    int score_kind;            /* CATTN_SCORE_* */
+    int mode;                  /* CATTN_MODE_* */
+    int kv_format;             /* cattn_kv_format of K and V */
+    /* K and V have unit stride along their last axis (cs = 1). */
+    cattn_operand q, k, v, out, mask, bias, q_seg, kv_seg;
     void *lse;                 /* (n_batch, Lq) contiguous, or NULL */
     void *lse_m, *lse_logl;    /* lse = lse_m + lse_logl, kept apart for the weights
                                   pass (exact at huge logits); NULL if unused */
-    void *weights;             /* mode WEIGHTS: (n_batch, Lq, Lk) contiguous, zero-filled */
+    void *weights;             /* mode WEIGHTS/SCORES: (n_batch, Lq, Lk) contiguous, zero-filled */
     void *key_mass;            /* mode KEY_MASS: (n_batch, Lk) contiguous, zero-filled */
     const double *scale;       /* one per batch item */
     const void *add_w;         /* additive weights (D,) */
-    const uint8_t *mask; const int64_t *mask_off; int64_t mask_rs, mask_cs;
-    const void *bias; const int64_t *bias_off; int64_t bias_rs, bias_cs;
     const int64_t *kv_len;     /* one per batch item, or NULL */
     const int64_t *q_len;      /* one per batch item, or NULL */
-    const int64_t *q_seg; const int64_t *q_seg_off; int64_t q_seg_s;
-    const int64_t *kv_seg; const int64_t *kv_seg_off; int64_t kv_seg_s;
     const double *sinks;       /* one per batch item, or NULL */
     double softcap;            /* <= 0: none */
     int64_t win_left, win_right;  /* relative to p = i + Lk - Lq */
@@ -78,28 +88,37 @@ typedef struct cattn_params {
     volatile int *stop;
 } cattn_params;
 
-/* Bytes of scratch one thread needs for any block of `p`. */
-size_t cattn_scratch_bytes(const cattn_params *p, int is_double);
+/*
+ * The kernel table: every kernel of one (compute type, K/V format) on the
+ * CPU's best ISA, resolved once per call by cattn_kernels_for(); the work
+ * items call through it and dispatch nothing themselves.
+ *   tile(p, b, qb, scratch): one (batch item, query block); scratch is
+ *     64-byte aligned and tile_scratch(p) bytes long.  Never fails.
+ *   decode(p, b, js, je, acc, mm, ll, scratch): one (batch item, key
+ *     range [js, je)) of a call with Lq <= CATTN_DECODE_MAX_LQ; leaves
+ *     unnormalised partials acc (Lq x Dv), running max mm and sum ll (Lq)
+ *     in the compute type.
+ *   decode_finish(p, b, i, n_split, acc, mm, ll): merges the n_split
+ *     partials of query i into out/lse.
+ * Next kinds (backward, paged decode) are new slots here.
+ */
+typedef struct cattn_kernels {
+    const char *isa;
+    size_t (*tile_scratch)(const cattn_params *p);
+    void (*tile)(const cattn_params *p, int64_t b, int64_t qb, void *scratch);
+    size_t (*decode_scratch)(const cattn_params *p);
+    void (*decode)(const cattn_params *p, int64_t b, int64_t js, int64_t je,
+                   void *acc, void *mm, void *ll, void *scratch);
+    void (*decode_finish)(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
+                          const void *acc, const void *mm, const void *ll);
+} cattn_kernels;
 
-/* Compute one (batch item, query block).  `scratch` is 64-byte aligned and
-   at least cattn_scratch_bytes() long.  Never fails. */
-void cattn_flash_block_f32(const cattn_params *p, int64_t b, int64_t qb, void *scratch);
-void cattn_flash_block_f64(const cattn_params *p, int64_t b, int64_t qb, void *scratch);
+/* The kernels for compute type float64 (is_double) or float32 and a K/V
+   format, on this CPU. */
+cattn_kernels cattn_kernels_for(int is_double, int kv_format);
 
-/* Decode path (Lq <= CATTN_DECODE_MAX_LQ): one (batch item, key range)
-   leaves unnormalised partials acc (Lq x Dv), running max mm and sum ll
-   (Lq); finish merges n_split partials of query i into out/lse. */
-size_t cattn_decode_scratch_bytes(const cattn_params *p, int is_double);
-void cattn_decode_block_f32(const cattn_params *p, int64_t b, int64_t js, int64_t je,
-                            float *acc, float *mm, float *ll, void *scratch);
-void cattn_decode_block_f64(const cattn_params *p, int64_t b, int64_t js, int64_t je,
-                            double *acc, double *mm, double *ll, void *scratch);
-void cattn_decode_finish_f32(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
-                             const float *acc, const float *mm, const float *ll);
-void cattn_decode_finish_f64(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
-                             const double *acc, const double *mm, const double *ll);
-
-/* Name of the micro-kernel variant in use ("haswell" or "generic"). */
+/* Name of the best kernel variant this CPU runs ("skylake", "haswell", "generic"
+   or "portable"). */
 const char *cattn_isa_name(void);
 /* 1 when the compiler supports run-time ISA dispatch here. */
 int cattn_isa_dispatch_available(void);

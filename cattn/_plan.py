@@ -1,0 +1,170 @@
+"""Planning: how a validated call is computed.
+
+``plan_attention`` chooses the compute dtype (with the float32 range
+policy), the K/V storage format, the path (tile, decode or nothing to
+compute), block sizes, decode splits, the thread count and the GQA-decode
+folding -- and nothing else: it computes no attention and never calls
+``attention`` again.  Every choice that was measured says so here.
+"""
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import _kernels
+from ._threads import threads_for
+from ._validate import AttentionCall
+
+__all__ = ["Plan", "plan_attention", "tile_blocks", "BLOCK_K"]
+
+BLOCK_Q = 64      # measured: 64 and 128 tie at D = 64, 64 wins by 14% at D = 128
+# float64 with D <= 64: 256-query blocks read each K/V tile for 4x more
+# queries (measured at 2 threads: cross (2,8,256,2048,64) 13.2 -> 12.0 ms,
+# b4_512 12.7 -> 12.3, 1k_h16 23.8 -> 23.2, 4k within 2%) -- but not when
+# causal/window/segments skip tiles: coarser blocks skip fewer (b4_512
+# causal, 1 thread: 16 -> 22 ms)
+BLOCK_Q_F64_NARROW = 256
+BLOCK_K = 128
+
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How to compute ``call`` (possibly a GQA-folded form of the user's)."""
+    call: AttentionCall
+    cdt: np.dtype                     # the kernels' dtype
+    kv_format: int                    # _kernels.KV_NATIVE or KV_F16
+    path: str                         # "tile", "decode" or "empty"
+    block_q: int
+    block_k: int
+    n_split: int                      # decode: key splits per batch item
+    n_threads: int
+    scale: np.ndarray                 # (N,) float64, clipped to the compute range
+    softcap: float                    # 0: none
+    sinks: Optional[np.ndarray]
+    window: Tuple[int, int]           # kernel terms: UNBOUNDED for None
+    gqa_fold: int                     # > 1: query heads folded into queries
+
+
+def tile_blocks(N, Lq, n_threads, cdt=None, D=None, skips_tiles=False):
+    """Query/key block sizes: BLOCK_Q queries a block (float64 with D <= 64
+    and nothing that skips tiles: BLOCK_Q_F64_NARROW) unless that leaves
+    threads idle (then smaller blocks, down to 16)."""
+    wide = cdt == np.float64 and D is not None and D <= 64 and not skips_tiles
+    base = BLOCK_Q_F64_NARROW if wide else BLOCK_Q
+    bq = min(base, max(16, -(-Lq // 16) * 16))
+    while bq > 16 and N * -(-Lq // bq) < 2 * n_threads:
+        bq //= 2
+    return max(bq, 1), BLOCK_K
+
+
+def decode_splits(N, Lk, n_threads):
+    """Key splits per batch item on the decode path: enough work items to
+    feed every thread (4 per thread), never splits under 512 keys."""
+    if n_threads <= 1:
+        return 1
+    want = -(-4 * n_threads // max(N, 1))
+    return max(1, min(want, Lk // 512))
+
+
+def kernel_window(window):
+    """(left, right) with None as UNBOUNDED, clipped to the kernel's range."""
+    unb = _kernels.UNBOUNDED
+    return tuple(unb if x is None else max(-unb + 1, min(x, unb)) for x in window)
+
+
+def _per_group(x, out_lead, g):
+    """A per-item array over out_lead (..., H) as one value per group of g
+    heads (..., H // g), or None when the values differ inside a group."""
+    if x is None:
+        return None
+    a = x.reshape(out_lead[:-1] + (out_lead[-1] // g, g))
+    if not np.all(a == a[..., :1]):
+        return False
+    return np.ascontiguousarray(a[..., 0].reshape(-1))
+
+
+def fold_gqa_decode(call):
+    """GQA decode: the g query heads sharing a key/value head become g
+    queries of one item, so each K/V head is streamed once, not g times
+    (causal is a no-op with one query).  Returns (folded call, g), or
+    (call, 1) when the call is not a plain one-query GQA call."""
+    g = call.groups.get("key", (None, 1))[1]
+    o = call.options
+    if not (call.Lq == 1 and g > 1 and call.groups.get("value", (None, 1))[1] == g
+            and call.q.ndim >= 3 and call.mask is None and call.bias is None
+            and call.out is None and o.return_weights is False and call.q_len is None
+            and call.q_seg is None and o.window[0] is None and o.window[1] in (None, 0)):
+        return call, 1
+    lead = call.out_lead[:-1] + (call.out_lead[-1] // g,)
+    folded = {n: _per_group(getattr(call, n), call.out_lead, g)
+              for n in ("scale", "sinks", "kv_len")}
+    if any(x is False for x in folded.values()):
+        return call, 1
+    q = call.q
+    s = q.strides
+    qf = np.lib.stride_tricks.as_strided(
+        q, q.shape[:-3] + (q.shape[-3] // g, g, call.D), s[:-3] + (g * s[-3], s[-3], s[-1]),
+        writeable=False)
+    options = dataclasses.replace(call.options, window=(None, None))
+    return dataclasses.replace(call, q=qf, Lq=g, out_lead=lead, N=call.N // g, groups={},
+                               options=options, **folded), g
+
+
+def _range_policy(call, scale):
+    """float32 kernels keep their parameters inside float32's range; a call
+    whose scaled scores would overflow float32 computes in float64 (a rare,
+    huge scale: the scan of q and k runs only for |scale| > 1e4)."""
+    cdt = call.cdt
+    smax = float(np.abs(scale).max()) if scale.size else 0.0
+    q, k = call.q, call.k
+    if (cdt == np.float32 and smax > 1e4 and q.size and k.size
+            and smax * float(np.abs(q).max()) * float(np.abs(k).max())
+            * max(call.D, 1) > 1e37):
+        cdt = np.dtype(np.float64)
+    softcap = call.options.softcap or 0.0
+    sinks = call.sinks
+    if cdt == np.float32:
+        # the result is the same softmax; rounding them would give inf/0
+        if smax > _F32_MAX:
+            scale = np.clip(scale, -_F32_MAX, _F32_MAX)
+        if softcap:
+            softcap = min(max(softcap, _F32_TINY), _F32_MAX)
+        if sinks is not None:
+            sinks = np.where(np.isfinite(sinks), np.clip(sinks, -_F32_MAX, _F32_MAX), sinks)
+    return cdt, scale, softcap, sinks
+
+
+def plan_attention(call):
+    """The ``Plan`` of a validated call."""
+    call, g = fold_gqa_decode(call)
+    o = call.options
+    cdt, scale, softcap, sinks = _range_policy(call, call.scale)
+    # A float16 K/V cache with float32 math is read as float16 (half the
+    # bytes); the kernel widens each tile it touches.
+    half = (call.k.dtype == np.float16 and call.v.dtype == np.float16
+            and cdt == np.float32)
+    n_threads = threads_for(o.num_threads,
+                            call.N * call.Lq * max(call.Lk, 1) * max(call.D, 1))
+    window = kernel_window(o.window)
+    need_lse = o.return_lse or bool(o.return_weights)
+    if (call.Lk == 0 or (call.Dv == 0 and not need_lse) or call.N == 0 or call.Lq == 0):
+        path = "empty"
+    elif call.Lq <= _kernels.DECODE_MAX_LQ and not o.return_weights:
+        # with weights asked for, both passes take the tile path so the
+        # weights see bit-identical scores to the lse they are divided by
+        path = "decode"
+    else:
+        path = "tile"
+    unb = _kernels.UNBOUNDED
+    skips = (window[0] < unb or window[1] < unb or call.q_seg is not None
+             or call.q_len is not None)
+    bq, bk = tile_blocks(call.N, call.Lq, n_threads, cdt, call.D, skips)
+    return Plan(call=call, cdt=cdt, kv_format=_kernels.KV_F16 if half else _kernels.KV_NATIVE,
+                path=path, block_q=bq, block_k=bk,
+                n_split=decode_splits(call.N, call.Lk, n_threads) if path == "decode" else 1,
+                n_threads=n_threads, scale=scale, softcap=softcap, sinks=sinks,
+                window=window, gqa_fold=g)

@@ -1,0 +1,40 @@
+/*
+ * Primitives of the Haswell variant: AVX2 + FMA + F16C, 32-byte vectors.
+ * Compiled inside a target("avx2,fma,f16c") region (flash.c).
+ */
+#include "simd_vecext.h"
+
+#define CATTN_NREGS 16
+
+#if CATTN_F64
+static inline V SUF(vmax)(V a, V b) { return (V)_mm256_max_pd((__m256d)a, (__m256d)b); }
+static inline V SUF(vclamp)(V x, T lo, T hi)
+{ return (V)_mm256_max_pd(_mm256_set1_pd(lo), _mm256_min_pd(_mm256_set1_pd(hi), (__m256d)x)); }
+static inline T SUF(hsum)(V x)
+{
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128((__m256d)x), _mm256_extractf128_pd((__m256d)x, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+static inline V SUF(vload_h)(const uint16_t *p)
+{
+    return (V)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p)));
+}
+#else
+/* maxps(a, b): b where a is NaN, one instruction where a select is three */
+static inline V SUF(vmax)(V a, V b) { return (V)_mm256_max_ps((__m256)a, (__m256)b); }
+/* max(lo, min(hi, x)), a NaN x kept: minps/maxps with x second */
+static inline V SUF(vclamp)(V x, T lo, T hi)
+{ return (V)_mm256_max_ps(_mm256_set1_ps(lo), _mm256_min_ps(_mm256_set1_ps(hi), (__m256)x)); }
+/* a tree of shuffles: a store and scalar reloads would stall on
+   store-to-load forwarding */
+static inline T SUF(hsum)(V x)
+{
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128((__m256)x), _mm256_extractf128_ps((__m256)x, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+static inline V SUF(vload_h)(const uint16_t *p)
+{
+    return (V)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+#endif

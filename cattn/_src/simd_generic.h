@@ -1,0 +1,44 @@
+/*
+ * Primitives of the baseline variant: vector extensions only, whatever the
+ * compiler targets by default (SSE2 on x86-64, NEON on arm64).
+ */
+#include "simd_vecext.h"
+
+#define CATTN_NREGS 16
+
+/* max that ignores a NaN in `a` (the new value): keeps b then, as x86's
+   maxps(a, b) does */
+static inline V SUF(vmax)(V a, V b) { return SUF(vsel)(VMASK(a > b), a, b); }
+
+/* max(lo, min(hi, x)), a NaN x kept */
+static inline V SUF(vclamp)(V x, T lo, T hi)
+{
+    x = SUF(vsel)(VMASK(x > hi), SUF(vset1)(hi), x);
+    return SUF(vsel)(VMASK(x < lo), SUF(vset1)(lo), x);
+}
+
+/* sum of the lanes, as a fixed tree */
+static inline T SUF(hsum)(V x)
+{
+    T b[VL];
+    memcpy(b, &x, sizeof b);
+#if VL >= 16
+    for (int i = 0; i < 8; i++) b[i] += b[i + 8];
+#endif
+#if VL >= 8
+    for (int i = 0; i < 4; i++) b[i] += b[i + 4];
+#endif
+#if VL >= 4
+    return (b[0] + b[2]) + (b[1] + b[3]);
+#else
+    return b[0] + b[1];
+#endif
+}
+
+/* VL float16 values widened to T (exact, in software) */
+static inline V SUF(vload_h)(const uint16_t *p)
+{
+    V r;
+    for (int v = 0; v < VL; v++) r[v] = (T)cattn_half_to_float(p[v]);
+    return r;
+}

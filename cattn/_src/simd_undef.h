@@ -1,0 +1,22 @@
+/* Ends one instantiation: the names simd_*.h and simd_math.h defined. */
+#undef V
+#undef VU
+#undef VI
+#undef VL
+#undef VMASK
+#undef VLANE
+#undef CATTN_NREGS
+#undef vload
+#undef vstore
+#undef vset1
+#undef vsel
+#undef vbits
+#undef vfrom
+#undef vmax
+#undef vclamp
+#undef hsum
+#undef vload_h
+#undef vexp
+#undef vtanh
+#undef imax
+#undef imin

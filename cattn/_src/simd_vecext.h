@@ -1,0 +1,42 @@
+/*
+ * Vector primitives shared by every ISA that has GCC/clang vector
+ * extensions (generic, AVX2, AVX-512): the vector types and the operations
+ * the extensions express directly.  Included once per instantiation, with
+ * T, CATTN_F64, SUF and CATTN_VBYTES set (see instantiate.h).
+ */
+#if CATTN_F64
+typedef double SUF(V) __attribute__((vector_size(CATTN_VBYTES)));
+typedef double SUF(VU) __attribute__((vector_size(CATTN_VBYTES), aligned(8)));
+typedef int64_t SUF(VI) __attribute__((vector_size(CATTN_VBYTES)));
+#define VL (CATTN_VBYTES / 8)
+#else
+typedef float SUF(V) __attribute__((vector_size(CATTN_VBYTES)));
+typedef float SUF(VU) __attribute__((vector_size(CATTN_VBYTES), aligned(4)));
+typedef int32_t SUF(VI) __attribute__((vector_size(CATTN_VBYTES)));
+#define VL (CATTN_VBYTES / 4)
+#endif
+#define V SUF(V)
+#define VU SUF(VU)
+#define VI SUF(VI)
+
+static inline V SUF(vload)(const T *p) { return (V)(*(const VU *)p); }
+static inline void SUF(vstore)(T *p, V x) { *(VU *)p = (VU)x; }
+static inline V SUF(vset1)(T x)
+{
+    /* An explicit initializer compiles to one broadcast; `zero + x` would
+       turn -0.0 into +0.0 and a lane loop compiles to a chain of inserts. */
+#if VL == 4
+    return (V){x, x, x, x};
+#elif VL == 8
+    return (V){x, x, x, x, x, x, x, x};
+#else
+    return (V){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+#endif
+}
+static inline VI SUF(vbits)(V x) { return (VI)x; }
+static inline V SUF(vfrom)(VI i) { return (V)i; }
+/* a comparison's result as a lane mask, and lane v of a vector */
+#define VMASK(c) (c)
+#define VLANE(x, v) ((x)[v])
+/* bitwise select: m ? a : b, m a lane mask from a vector comparison */
+static inline V SUF(vsel)(VI m, V a, V b) { return (V)((m & (VI)a) | (~m & (VI)b)); }
