@@ -35,8 +35,8 @@ under AddressSanitizer, whose shadow memory needs the whole address space).
 Calls whose logical work would take long with an allocatable output are
 skipped (counted as ``skipped_work``).
 
-The test-suite runs a short plain run in a subprocess
-(``tests/test_reliability.py::test_fuzz_short_run_plain`` and
+The test-suite runs short runs in a subprocess
+(``tests/test_reliability_inputs.py::test_fuzz_short_run_plain`` and
 ``test_fuzz_short_run_atheris``).
 """
 import argparse

@@ -7,7 +7,7 @@ import pytest
 
 import cattn
 import cattn.reference as ref
-from conftest import (FLOAT_DTYPES, SCORES, assert_close, check_attention,
+from _oracle import (FLOAT_DTYPES, SCORES, assert_close, check_attention,
                       make_qkv, naive_attention, randn)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import cattn
-from conftest import make_qkv
+from _oracle import make_qkv
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ mixed-precision K/V.
 
 The build under test may not support these keyword arguments yet: a test is
 skipped only when the call raises TypeError for an *unexpected keyword
-argument* (see :func:`conftest.call_or_skip`); any other failure fails.
+argument* (see :func:`_oracle.call_or_skip`); any other failure fails.
 """
 
 import numpy as np
@@ -11,7 +11,7 @@ import pytest
 
 import cattn
 import cattn.reference as ref
-from conftest import (FLOAT_DTYPES, SCORES, assert_close, call_or_skip,
+from _oracle import (FLOAT_DTYPES, SCORES, assert_close, call_or_skip,
                       check_attention, make_qkv, naive_attention, randn)
 
 IDS = ["f32", "f64"]

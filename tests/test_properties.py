@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import cattn
 import cattn.reference as ref
-from conftest import SCORES, assert_close, check_attention
+from _oracle import SCORES, assert_close, check_attention
 
 # CATTN_HYPOTHESIS_EXAMPLES raises the example count for a longer soak run.
 SETTINGS = settings(max_examples=int(os.environ.get("CATTN_HYPOTHESIS_EXAMPLES", "50")),
