@@ -41,8 +41,6 @@ array([0.622, 0.378])
 >>> print(e)                                         # doctest: +SKIP
 """
 
-import numpy as np
-
 from . import compute as _compute
 from . import html as _html
 from . import plot as _plot
