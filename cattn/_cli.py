@@ -11,6 +11,7 @@ usage line and a one-line error), 1 when a command fails.
 import argparse
 import os
 import sys
+import warnings
 
 __all__ = ["main", "build_parser"]
 
@@ -59,6 +60,8 @@ def build_parser():
     demo.add_argument("--plot", metavar="FILE.png", default=None,
                       help="also save a heatmap of the attention weights to FILE "
                            "(needs matplotlib: pip install \"cattn[plot]\")")
+    demo.add_argument("--html", metavar="FILE.html", default=None,
+                      help="also write the explanation as a standalone web page to FILE")
 
     info = sub.add_parser(
         "info", help="show how cattn was built and how it runs (threads, SIMD, ...)",
@@ -86,10 +89,19 @@ def _run_demo(ns):
             _error("--plot needs matplotlib; install it with: pip install \"cattn[plot]\"")
             return 1
     try:
-        text = run_demo(lang=ns.lang, plot=ns.plot)
-    except OSError as exc:  # e.g. the plot file cannot be written
-        _error(f"cannot write {ns.plot}: {exc}")
+        # a library warning (e.g. no Chinese font for the plot) becomes a
+        # one-line note on stderr
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            text = run_demo(lang=ns.lang, plot=ns.plot, html=ns.html)
+    except OSError as exc:  # e.g. the plot or page file cannot be written
+        _error(f"cannot write {exc.filename or ns.plot or ns.html}: {exc}")
         return 1
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            _emit(f"{_PROG}: note: {w.message}", sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     _emit(text)
     return 0
 

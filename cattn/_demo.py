@@ -19,36 +19,15 @@ Run it with ``cattn demo`` / ``python -m cattn demo [--lang zh]``.
 
 import numpy as np
 
-__all__ = ["run_demo", "newspaper", "SCORES"]
+from .explain import explain, newspaper
+from .explain.example import ADDITIVE_WEIGHT, KEYS, QUERY, SECTIONS, VALUES
+from .explain.i18n import words
+from .explain.text import table, vec
+
+__all__ = ["run_demo", "demo_html", "newspaper", "SCORES"]
 
 #: the similarity functions the demo walks through
 SCORES = ("dot", "scaled_dot", "cosine", "additive")
-
-# Every vector lives in the same 4-feature topic space.
-_FEATURES = {"en": ["tech", "sports", "health", "finance"],
-             "zh": ["科技", "体育", "健康", "财经"]}
-_SECTIONS = {"en": ["sports", "technology", "stocks", "health"],
-             "zh": ["体育", "科技", "股票", "健康"]}
-
-#: Q -- the reader's preferences over [tech, sports, health, finance]
-QUERY = np.array([1.0, 0.6, 0.3, 0.1])
-#: K -- what each section (sports, technology, stocks, health) is about
-KEYS = np.array([
-    [0.1, 0.9, 0.3, 0.0],   # sports: mostly sports, a bit of health
-    [0.9, 0.1, 0.1, 0.2],   # technology: mostly tech, a bit of business
-    [0.2, 0.0, 0.0, 0.9],   # stocks: finance, some tech companies
-    [0.1, 0.3, 0.9, 0.0],   # health: health, some sport
-])
-#: V -- what the section's articles contain (topic shares, each row sums to 1)
-VALUES = np.array([
-    [0.05, 0.80, 0.15, 0.00],
-    [0.80, 0.05, 0.05, 0.10],
-    [0.10, 0.00, 0.00, 0.90],
-    [0.05, 0.15, 0.80, 0.00],
-])
-#: weights w of the additive model s = sum_d w_d tanh(q_d + k_d): a real
-#: network learns them; here they are set by hand to express the reader's taste
-ADDITIVE_WEIGHT = np.array([3.0, 1.0, 0.5, 0.0])
 
 _T = {
     "en": {
@@ -76,6 +55,7 @@ _T = {
                         "and {low} the least -- just as the reader said."),
         "answer_mixed": "Answer: the most attended section depends on the similarity: {pairs}.",
         "plot_saved": "Heatmap of the weights saved to {path}",
+        "html_saved": "The explanation as a web page saved to {path}",
         "try": "Try it yourself in Python:",
     },
     "zh": {
@@ -101,21 +81,73 @@ _T = {
         "answer_same": "结论：无论用哪种相似度，{top}板块得到的注意力最多，{low}板块最少 —— 与读者的爱好一致。",
         "answer_mixed": "结论：最受关注的板块取决于相似度函数：{pairs}。",
         "plot_saved": "权重热力图已保存到 {path}",
+        "html_saved": "网页版讲解已保存到 {path}",
         "try": "在 Python 中自己试试：",
     },
 }
 
 
-def newspaper(lang="en"):
-    """The demo's data as a dict (``query``, ``keys``, ``values``, labels ...)."""
+def _answer(t, comparison, labels):
+    """The summary's last line: which section gets the most attention."""
+    tops = {n: comparison[n].most_attended for n in SCORES}
+    lows = {n: labels[int(np.argmin(comparison[n].weights))] for n in SCORES}
+    expected = (labels[1], labels[2])  # technology first, stocks last
+    if all((tops[n], lows[n]) == expected for n in SCORES):
+        return t["answer_same"].format(top=expected[0], low=expected[1])
+    pairs = ", ".join(f"{n}: {tops[n]}" for n in SCORES)
+    return t["answer_mixed"].format(pairs=pairs)
+
+
+def _comparison(lang):
+    d = newspaper(lang)
+    return explain(d["query"], d["keys"], d["values"], labels=d["labels"],
+                   value_labels=d["value_labels"], score=list(SCORES), lang=lang,
+                   additive_weight=d["additive_weight"])
+
+
+def demo_html(lang="en"):
+    """The newspaper example as a standalone HTML page (a str).
+
+    The story, the inputs, the three stages for every similarity function
+    (the tables of :meth:`cattn.Explanation.to_html`) and the summary.
+    """
+    from html import escape
+
+    from .explain.html import page
+    from .explain.html import table as html_table
+
     if lang not in _T:
         raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
-    return {"query": QUERY.copy(), "keys": KEYS.copy(), "values": VALUES.copy(),
-            "labels": list(_SECTIONS[lang]), "value_labels": list(_FEATURES[lang]),
-            "additive_weight": ADDITIVE_WEIGHT.copy()}
+    t = _T[lang]
+    names = words(lang)["names"]
+    data = newspaper(lang)
+    labels, feats = data["labels"], data["value_labels"]
+    comparison = _comparison(lang)
+    title = t["title"].replace(" -- ", " \u2014 ")
+    H = [f"<h1>{escape(title)}</h1>"]
+    H.append('<pre class="story">' + escape("\n".join(t["story"])) + "</pre>")
+    H.append("<p>" + escape(t["space"].format(features="[" + ", ".join(feats) + "]")) + "</p>")
+    H.append(f"<p>{escape(t['q'])} = <code>{escape(vec(QUERY, 1))}</code><br>"
+             f"{escape(t['k'])}<br>{escape(t['v'])}</p>")
+    H.append(html_table([t["section"], "K", "V"],
+                        [[escape(lab), f"<code>{escape(vec(KEYS[j], 1))}</code>",
+                          f"<code>{escape(vec(VALUES[j], 2))}</code>"]
+                         for j, lab in enumerate(labels)]))
+    for i, name in enumerate(SCORES, 1):
+        head = t["part"].format(i=i, n=len(SCORES), name=f"{names[name]} ({name!r})")
+        H.append(f"<h2>{escape(head)}</h2>")
+        if name == "additive":
+            H.append(f"<p>{escape(t['additive_note'].format(w=vec(ADDITIVE_WEIGHT, 1)))}</p>")
+        H.append(comparison[name].to_html())
+    H.append(f"<h2>{escape(t['summary'])}</h2>")
+    H.append(html_table([t["section"]] + list(SCORES),
+                        [[escape(lab)] + [f"{100 * comparison[n].weights[j]:.1f}%"
+                                          for n in SCORES] for j, lab in enumerate(labels)]))
+    H.append(f"<p><b>{escape(_answer(t, comparison, labels))}</b></p>")
+    return page("\n".join(H), title=title, lang=lang)
 
 
-def run_demo(lang="en", plot=None):
+def run_demo(lang="en", plot=None, html=None):
     """Walk through the newspaper example; return the text (nothing is printed).
 
     Parameters
@@ -125,34 +157,34 @@ def run_demo(lang="en", plot=None):
     plot : str or path-like, optional
         If given, save a heatmap of the weights (one panel per similarity
         function) there; needs matplotlib (``pip install "cattn[plot]"``).
+    html : str or path-like, optional
+        If given, write the explanation there as a standalone web page
+        (:func:`demo_html`).
 
     Returns
     -------
     str
     """
-    from .explain import _TEXT, _table, _vec, explain
-
     if lang not in _T:
         raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
     t = _T[lang]
-    names = _TEXT[lang]["names"]
+    names = words(lang)["names"]
     data = newspaper(lang)
     labels, feats = data["labels"], data["value_labels"]
     out = [t["title"], "=" * 72, ""]
     out += t["story"]
     out += ["", t["space"].format(features="[" + ", ".join(feats) + "]"),
-            f"  {t['q']} = {_vec(QUERY, 1)}"]
-    rows = [[lab, _vec(KEYS[j], 1), _vec(VALUES[j], 2)] for j, lab in enumerate(labels)]
+            f"  {t['q']} = {vec(QUERY, 1)}"]
+    rows = [[lab, vec(KEYS[j], 1), vec(VALUES[j], 2)] for j, lab in enumerate(labels)]
     out += [f"  {t['k']}", f"  {t['v']}"]
-    out += _table([t["section"], "K", "V"], rows, ["<", "<", "<"], indent="    ")
+    out += table([t["section"], "K", "V"], rows, ["<", "<", "<"], indent="    ")
 
-    comparison = explain(QUERY, KEYS, VALUES, labels=labels, value_labels=feats,
-                         score=list(SCORES), lang=lang, additive_weight=ADDITIVE_WEIGHT)
+    comparison = _comparison(lang)
     for i, name in enumerate(SCORES, 1):
         head = t["part"].format(i=i, n=len(SCORES), name=f"{names[name]} ({name!r})")
         out += ["", "", "#" * 72, "# " + head, "#" * 72]
         if name == "additive":
-            out.append(t["additive_note"].format(w=_vec(ADDITIVE_WEIGHT, 1)))
+            out.append(t["additive_note"].format(w=vec(ADDITIVE_WEIGHT, 1)))
         out += ["", str(comparison[name])]
 
     # summary: one row per section, one column per similarity
@@ -160,26 +192,21 @@ def run_demo(lang="en", plot=None):
     rows = []
     for j, lab in enumerate(labels):
         rows.append([lab] + [f"{100 * comparison[n].weights[j]:.1f}%" for n in SCORES])
-    out += _table([t["section"]] + list(SCORES), rows, ["<"] + [">"] * len(SCORES))
-    tops = {n: comparison[n].most_attended for n in SCORES}
-    lows = {n: labels[int(np.argmin(comparison[n].weights))] for n in SCORES}
-    out.append("")
-    expected = (labels[1], labels[2])  # technology first, stocks last
-    if all((tops[n], lows[n]) == expected for n in SCORES):
-        out.append(t["answer_same"].format(top=expected[0], low=expected[1]))
-    else:
-        pairs = ", ".join(f"{n}: {tops[n]}" for n in SCORES)
-        out.append(t["answer_mixed"].format(pairs=pairs))
+    out += table([t["section"]] + list(SCORES), rows, ["<"] + [">"] * len(SCORES))
+    out += ["", _answer(t, comparison, labels)]
     if plot is not None:
         from .explain import cjk_font_available
         plot_labels = None
         if lang != "en" and not cjk_font_available():
-            plot_labels = _SECTIONS["en"]  # no font for Chinese: English tick labels
+            plot_labels = SECTIONS["en"]  # no font for Chinese: English tick labels
         comparison.plot(path=plot, lang=lang, labels=plot_labels)
         out.append(t["plot_saved"].format(path=plot))
+    if html is not None:
+        with open(html, "w", encoding="utf-8") as fh:
+            fh.write(demo_html(lang))
+        out.append(t["html_saved"].format(path=html))
     out += ["", t["try"],
-            "    from cattn._demo import newspaper",
-            "    from cattn.explain import explain",
+            "    from cattn.explain import explain, newspaper",
             f"    d = newspaper({lang!r})",
             "    print(explain(d['query'], d['keys'], d['values'], labels=d['labels'],",
             "                  value_labels=d['value_labels'], score='cosine', lang=" + repr(lang) + "))"]

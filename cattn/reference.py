@@ -145,8 +145,11 @@ def _raw_scores(query, key, score, additive_weight):
     if score == "cosine":
         q_norm = np.sqrt(np.sum(query * query, axis=-1, keepdims=True))
         k_norm = np.sqrt(np.sum(key * key, axis=-1, keepdims=True))
-        q_unit = query / np.maximum(q_norm, _COSINE_EPS)
-        k_unit = key / np.maximum(k_norm, _COSINE_EPS)
+        # An inf entry gives inf / inf = NaN: the direction of such a vector
+        # is undefined, so its scores are NaN (and propagate, or are masked).
+        with np.errstate(invalid="ignore"):
+            q_unit = query / np.maximum(q_norm, _COSINE_EPS)
+            k_unit = key / np.maximum(k_norm, _COSINE_EPS)
         return q_unit @ np.swapaxes(k_unit, -1, -2)
     if score == "additive":
         d = query.shape[-1]
@@ -196,6 +199,57 @@ def _per_leading(arr, n_leading, name):
     if arr.ndim == 1 and n_leading >= 1:
         arr = arr.reshape(arr.shape + (1,) * (n_leading - 1))
     return arr
+
+
+def mask_scores(s, *, bias=None, mask=None, causal=False, window=None):
+    """Add ``bias`` to the scores and say which keys each query attends.
+
+    This is the masking step between stage 1 and stage 2 of :func:`attention`
+    (which calls it), shared with :mod:`cattn.explain` so that both mask
+    keys the same way.
+
+    Parameters
+    ----------
+    s : numpy.ndarray, shape (..., Lq, Lk)
+        Scores (already scaled and capped).
+    bias, mask, causal, window
+        As in :func:`attention`.
+
+    Returns
+    -------
+    s : numpy.ndarray
+        ``s + bias`` (``s`` itself without a bias).
+    attend : numpy.ndarray of bool, broadcastable against ``s``
+        False where the key is masked: by ``mask``, ``causal``, ``window``,
+        a ``-inf`` bias or a score of ``-inf``.
+    """
+    n_q, n_k = s.shape[-2], s.shape[-1]
+    # Keys that are attended; start with "all" and remove what is masked.
+    attend = np.ones(s.shape, dtype=bool)
+    if bias is not None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            b = np.asarray(bias, dtype=np.float64)
+            s = s + b
+            attend = attend & (b != -np.inf)        # -inf bias masks the key
+    # A score of -inf (whatever its origin) means the key is skipped.
+    attend = attend & (s != -np.inf)
+    i = np.arange(n_q)[:, None]          # query index, column vector
+    j = np.arange(n_k)[None, :]          # key index, row vector
+    p = i + (n_k - n_q)                  # query position aligned bottom-right
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.dtype != np.bool_:
+            raise TypeError(f"mask must be a bool array, got dtype {m.dtype}")
+        attend = attend & m
+    if causal:
+        attend = attend & (j <= p)
+    if window is not None:
+        left, right = window
+        if left is not None:
+            attend = attend & (j >= p - left)
+        if right is not None:
+            attend = attend & (j <= p + right)
+    return s, attend
 
 
 # ---------------------------------------------------------------------------
@@ -435,32 +489,10 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
         if softcap is not None:
             c = float(softcap)
             s = c * np.tanh(s / c)
-        # Keys that are attended; start with "all" and remove what is masked.
-        attend = np.ones(s.shape, dtype=bool)
-        if bias is not None:
-            b = np.asarray(bias, dtype=np.float64)
-            s = s + b
-            attend = attend & (b != -np.inf)        # -inf bias masks the key
-    # A score of -inf (whatever its origin) means the key is skipped.
-    attend = attend & (s != -np.inf)
 
     # ---- masking ----------------------------------------------------------
-    i = np.arange(n_q)[:, None]          # query index, column vector
+    s, attend = mask_scores(s, bias=bias, mask=mask, causal=causal, window=window)
     j = np.arange(n_k)[None, :]          # key index, row vector
-    p = i + (n_k - n_q)                  # query position aligned bottom-right
-    if mask is not None:
-        m = np.asarray(mask)
-        if m.dtype != np.bool_:
-            raise TypeError(f"mask must be a bool array, got dtype {m.dtype}")
-        attend = attend & m
-    if causal:
-        attend = attend & (j <= p)
-    if window is not None:
-        left, right = window
-        if left is not None:
-            attend = attend & (j >= p - left)
-        if right is not None:
-            attend = attend & (j <= p + right)
     n_lead = len(attend.shape) - 2
     if kv_lengths is not None:
         kv_len = _per_leading(kv_lengths, n_lead, "kv_lengths")

@@ -11,8 +11,8 @@ import pytest
 import cattn
 from cattn import reference
 from cattn._cli import main
-from cattn._demo import SCORES, newspaper, run_demo
-from cattn.explain import Comparison, Explanation, explain
+from cattn._demo import SCORES, run_demo
+from cattn.explain import Comparison, Explanation, explain, newspaper
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIGHT = dict(rtol=1e-12, atol=1e-12)
@@ -448,3 +448,90 @@ def test_tutorial_output_is_real(doc, lang):
         runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
         runner.run(test, out=lambda s: None)
     assert test.examples and runner.failures == 0, f"{runner.failures} doc examples fail"
+
+
+# ------------------------------------------------- public example, HTML page
+def test_newspaper_is_public():
+    d = newspaper("zh")
+    assert d["labels"] == ["体育", "科技", "股票", "健康"]
+    assert cattn.explain.newspaper("en")["labels"][1] == "technology"
+    import cattn._demo as demo
+    assert demo.newspaper is newspaper
+    with pytest.raises(ValueError):
+        newspaper("fr")
+
+
+def test_masks_come_from_the_reference(qkv, monkeypatch):
+    q, k, v = qkv
+    seen = []
+    real = reference.mask_scores
+    monkeypatch.setattr(reference, "mask_scores", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    from cattn.explain import compute
+    monkeypatch.setattr(compute, "mask_scores", reference.mask_scores)
+    explain(q, k, v, causal=True, check=False)
+    assert seen and seen[0]["causal"] is True
+
+
+def test_html_labels_escaped_once_and_vectors_shown():
+    e = explain([[1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]], [[1.0], [2.0]], query_labels=["Q<1>"])
+    h = e.to_html()
+    assert "Q&lt;1&gt;" in h and "&amp;lt;" not in h
+    assert "Q = [1.000, 0.000]" in h and "k = [0.000, 1.000]" in h
+    assert "[2.000]" in h                                   # v_i
+
+
+def test_html_queries_in_rows_and_masked_marked():
+    rng = np.random.default_rng(3)
+    e = explain(rng.standard_normal((3, 2)), rng.standard_normal((3, 2)),
+                rng.standard_normal((3, 2)), causal=True)
+    h = e.to_html()
+    stage2 = h[h.index("cattn.softmax"):h.index("cattn.aggregate")]
+    rows = stage2.split("<tr>")[2:]                        # the query rows
+    assert len(rows) == 3
+    # causal: query i sees keys 0..i, so row i has 2 - i masked cells
+    assert [r.count('class="masked"') for r in rows] == [2, 1, 0]
+    assert "masked" in stage2 and "\u2014" in stage2
+
+
+def test_full_page_and_save_html(tmp_path):
+    d = newspaper("zh")
+    e = explain(d["query"], d["keys"], d["values"], labels=d["labels"], lang="zh")
+    frag, page = e.to_html(), e.to_html(full_page=True)
+    assert e._repr_html_() == frag and "<html" not in frag
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
+    assert "<style>" in page and 'lang="zh-Hans"' in page and frag in page
+    e.save_html(tmp_path / "e.html")
+    assert (tmp_path / "e.html").read_text(encoding="utf-8") == page
+    c = explain(d["query"], d["keys"], d["values"], score=["dot", "cosine"])
+    assert c.to_html(full_page=True).startswith("<!DOCTYPE html>")
+
+
+def test_cli_html(tmp_path, capsys):
+    for lang in ("en", "zh"):
+        path = tmp_path / f"demo_{lang}.html"
+        assert main(["demo", "--lang", lang, "--html", str(path)]) == 0
+        page = path.read_text(encoding="utf-8")
+        assert page.startswith("<!DOCTYPE html>") and page.count('class="cattn-explain"') == 4
+        assert str(path) in capsys.readouterr().out
+    assert main(["demo", "--html", str(tmp_path / "no" / "such" / "dir.html")]) == 1
+
+
+def test_plot_marks_masked_cells():
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    ax = Figure().add_subplot()
+    e = explain(np.eye(3), np.eye(3), np.eye(3), causal=True)
+    e.plot(ax=ax)
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("\u2014") == 3 and "0.00" not in texts
+
+
+def test_cli_zh_plot_without_cjk_font_says_so(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from cattn.explain import plot
+    monkeypatch.setattr(plot, "cjk_font", lambda: None)
+    png = tmp_path / "zh.png"
+    assert main(["demo", "--lang", "zh", "--plot", str(png)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cattn: note:") and "font" in err[0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -80,7 +80,7 @@ def _run(args, tmp_path):
 def test_stubs_are_shipped():
     pkg = Path(cattn.__file__).resolve().parent
     for name in ("py.typed", "_kernels.pyi", "_openmp_helpers.pyi", "_api.pyi",
-                 "_config.pyi", "explain.pyi", "reference.pyi"):
+                 "_config.pyi", "explain/__init__.pyi", "reference.pyi"):
         assert (pkg / name).is_file(), f"{name} is missing from {pkg}"
 
 

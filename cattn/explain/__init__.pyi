@@ -1,5 +1,7 @@
-# Type stub for cattn/explain.py.  Checked against the runtime by
-# ``python -m mypy.stubtest cattn``; keep in sync with explain.py.
+# Type stub for the package cattn/explain/ (its __init__.py; the submodules
+# compute, text, html, plot, i18n and example are implementation modules).
+# Checked against the runtime by ``python -m mypy.stubtest cattn``; keep in
+# sync with explain/__init__.py.
 # Plotting returns matplotlib objects, typed Any here so that type checking
 # cattn never needs matplotlib (an optional dependency).
 import os
@@ -9,7 +11,7 @@ from typing import Any, Literal, Union, overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["explain", "Explanation", "Comparison", "SCORES"]
+__all__ = ["explain", "Explanation", "Comparison", "SCORES", "newspaper"]
 
 _Score = Literal["scaled_dot", "dot", "cosine", "additive"]
 _Lang = Literal["en", "zh"]
@@ -50,8 +52,9 @@ class Explanation:
     ) -> str: ...
     def to_html(
         self, lang: _Lang | None = None, *, digits: int = 3, max_keys: int = 30,
-        max_queries: int = 6,
+        max_queries: int = 6, full_page: bool = False,
     ) -> str: ...
+    def save_html(self, path: _Path, lang: _Lang | None = None, **kwargs: Any) -> None: ...
     def _repr_html_(self) -> str: ...
     def plot(
         self, ax: Any = None, path: _Path | None = None, *, lang: _Lang | None = None,
@@ -84,8 +87,9 @@ class Comparison:
     ) -> str: ...
     def to_html(
         self, lang: _Lang | None = None, *, digits: int = 3, max_keys: int = 30,
-        max_queries: int = 6,
+        max_queries: int = 6, full_page: bool = False,
     ) -> str: ...
+    def save_html(self, path: _Path, lang: _Lang | None = None, **kwargs: Any) -> None: ...
     def _repr_html_(self) -> str: ...
     def plot(
         self, ax: Any = None, path: _Path | None = None, *, lang: _Lang | None = None,
@@ -112,10 +116,6 @@ def explain(
 ) -> Comparison: ...
 def cjk_font_available() -> bool: ...
 
-# Private helpers shared with cattn._demo.
-_TEXT: dict[str, dict[str, Any]]
-def _vec(v: ArrayLike, digits: int = 3, labels: Sequence[str] | None = None) -> str: ...
-def _table(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], aligns: Sequence[str],
-    indent: str = "  ",
-) -> list[str]: ...
+# The newspaper example: query, keys, values, labels, value_labels and
+# additive_weight.
+def newspaper(lang: _Lang = "en") -> dict[str, Any]: ...
