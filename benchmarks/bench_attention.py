@@ -2,47 +2,45 @@
 
 Every suite is parametrised over implementation x shape (or variant) x
 dtype x threads and has a ``time_attention`` and a ``peakmem_attention``
-twin (see ``benchmarks/__init__.py`` for the implementations and the
-skipping rules).
+twin (see ``benchmarks/common.py`` for the implementations, the shape
+names and the skipping rules).
 """
-from . import (
+from .common import (
     DTYPES,
     IMPLS,
     MAX_THREADS,
+    SHAPES,
     THREADS,
     _AttentionSuite,
     parse_shape,
     shape_id,
 )
 
-# (B, H, Lq, Lk, D) of the performance issue
-ISSUE_SHAPES = [
-    shape_id(1, 8, 128, 128, 64),
-    shape_id(4, 8, 512, 512, 64),
-    shape_id(1, 16, 1024, 1024, 64),
-    shape_id(1, 8, 4096, 4096, 64),
-    shape_id(1, 12, 2048, 2048, 128),
-    shape_id(2, 8, 256, 2048, 64),        # cross-attention
-    shape_id(1, 32, 1, 4096, 128),        # decode
-    shape_id(1, 1, 1, 65536, 128),        # decode, long cache
-]
+# the standard shapes (common.SHAPES) timed by IssueShapes, by name
+ISSUE_SHAPES = ["small", "batch4_512", "h16_1k", "4k", "d128_2k", "cross",
+                "decode4k", "decode64k"]
 
 
 class IssueShapes(_AttentionSuite):
-    """Plain scaled-dot attention at the shapes of the performance issue."""
+    """Plain scaled-dot attention at the standard shapes (``shape`` is a name
+    of ``common.SHAPES``: small (1,8,128,128,64), batch4_512 (4,8,512,512,64),
+    h16_1k (1,16,1024,1024,64), 4k (1,8,4096,4096,64), d128_2k
+    (1,12,2048,2048,128), cross (2,8,256,2048,64), decode4k (1,32,1,4096,128),
+    decode64k (1,1,1,65536,128))."""
 
     params = [IMPLS, ISSUE_SHAPES, DTYPES, THREADS]
     param_names = ["impl", "shape", "dtype", "threads"]
 
     def args_of(self, impl, shape, dtype, threads):
-        return impl, parse_shape(shape), dtype, threads, "plain"
+        return impl, SHAPES[shape], dtype, threads, "plain"
 
 
 class Masked(_AttentionSuite):
-    """Causal and sliding-window (512 keys back, causal) attention at 4096.
-    The float64 oracle is skipped here (its masking takes 8-25 s a call)."""
+    """Causal and sliding-window (512 keys back, causal) attention at the
+    ``4k`` shape (1, 8, 4096, 4096, 64).  The float64 oracle is skipped here
+    (its masking takes 8-25 s a call)."""
 
-    shape = (1, 8, 4096, 4096, 64)
+    shape = SHAPES["4k"]
     limits = {"numpy_ref": 0, "numpy_naive": 1.1e10}
     params = [IMPLS, ["causal", "window"], DTYPES, THREADS]
     param_names = ["impl", "variant", "dtype", "threads"]
@@ -77,9 +75,9 @@ class Additive(_AttentionSuite):
 
 
 class Tiny(_AttentionSuite):
-    """(1, 1, 16, 16, 64): per-call overhead."""
+    """The ``tiny`` shape (1, 1, 16, 16, 64): per-call overhead."""
 
-    shape = (1, 1, 16, 16, 64)
+    shape = SHAPES["tiny"]
     params = [IMPLS, DTYPES, THREADS]
     param_names = ["impl", "dtype", "threads"]
 
@@ -96,13 +94,13 @@ def _status_kb(key):
 
 
 class Memory(_AttentionSuite):
-    """Lq = Lk = 16384, D = 64, one head: peak memory.  A naive float32
+    """The ``mem16k`` shape, Lq = Lk = 16384, D = 64, one head: peak memory.  A naive float32
     NumPy builds several 1 GiB score matrices; cattn and torch do not.
 
     ``track_extra_mib``: growth of the peak RSS (VmHWM, reset through
     /proc/self/clear_refs) during one call, in MiB (Linux only)."""
 
-    shape = (1, 1, 16384, 16384, 64)
+    shape = SHAPES["mem16k"]
     params = [IMPLS, ["float32"], [MAX_THREADS]]
     param_names = ["impl", "dtype", "threads"]
     limits = {"numpy_ref": 1e10, "numpy_naive": 2e10}   # the float64 oracle (~8 GiB): skipped

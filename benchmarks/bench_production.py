@@ -8,7 +8,7 @@ key/value heads and widens.
 """
 import numpy as np
 
-from . import HAVE_TORCH, THREADS, import_cattn
+from .common import HAVE_TORCH, THREADS, import_cattn
 
 H, HKV, LK, D = 32, 8, 8192, 128
 FILLED = 6000

@@ -17,6 +17,16 @@ __all__ = ["main", "build_parser"]
 
 _PROG = "cattn"
 
+_BENCH_HOWTO = (
+    "  python setup.py build_ext --inplace          # build cattn in the checkout\n"
+    "  python -m tools.bench --quick                # cattn, NumPy, PyTorch side by side\n"
+    "  python -m tools.bench --help                 # its options (shapes, threads, --json, --plot)\n"
+    "  PYTHONPATH=$PWD asv run --python=same --quick  # the asv suites in benchmarks/")
+_BENCH_HELP = (
+    "usage: cattn bench\n\n"
+    "The benchmarks are not part of the installed package.  From the root of a\n"
+    "source checkout of cattn run:\n\n" + _BENCH_HOWTO)
+
 
 def _emit(text, stream=None):
     """Print ``text``; never die on a console that cannot encode it."""
@@ -68,14 +78,9 @@ def build_parser():
         description="Print cattn's build and runtime configuration "
                     "(cattn.show_config()).")
 
-    bench = sub.add_parser(
-        "bench", help="benchmark cattn's attention (options: cattn bench --help)",
-        description="Benchmark cattn's attention kernels; every argument after "
-                    "'bench' is passed to cattn._bench.main().",
-        add_help=False)
-    bench.add_argument("-h", "--help", action="store_true",
-                       help="show the benchmark's options and exit")
-    parser.bench_parser = bench  # for "cattn bench --help" without cattn._bench
+    sub.add_parser(
+        "bench", help="how to run the benchmarks (they live in the source checkout)",
+        description=_BENCH_HELP, add_help=False)
     parser.command_parsers = {"demo": demo, "info": info}
     return parser
 
@@ -120,22 +125,19 @@ def _run_info(ns):
 
 
 def _run_bench(args):
-    """Delegate ``cattn bench ARGS`` to ``cattn._bench.main(ARGS)``."""
-    try:
-        from . import _bench
-        bench_main = _bench.main
-    except (ImportError, AttributeError) as exc:
-        if any(a in ("-h", "--help") for a in args):
-            build_parser().bench_parser.print_help()
-            _emit("\n(the benchmark module cattn._bench is not available in this install)")
-            return 0
-        _error(f"'bench' is not available: cattn._bench cannot be imported ({exc})")
-        return 2
-    try:
-        rc = bench_main(list(args))
-    except SystemExit as exc:  # an argparse-based benchmark exits on --help / errors
-        rc = exc.code
-    return _exit_code(rc)
+    """``cattn bench [ANY]``: say where the benchmarks are and how to run them.
+
+    The benchmark runner and its worker processes are development tools of
+    the source tree (``tools/bench/``, ``benchmarks/``), not part of the
+    installed package, so this command only points at them: with ``-h`` /
+    ``--help`` it exits 0, otherwise 1 (nothing was benchmarked).
+    """
+    if any(a in ("-h", "--help") for a in args):
+        _emit(_BENCH_HELP)
+        return 0
+    _error("the benchmarks are not part of the installed package; "
+           "run them from a source checkout of cattn:\n" + _BENCH_HOWTO)
+    return 1
 
 
 def _exit_code(rc):
@@ -164,8 +166,9 @@ def main(argv=None):
 
 def _main(argv):
     argv = list(sys.argv[1:] if argv is None else argv)
-    # "cattn bench ..." hands every later argument, options included, to the
-    # benchmark, so it is split off before argparse can reject them.
+    # "cattn bench ..." answers the same whatever follows (it only explains
+    # where the benchmarks are), so it is split off before argparse can
+    # reject options meant for the benchmark runner.
     if argv and argv[0] == "bench":
         return _run_bench(argv[1:])
     parser = build_parser()

@@ -3,7 +3,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -338,23 +337,72 @@ def test_cli_usage_errors(argv, capsys):
         assert err[0].startswith(f"usage: cattn {argv[0]}")
 
 
-def test_cli_bench_delegates(monkeypatch, capsys):
-    seen = []
-    fake = types.ModuleType("cattn._bench")
-    fake.main = lambda args: seen.append(args) or 7
-    monkeypatch.setitem(sys.modules, "cattn._bench", fake)
-    monkeypatch.setattr(cattn, "_bench", fake, raising=False)
-    assert main(["bench", "--sizes", "128", "-q"]) == 7
-    assert seen == [["--sizes", "128", "-q"]]
-
-
-def test_cli_bench_unavailable(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "cattn._bench", None)   # import fails
-    monkeypatch.delattr(cattn, "_bench", raising=False)
-    assert main(["bench"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "bench" in err[0]
+def test_cli_bench_points_at_the_source_checkout(capsys):
+    # the benchmark runner is not installed: "cattn bench" says how to run it
+    assert main(["bench", "--quick"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cattn: error:") and "python -m tools.bench" in err
     assert main(["bench", "--help"]) == 0
+    assert "python -m tools.bench" in capsys.readouterr().out
+
+
+# ------------------------------------------- the benchmark runner (tools/bench)
+@pytest.fixture
+def bench_runner(monkeypatch):
+    """tools.bench.runner of the source checkout (absent from an installed
+    wheel's test run: skipped there)."""
+    if not (ROOT / "tools" / "bench" / "runner.py").is_file():
+        pytest.skip("needs the source checkout's tools/bench")
+    monkeypatch.syspath_prepend(str(ROOT))
+    import tools.bench.runner as runner
+    return runner
+
+
+def _no_workers(*args, **kwargs):
+    raise AssertionError("a worker was started: the error came after the run began")
+
+
+@pytest.mark.parametrize("opt", ["--json", "--plot"])
+def test_bench_unwritable_output_fails_before_the_run(bench_runner, monkeypatch, tmp_path,
+                                                      capsys, opt):
+    monkeypatch.setattr(bench_runner, "_Worker", _no_workers)
+    for path in (tmp_path / "missing" / "out.file", tmp_path):   # no such dir; a directory
+        with pytest.raises(SystemExit) as exc:
+            bench_runner.main([opt, str(path), "--shapes", "tiny"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert opt in err and str(path) in err and "cannot write" in err
+
+
+@pytest.mark.parametrize("opt", ["--json", "--plot"])
+def test_bench_empty_file_name_is_an_error(bench_runner, monkeypatch, capsys, opt):
+    monkeypatch.setattr(bench_runner, "_Worker", _no_workers)
+    with pytest.raises(SystemExit) as exc:
+        bench_runner.main([opt, "", "--shapes", "tiny"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert opt in err and "file name" in err
+
+
+def test_bench_err_cells_give_the_reason(bench_runner, tmp_path, capsys):
+    # D = 10**12: the inputs cannot be allocated, every call fails with MemoryError
+    out = tmp_path / "run.json"
+    rc = bench_runner.main(["--shapes", "tiny", "1x1x2x2x1000000000000", "--impls", "numpy",
+                            "--dtypes", "float32", "--threads", "1", "--repeat", "1",
+                            "--min-time", "0.001", "--gemm-n", "32", "--no-progress",
+                            "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    row = next(ln for ln in text.splitlines() if "1000000000000" in ln and "|" in ln)
+    mark = row.split("err [", 1)[1].split("]", 1)[0]
+    note = next(ln for ln in text.splitlines() if ln.startswith("[%s] " % mark))
+    assert "numpy" in note and "MemoryError" in note
+    tiny = next(ln for ln in text.splitlines() if ln.lstrip("| ").startswith("tiny ("))
+    assert "err" not in tiny
+    import json
+    results = json.loads(out.read_text())["results"]
+    bad = next(r for r in results if r["dims"][-1] == 10**12)
+    assert "MemoryError" in bad["impls"]["numpy"]["error"]
 
 
 def test_cli_plot(tmp_path, capsys):

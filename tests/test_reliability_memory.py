@@ -3,7 +3,7 @@
 Promise 3 of docs/reliability.md ("Guarantees"): every kernel malloc failed
 on purpose (an LD_PRELOAD shim, tests/scripts/failmalloc.c) and
 unallocatable outputs, weights or scratch raise MemoryError; no leak over
-2,000 calls (benchmarks/soak_leak.py: 10,000).  Inputs that are logically
+2,000 calls (tools/soak_leak.py: 10,000).  Inputs that are logically
 huge use zero strides, never memory.
 
 Whatever could crash, hang or exhaust memory runs in a subprocess with a

@@ -102,9 +102,9 @@ def test_interleaved_blas_limits_restore_blas_threads():
     a second thread's stage call waits instead of interleaving with it."""
     import threading
     from threadpoolctl import threadpool_limits
-    limit = getattr(cattn._api, "_blas_limit", None)
-    if limit is None or not _blas_threads():
-        pytest.skip("no _blas_limit helper / no BLAS seen")
+    from cattn._threads import blas_limit as limit
+    if not _blas_threads():
+        pytest.skip("no BLAS seen")
     with threadpool_limits(3, user_api="blas"):
         a = limit(1)
         a.__enter__()

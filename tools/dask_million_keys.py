@@ -1,7 +1,7 @@
 """Attention of 2048 queries over 1,000,000 keys on a Dask cluster.
 
-    python benchmarks/dask_million_keys.py                 # LocalCluster, 2 workers
-    python benchmarks/dask_million_keys.py --scheduler tcp://host:8786
+    python tools/dask_million_keys.py                 # LocalCluster, 2 workers
+    python tools/dask_million_keys.py --scheduler tcp://host:8786
 
 Keys and values (D = 64, float32; 256 MB each) are generated chunk by chunk
 on the workers, never gathered: each (query chunk, key chunk) task runs the

@@ -9,11 +9,11 @@ cap, ``--rlimit``) and calls interrupted by a signal mid-kernel (the
 KeyboardInterrupt path, via SIGALRM).  RSS is sampled every ``--report``
 calls; after the warm-up it must not grow by more than ``--max-growth-mib``.
 
-    python benchmarks/soak_leak.py                  # 10,000 calls
-    python benchmarks/soak_leak.py --calls 100000 --rlimit
+    python tools/soak_leak.py                  # 10,000 calls
+    python tools/soak_leak.py --calls 100000 --rlimit
 
 Exit status 0 when RSS stayed flat, 1 otherwise.  The test-suite runs a
-2,000-call version (tests/test_reliability.py::test_no_leak_over_2000_calls).
+2,000-call version (tests/test_reliability_memory.py::test_no_leak_over_2000_calls).
 """
 import argparse
 import gc

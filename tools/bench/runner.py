@@ -1,16 +1,25 @@
-"""``cattn bench``: side-by-side timings of cattn, naive NumPy and PyTorch.
+"""Side-by-side timings of cattn, naive NumPy and PyTorch.
 
-Run it as ``cattn bench [OPTIONS]``, ``python -m cattn._bench [OPTIONS]`` or
-``python benchmarks/compare.py [OPTIONS]``; ``--help`` lists the options.
+Run from the root of a source checkout (with cattn built in place,
+``python setup.py build_ext --inplace``, or installed)::
+
+    python -m tools.bench --quick
+    python -m tools.bench --shapes 4k decode4k --threads 1 2 --repeat 9 --json run.json
+    python -m tools.bench --quick --plot scaling.png
+    python -m tools.bench --help
+
+The workers run in the same directory, so they time the cattn that
+``import cattn`` finds there (the report prints its path).  Shape names are
+those of ``benchmarks/common.py`` (``SHAPES``).
 
 How it measures (a 2-core machine lies easily, see the notes below):
 
 * **One worker process per implementation** (cattn, numpy, torch) and per
-  thread count ``t``.  Each worker starts with ``OMP_NUM_THREADS``,
-  ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` set to ``t``,
-  ``OMP_WAIT_POLICY=PASSIVE`` and ``OPENBLAS_THREAD_TIMEOUT=4``, so the idle
-  thread pools of the workers that are not being timed sleep instead of
-  spinning on a core; cattn gets ``num_threads=t``, torch
+  thread count ``t`` (``tools/bench/worker.py``).  Each worker starts with
+  ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` set to
+  ``t``, ``OMP_WAIT_POLICY=PASSIVE`` and ``OPENBLAS_THREAD_TIMEOUT=4``, so
+  the idle thread pools of the workers that are not being timed sleep
+  instead of spinning on a core; cattn gets ``num_threads=t``, torch
   ``torch.set_num_threads(t)``, NumPy's BLAS ``threadpoolctl`` limits.
   Workers never import the other libraries (no second OpenMP runtime).
 * **Alternation**: for every shape the implementations are timed in turn,
@@ -31,15 +40,20 @@ Columns: ``cattn/torch`` and ``cattn/numpy`` are *time* ratios (< 1: cattn
 is faster).  GFLOP/s counts ``4*B*H*Lq*Lk*D`` (two matmuls); ``% GEMM`` is
 that over the same-dtype GEMM GFLOP/s at the same thread count.  ``GB/s``
 (decode rows only) counts the compulsory traffic q + k + v + out; ``% BW``
-is that over the measured read bandwidth.
+is that over the measured read bandwidth.  With ``--causal`` the shapes with
+``Lq == Lk`` are also timed with a causal mask (rows marked ``causal``;
+torch: ``is_causal=True``, numpy: a boolean mask built before timing).  A
+cell that reads ``err`` or ``skip`` carries a footnote mark; the notes under
+the table give the reason (the exception, or the time of the one call).
 
 "numpy" is the naive float-preserving NumPy a user writes::
 
     s = q @ k.swapaxes(-1, -2) * (D ** -0.5)   # Python float: float32 stays float32
     p = exp(s - s.max(-1)); p /= p.sum(-1); out = p @ v
 
-This module imports only the standard library at the top: the workers
-import NumPy / torch / cattn themselves.
+This module imports only the standard library and ``benchmarks.common``
+(which imports only the standard library at the top): the workers import
+NumPy / torch / cattn themselves.
 """
 import argparse
 import json
@@ -51,25 +65,14 @@ import sys
 import tempfile
 import time
 
-__all__ = ["main", "SHAPES", "DEFAULT_SHAPES"]
+from benchmarks.common import DEFAULT_SHAPES, SHAPES, usable_cpus
 
-_PROG = "cattn bench"
+__all__ = ["main", "build_parser"]
 
-# name -> (B, H, Lq, Lk, D)
-SHAPES = {
-    "tiny": (1, 1, 16, 16, 64),
-    "s128": (1, 8, 128, 128, 64),
-    "b4_512": (4, 8, 512, 512, 64),
-    "h16_1k": (1, 16, 1024, 1024, 64),
-    "4k": (1, 8, 4096, 4096, 64),
-    "d128_2k": (1, 12, 2048, 2048, 128),
-    "cross": (2, 8, 256, 2048, 64),
-    "decode4k": (1, 32, 1, 4096, 128),
-    "decode64k": (1, 1, 1, 65536, 128),
-    "mem16k": (1, 1, 16384, 16384, 64),
-}
-DEFAULT_SHAPES = ("tiny", "s128", "b4_512", "h16_1k", "4k", "d128_2k", "cross",
-                  "decode4k", "decode64k")
+_PROG = "python -m tools.bench"
+# the repository root: the workers run there as "python -m tools.bench.worker"
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 SWEEP_L = (256, 512, 1024, 2048, 4096)    # --plot: (1, 8, L, L, 64), float32
 IMPLS = ("cattn", "numpy", "torch")
 DTYPES = ("float32", "float64")
@@ -78,191 +81,6 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
 _ITEMSIZE = {"float32": 4, "float64": 8}
 
-# A worker is this file loaded by path, not "import cattn._bench": the numpy
-# and torch workers must not load cattn (and its OpenMP runtime) at all.
-_BOOT = ("import importlib.util as u, sys; "
-         "s = u.spec_from_file_location('_cattn_bench_worker', sys.argv[1]); "
-         "m = u.module_from_spec(s); s.loader.exec_module(m); "
-         "sys.exit(m._worker_main(sys.argv[2:]))")
-
-
-# ============================================================== worker side
-def _numpy_naive(q, k, v):
-    """softmax(q k^T / sqrt(D)) v the way a NumPy user writes it, in q's dtype."""
-    import numpy as np
-    scale = float(q.shape[-1]) ** -0.5          # a Python float keeps float32
-    s = (q @ k.swapaxes(-1, -2)) * scale
-    s = s - s.max(axis=-1, keepdims=True)
-    p = np.exp(s)
-    p = p / p.sum(axis=-1, keepdims=True)
-    return p @ v
-
-
-def _import_cattn(tries=20, wait=1.5):
-    """Import cattn, retrying: the extension may be rebuilt in place meanwhile."""
-    import importlib
-    last = None
-    for _ in range(tries):
-        try:
-            return importlib.import_module("cattn")
-        except Exception as exc:  # ImportError, or a half-written .so
-            last = exc
-            for name in [m for m in sys.modules if m == "cattn" or m.startswith("cattn.")]:
-                del sys.modules[name]
-            time.sleep(wait)
-    raise last
-
-
-class _Runner:
-    """Lives in a worker process; answers the parent's requests."""
-
-    def __init__(self, impl, threads):
-        import numpy as np
-        self.np = sys.modules["numpy"]   # not `= np`: mypy.stubtest mis-reads module aliases
-        self.impl, self.threads = impl, threads
-        self.key = self.inputs = self.plan = None
-        self.bw_array = None
-        self.info = {"impl": impl, "threads": threads, "numpy": np.__version__,
-                     "pid": os.getpid()}
-        try:
-            from threadpoolctl import threadpool_limits, threadpool_info
-            self._limits = threadpool_limits(limits=threads, user_api="blas")
-            self.info["blas"] = ["%s %s (%s)" % (d.get("internal_api"), d.get("version"),
-                                                 d.get("threading_layer"))
-                                 for d in threadpool_info() if d.get("user_api") == "blas"]
-        except ImportError:
-            self._limits = None
-        self.fn = None
-        if impl == "numpy":
-            self.fn = _numpy_naive
-        elif impl == "torch":
-            import torch
-            import torch.nn.functional as F
-            torch.set_num_threads(threads)
-            self.info["torch"] = torch.__version__
-            self.info["torch_threads"] = torch.get_num_threads()
-            sdpa = F.scaled_dot_product_attention
-            frm = torch.from_numpy
-
-            def run_torch(q, k, v):
-                return sdpa(frm(q), frm(k), frm(v)).numpy()
-            self.fn = run_torch
-        elif impl == "cattn":
-            cattn = _import_cattn()
-            self.info["cattn"] = getattr(cattn, "__version__", "?")
-            self.info["cattn_path"] = os.path.dirname(os.path.abspath(cattn.__file__))
-            attention = cattn.attention
-
-            def run_cattn(q, k, v):
-                return attention(q, k, v, num_threads=threads)
-            self.fn = run_cattn
-        elif impl != "bw":
-            raise ValueError("unknown implementation %r" % impl)
-
-    def handle(self, req):
-        op = req["op"]
-        if op == "case":
-            return self._case(req)
-        if op == "gemm":
-            return self._gemm(req)
-        if op == "bw_alloc":
-            self.bw_array = None
-            n = max(1, int(req["nbytes"]) // 4)
-            self.bw_array = self.np.ones(n, dtype=self.np.float32)   # touched: not lazy
-            self.np.dot(self.bw_array, self.bw_array)
-            return {"nbytes": self.bw_array.nbytes}
-        if op == "bw_run":
-            x, dot = self.bw_array, self.np.dot
-            t0 = time.perf_counter()
-            for _ in range(int(req["reps"])):
-                dot(x, x)
-            return {"elapsed": time.perf_counter() - t0, "nbytes": x.nbytes * int(req["reps"])}
-        raise ValueError("unknown op %r" % op)
-
-    def _case(self, req):
-        np = self.np
-        if req["key"] != self.key:
-            self.key = self.inputs = self.plan = None
-            B, H, Lq, Lk, D = req["dims"]
-            rng = np.random.default_rng(req.get("seed", 0))
-            dt = np.dtype(req["dtype"])
-            self.inputs = (rng.standard_normal((B, H, Lq, D), dtype=dt),
-                           rng.standard_normal((B, H, Lk, D), dtype=dt),
-                           rng.standard_normal((B, H, Lk, D), dtype=dt))
-            self.key = req["key"]
-        q, k, v = self.inputs
-        fn = self.fn
-        if self.plan is None:                 # first visit: warm up, calibrate
-            t0 = time.perf_counter()
-            fn(q, k, v)
-            est = time.perf_counter() - t0
-            if est > req["max_call_s"]:
-                self.plan = {"skip": "one call took %.1f s > --max-call %.0f s"
-                                     % (est, req["max_call_s"])}
-            else:
-                if est < 0.5:                 # the 2nd call is the cleaner estimate
-                    t0 = time.perf_counter()
-                    fn(q, k, v)
-                    est = time.perf_counter() - t0
-                self.plan = {"inner": max(1, int(math.ceil(req["min_time"] / max(est, 1e-7))))}
-        if "skip" in self.plan:
-            return dict(self.plan)
-        inner = self.plan["inner"]
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn(q, k, v)
-        return {"t": (time.perf_counter() - t0) / inner, "inner": inner}
-
-    def _gemm(self, req):
-        np = self.np
-        n, reps = int(req["n"]), int(req["reps"])
-        rng = np.random.default_rng(1)
-        a = rng.standard_normal((n, n), dtype=np.dtype(req["dtype"]))
-        b = rng.standard_normal((n, n), dtype=np.dtype(req["dtype"]))
-        c = np.empty_like(a)
-        np.matmul(a, b, out=c)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            np.matmul(a, b, out=c)
-            times.append(time.perf_counter() - t0)
-        return {"times": times}
-
-
-def _worker_main(argv):
-    impl, threads = argv[0], int(argv[1])
-    # stdout carries the protocol (one JSON object per line); anything the
-    # libraries print goes to stderr.
-    proto = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-
-    def send(obj):
-        proto.write(json.dumps(obj) + "\n")
-        proto.flush()
-
-    runner = None
-    try:
-        runner = _Runner(impl, threads)
-        send({"ready": True, "info": runner.info})
-    except Exception as exc:
-        send({"ready": False, "error": "%s: %s" % (type(exc).__name__, exc)})
-    for line in sys.stdin:
-        req = json.loads(line)
-        if req.get("op") == "quit":
-            break
-        if runner is None:
-            send({"error": "worker not ready"})
-            continue
-        try:
-            send(runner.handle(req))
-        except BaseException as exc:  # MemoryError included: report, keep serving
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
-            runner.key = runner.inputs = runner.plan = None
-            send({"error": "%s: %s" % (type(exc).__name__, exc)})
-    return 0
-
 
 # ============================================================== parent side
 def _worker_env(threads):
@@ -270,10 +88,6 @@ def _worker_env(threads):
     env.update(ENV_FIX)
     for var in _THREAD_VARS:
         env[var] = str(threads)
-    # the cattn worker imports the cattn this file belongs to
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env
 
 
@@ -283,9 +97,9 @@ class _Worker:
         self.info, self.error = {}, None
         self._err = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, os.path.abspath(__file__), impl, str(threads)],
+            [sys.executable, "-m", "tools.bench.worker", impl, str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
-            text=True, env=_worker_env(threads), bufsize=1)
+            text=True, env=_worker_env(threads), cwd=_ROOT, bufsize=1)
 
     def wait_ready(self):
         msg = self._read()
@@ -390,13 +204,6 @@ def _foreign_cpu_pct(a, b, elapsed, ncpu):
     return max(0.0, 100.0 * ((b[0] - a[0]) - (b[1] - a[1])) / (elapsed * ncpu))
 
 
-def _usable_cpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _parse_shape(text):
     if text in SHAPES:
         return text, SHAPES[text]
@@ -409,6 +216,33 @@ def _parse_shape(text):
         raise argparse.ArgumentTypeError(
             "unknown shape %r: use a name (%s) or BxHxLqxLkxD" % (text, ", ".join(SHAPES)))
     return text, dims
+
+
+def _file_name(text):
+    """argparse type of --plot / --json: a non-empty file name."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a file name (got an empty string)")
+    return text
+
+
+def _check_writable(path):
+    """None when ``path`` can be written, else the reason.  Tried before the
+    run, so that a bad path fails in a second rather than after the run; a
+    file created by the check is removed again."""
+    if os.path.isdir(path):
+        return "it is a directory"
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not existed:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+    return None
 
 
 def build_parser():
@@ -440,10 +274,13 @@ def build_parser():
                    help="matrix size of the GEMM peak measurement (default 4096)")
     p.add_argument("--quick", action="store_true",
                    help="float32, the usable CPUs as threads, 3 rounds, short timings")
-    p.add_argument("--plot", metavar="FILE.png", default=None,
+    p.add_argument("--causal", action="store_true",
+                   help="also time the shapes with Lq == Lk with a causal mask")
+    p.add_argument("--plot", metavar="FILE.png", default=None, type=_file_name,
                    help="also time (1,8,L,L,64) float32 for L in %s and plot time vs L "
-                        "(needs matplotlib)" % (SWEEP_L,))
-    p.add_argument("--json", metavar="FILE", default=None, help="save all results as JSON")
+                        "into FILE.png (needs matplotlib)" % (SWEEP_L,))
+    p.add_argument("--json", metavar="FILE", default=None, type=_file_name,
+                   help="save all results as JSON to FILE")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -479,14 +316,36 @@ def _fmt_ms(s):
     return "%.3g" % ms
 
 
-def _cell(res):
+class _Notes:
+    """The footnotes of the report: ``mark(text)`` gives the number of
+    ``text`` (one number per distinct text)."""
+
+    def __init__(self):
+        self.texts = []
+
+    def mark(self, text):
+        if text not in self.texts:
+            self.texts.append(text)
+        return self.texts.index(text) + 1
+
+    def print(self):
+        if self.texts:
+            print("\nnotes:")
+            for n, text in enumerate(self.texts, 1):
+                print("[%d] %s" % (n, text))
+
+
+def _cell(res, notes, impl=None):
+    """A time cell: ms, "-" (not run), or "skip [n]" / "err [n]" with the
+    reason in footnote n."""
     if res is None:
         return "-"
     if "median_s" in res:
         return _fmt_ms(res["median_s"])
+    who = "%s: " % impl if impl else ""
     if "skip" in res:
-        return "skip"
-    return "err"
+        return "skip [%d]" % notes.mark("%sskipped, %s" % (who, res["skip"]))
+    return "err [%d]" % notes.mark("%s%s" % (who, res.get("error") or "failed (no message)"))
 
 
 def _measure_machine(t, numpy_worker, bw_sizes, args, prog):
@@ -556,7 +415,7 @@ def main(argv=None):
     """Run the benchmark; ``argv`` excludes the program name.  Returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    ncpu = _usable_cpus()
+    ncpu = usable_cpus()
     if args.quick:
         args.dtypes = args.dtypes or ["float32"]
         args.threads = args.threads or [ncpu]
@@ -568,6 +427,10 @@ def main(argv=None):
     args.min_time = args.min_time if args.min_time is not None else 0.1
     if min(args.threads) < 1:
         parser.error("--threads must be >= 1")
+    for opt, path in (("--json", args.json), ("--plot", args.plot)):
+        why = path is not None and _check_writable(path)
+        if why:
+            parser.error("%s: cannot write %s: %s" % (opt, path, why))
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -591,13 +454,19 @@ def main(argv=None):
         cases = {}
         for name, dims in shapes:
             for dt in args.dtypes:
-                cases[(dims, dt)] = {"name": name, "dims": dims, "dtype": dt,
-                                     "table": True, "sweep": False}
+                cases[(dims, dt, "plain")] = {"name": name, "dims": dims, "dtype": dt,
+                                              "variant": "plain", "table": True,
+                                              "sweep": False}
+                if args.causal and dims[2] == dims[3]:
+                    cases[(dims, dt, "causal")] = {"name": name, "dims": dims, "dtype": dt,
+                                                   "variant": "causal", "table": True,
+                                                   "sweep": False}
         if args.plot and t == tmax:
             for L in SWEEP_L:
                 dims = (1, 8, L, L, 64)
-                c = cases.setdefault((dims, "float32"), {"name": "sweep%d" % L, "dims": dims,
-                                                         "dtype": "float32", "table": False})
+                c = cases.setdefault((dims, "float32", "plain"),
+                                     {"name": "sweep%d" % L, "dims": dims, "dtype": "float32",
+                                      "variant": "plain", "table": False})
                 c["sweep"] = True
         plan[t] = list(cases.values())
 
@@ -632,8 +501,10 @@ def main(argv=None):
                         prog.step(n=len(plan[t]) * args.repeat)
                 machine[t] = _measure_machine(t, gemm_worker, bw_sizes[t], args, prog)
                 for ci, c in enumerate(plan[t]):
-                    req = {"op": "case", "key": "%d:%s:%s" % (t, c["dims"], c["dtype"]),
+                    req = {"op": "case",
+                           "key": "%d:%s:%s:%s" % (t, c["dims"], c["dtype"], c["variant"]),
                            "dims": list(c["dims"]), "dtype": c["dtype"],
+                           "variant": c["variant"],
                            "min_time": args.min_time, "max_call_s": args.max_call}
                     samples = {i: [] for i in active}
                     last = {i: None for i in active}
@@ -732,7 +603,7 @@ def _print_report(meta, machine, rows, args, impls):
             return "not run"
         return d.get(key) or "unavailable (%s)" % d.get("error", "?")
 
-    print("cattn bench  %s" % meta["started"])
+    print("cattn side-by-side benchmark  %s" % meta["started"])
     print("CPU: %s; %d usable CPUs (%s logical); threads timed: %s"
           % (meta["cpu"], meta["usable_cpus"], meta["logical_cpus"],
              ", ".join(map(str, meta["threads"]))))
@@ -753,14 +624,20 @@ def _print_report(meta, machine, rows, args, impls):
           % (", ".join("%s=%s" % kv for kv in ENV_FIX.items()), args.repeat, args.min_time))
     print("numpy = naive NumPy in the input dtype, softmax(q @ k^T * D**-0.5) @ v; "
           "torch = torch.nn.functional.scaled_dot_product_attention")
+    notes = _Notes()
+
+    def measured(d, key):
+        if d.get(key):
+            return "%.1f" % d[key]
+        return "err [%d]" % notes.mark(d.get("error") or "no measurement")
+
     for t in sorted(machine):
         m = machine[t]
         g = m["gemm"]
         gs = ", ".join("%s %s GFLOP/s" % ("sgemm" if dt == "float32" else "dgemm",
-                                          "%.1f" % g[dt]["gflops"] if "gflops" in g[dt] else "err")
+                                          measured(g[dt], "gflops"))
                        for dt in DTYPES if dt in g)
-        bws = ", ".join("%s GB/s over %d MiB" % ("%.1f" % b["gbs"] if b.get("gbs") else "err",
-                                                 int(k) >> 20)
+        bws = ", ".join("%s GB/s over %d MiB" % (measured(b, "gbs"), int(k) >> 20)
                         for k, b in sorted(m["bandwidth"].items(), key=lambda kv: int(kv[0])))
         print("machine @ %d thread(s): NumPy matmul %d^2 (median): %s; read bandwidth "
               "(%d process(es) x np.dot(x, x), together): %s" % (t, args.gemm_n, gs, t, bws))
@@ -774,15 +651,18 @@ def _print_report(meta, machine, rows, args, impls):
             continue
         im = r["impls"]
         ca = im.get("cattn", {})
+        causal = " causal" if r.get("variant") == "causal" else ""
         body.append([
-            "%s (%s)" % (r["name"], ",".join(map(str, r["dims"]))), r["dtype"], r["threads"],
-            _cell(im.get("cattn")), _cell(im.get("numpy")), _cell(im.get("torch")),
+            "%s%s (%s)" % (r["name"], causal, ",".join(map(str, r["dims"]))), r["dtype"],
+            r["threads"],
+            _cell(im.get("cattn"), notes, "cattn"), _cell(im.get("numpy"), notes, "numpy"),
+            _cell(im.get("torch"), notes, "torch"),
             f(r.get("cattn_over_torch"), "%.3g"), f(r.get("cattn_over_numpy"), "%.3g"),
             f(ca.get("gflops"), "%.1f"), f(ca.get("pct_gemm"), "%.0f%%"),
             f(ca.get("gbs"), "%.1f"), f(ca.get("pct_bw"), "%.0f%%")])
         if r.get("cattn_over_torch") and r["cattn_over_torch"] > 1.0:
-            slower.append("%s %s %dt (x%.2f)" % (r["name"], r["dtype"], r["threads"],
-                                                r["cattn_over_torch"]))
+            slower.append("%s%s %s %dt (x%.2f)" % (r["name"], causal, r["dtype"], r["threads"],
+                                                  r["cattn_over_torch"]))
     print(_table(header, body))
     print("\nratios: time(cattn) / time(other), < 1 = cattn faster.  GFLOP/s = 4*B*H*Lq*Lk*D "
           "/ time; GB/s (Lq = 1) = (q + k + v + out) bytes / time")
@@ -795,9 +675,9 @@ def _print_report(meta, machine, rows, args, impls):
     if sweep:
         print("\ntime vs L, (1,8,L,L,64) float32, %d thread(s):" % sweep[0]["threads"])
         print(_table(["L", "cattn ms", "numpy ms", "torch ms"],
-                     [[r["dims"][2], _cell(r["impls"].get("cattn")),
-                       _cell(r["impls"].get("numpy")), _cell(r["impls"].get("torch"))]
+                     [[r["dims"][2]] + [_cell(r["impls"].get(i), notes, i) for i in IMPLS]
                       for r in sorted(sweep, key=lambda r: r["dims"][2])]))
+    notes.print()
     print("\nelapsed %.0f s" % meta["elapsed_s"])
 
 

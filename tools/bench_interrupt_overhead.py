@@ -5,7 +5,7 @@ only when it is called from the main thread: the same call made from another
 Python thread never polls.  Timing a call both ways isolates the overhead of
 the polling (the GIL re-acquisition and ``PyErr_CheckSignals``) from the rest.
 
-    python benchmarks/bench_interrupt_overhead.py [--repeat 15] [--quick]
+    python tools/bench_interrupt_overhead.py [--repeat 15] [--quick]
 
 Prints, per shape, the median time on the main thread (polling) and on a
 persistent worker thread (no polling), calls alternating with short pauses

@@ -1,0 +1,1 @@
+"""Developer scripts of the cattn source tree; not part of the installed package."""
