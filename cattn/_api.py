@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _kernels
 from ._options import MAX_NDIM
-from ._plan import plan_attention, tile_blocks
+from ._plan import BLOCK_K, BLOCK_Q, plan_attention
 from ._run import run_attention
 from ._stages import aggregate, merge, scores, softmax
 from ._threads import SERIAL_WORK, get_num_threads, set_num_threads
@@ -121,9 +121,8 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
             and softcap is None and sinks is None):
         s = plain_call(query, key, value, score, scale, num_threads)
         if s is not None:
-            bq, bk = tile_blocks(1, query.shape[-2], 1)
             return _kernels.flash_serial_contiguous(query, key, value, s,
-                                                    _PLAIN_KINDS[score], bq, bk)
+                                                    _PLAIN_KINDS[score], BLOCK_Q, BLOCK_K)
     call = validate_attention(
         query, key, value, score=score, scale=scale, mask=mask, bias=bias, causal=causal,
         window=window, additive_weight=additive_weight, return_weights=return_weights,

@@ -127,6 +127,6 @@ def flash_serial_contiguous(
     v: npt.NDArray[Any],
     scale: float,
     score_kind: int,
-    block_q: int,
+    max_block_q: int,
     block_k: int,
 ) -> npt.NDArray[np.floating[Any]]: ...

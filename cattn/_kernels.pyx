@@ -503,7 +503,7 @@ cdef void _softmax_row(floating *x, Py_ssize_t C) noexcept nogil:
 
 
 def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double scale,
-                            int score_kind, int64_t block_q, int64_t block_k):
+                            int score_kind, int64_t max_block_q, int64_t block_k):
     """Fast path of ``attention`` for small plain calls on the calling thread:
     C-contiguous q, k, v of one float dtype, identical leading dims, more
     than DECODE_MAX_LQ queries, no options (``_api.plain_call`` checks all
@@ -517,7 +517,13 @@ def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double 
     for ax in range(nd - 2):
         N *= q.shape[ax]
     cdef bint is_double = q.descr.type_num == cnp.NPY_DOUBLE
-    cdef cnp.ndarray out = np.empty((<object>q).shape[:nd - 1] + (Dv,), dtype=q.dtype)
+    cdef cnp.npy_intp dims[64]
+    if nd > 64:
+        raise ValueError(f"query has {nd} dims; at most 64 are supported")
+    for ax in range(nd - 1):
+        dims[ax] = q.shape[ax]
+    dims[nd - 1] = Dv
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, q.descr.type_num, 0)
     cdef int64_t *offs = <int64_t *>malloc(4 * N * sizeof(int64_t) + N * sizeof(double))
     if offs == NULL:
         raise MemoryError()
@@ -539,6 +545,9 @@ def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double 
     p.out.rs = Dv; p.out.cs = 1
     p.scale = scales
     p.win_left = CATTN_UNBOUNDED; p.win_right = CATTN_UNBOUNDED
+    cdef int64_t block_q = ((Lq + 15) // 16) * 16
+    if block_q > max_block_q:
+        block_q = max_block_q
     p.block_q = block_q; p.block_k = block_k
     cdef cattn_kernels kern = cattn_kernels_for(is_double, CATTN_KV_NATIVE)
     cdef int64_t n_qblocks = (Lq + block_q - 1) // block_q

@@ -74,14 +74,16 @@ def element_strides(arr):
     return tuple(out)
 
 
-def lead_offsets(arr, n_trailing, out_lead, group_axis=None, group=1):
+def lead_offsets(arr, n_trailing, out_lead, group_axis=None, group=1, strides=None):
     """Element offset of each broadcast batch item into ``arr``.
 
     ``arr``'s leading dims (all but the last ``n_trailing``) are aligned
     right against ``out_lead``.  When ``group_axis`` is given (an axis of
     ``out_lead``), item h along it reads ``arr``'s item ``h // group``.
+    ``strides``: ``element_strides(arr)`` if the caller has it.
     """
-    strides = element_strides(arr)
+    if strides is None:
+        strides = element_strides(arr)
     lead_shape = arr.shape[: arr.ndim - n_trailing]
     lead_strides = strides[: arr.ndim - n_trailing]
     nd = len(out_lead)

@@ -6,9 +6,7 @@ compute), block sizes, decode splits, the thread count and the GQA-decode
 folding -- and nothing else: it computes no attention and never calls
 ``attention`` again.  Every choice that was measured says so here.
 """
-import dataclasses
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -31,8 +29,7 @@ _F32_MAX = float(np.finfo(np.float32).max)
 _F32_TINY = float(np.finfo(np.float32).tiny)
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     """How to compute ``call`` (possibly a GQA-folded form of the user's)."""
     call: AttentionCall
     cdt: np.dtype                     # the kernels' dtype
@@ -109,17 +106,16 @@ def fold_gqa_decode(call):
     qf = np.lib.stride_tricks.as_strided(
         q, q.shape[:-3] + (q.shape[-3] // g, g, call.D), s[:-3] + (g * s[-3], s[-3], s[-1]),
         writeable=False)
-    options = dataclasses.replace(call.options, window=(None, None))
-    return dataclasses.replace(call, q=qf, Lq=g, out_lead=lead, N=call.N // g, groups={},
+    options = call.options._replace(window=(None, None))
+    return call._replace(q=qf, Lq=g, out_lead=lead, N=call.N // g, groups={},
                                options=options, **folded), g
 
 
-def _range_policy(call, scale):
+def _range_policy(call):
     """float32 kernels keep their parameters inside float32's range; a call
     whose scaled scores would overflow float32 computes in float64 (a rare,
     huge scale: the scan of q and k runs only for |scale| > 1e4)."""
-    cdt = call.cdt
-    smax = float(np.abs(scale).max()) if scale.size else 0.0
+    cdt, scale, smax = call.cdt, call.scale, call.scale_max
     q, k = call.q, call.k
     if (cdt == np.float32 and smax > 1e4 and q.size and k.size
             and smax * float(np.abs(q).max()) * float(np.abs(k).max())
@@ -142,7 +138,7 @@ def plan_attention(call):
     """The ``Plan`` of a validated call."""
     call, g = fold_gqa_decode(call)
     o = call.options
-    cdt, scale, softcap, sinks = _range_policy(call, call.scale)
+    cdt, scale, softcap, sinks = _range_policy(call)
     # A float16 K/V cache with float32 math is read as float16 (half the
     # bytes); the kernel widens each tile it touches.
     half = (call.k.dtype == np.float16 and call.v.dtype == np.float16

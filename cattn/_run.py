@@ -22,16 +22,16 @@ def as_strided_dtype(x, dtype):
 
 
 def _unit_last(x, dtype):
-    x = as_strided_dtype(x, dtype)
-    if x.shape[-1] > 1 and x.strides[-1] != x.dtype.itemsize:
+    x = np.asarray(x, dtype=dtype)
+    if x.shape[-1] > 1 and x.strides[-1] != x.dtype.itemsize or element_strides(x) is None:
         x = np.ascontiguousarray(x)
     return x
 
 
 def _matrix(x, out_lead, group=(None, 1)):
     """A (..., L, C) operand: offsets per batch item and its two strides."""
-    rs, cs = element_strides(x)[-2:]
-    return _kernels.Operand(x, lead_offsets(x, 2, out_lead, *group), rs, cs)
+    st = element_strides(x)
+    return _kernels.Operand(x, lead_offsets(x, 2, out_lead, *group, strides=st), st[-2], st[-1])
 
 
 def _pair(x, out_lead, Lq, Lk):

@@ -9,8 +9,7 @@ to compute it and ``_run`` computes it; neither re-checks anything.
 shape rules (``check_qkv_shapes``).
 """
 import math
-from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -32,8 +31,7 @@ __all__ = ["Options", "AttentionCall", "validate_options", "validate_attention",
            "check_qkv_shapes", "default_scale"]
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     """The scalar options of an attention call, checked and canonical."""
     score: str
     window: Tuple[Optional[int], Optional[int]]   # (left, right), causal folded in
@@ -43,8 +41,7 @@ class Options:
     num_threads: Optional[int]
 
 
-@dataclass(frozen=True)
-class AttentionCall:
+class AttentionCall(NamedTuple):
     """A validated attention call (see ``validate_attention``)."""
     q: np.ndarray                 # (..., Lq, D), real, not yet cast
     k: np.ndarray                 # (..., Lk, D)
@@ -60,6 +57,7 @@ class AttentionCall:
     cdt: np.dtype                 # compute dtype by promotion
     rdt: np.dtype                 # result dtype
     scale: np.ndarray             # (N,) float64
+    scale_max: float              # max |scale|
     add_w: Optional[np.ndarray]   # (D,) in cdt, additive score only
     mask: Optional[np.ndarray]    # uint8 view, broadcastable to (..., Lq, Lk)
     bias: Optional[np.ndarray]    # real, broadcastable to (..., Lq, Lk)
@@ -243,6 +241,14 @@ def check_out(out, shape, dtype, inputs):
             raise ValueError("out must not overlap an input array")
 
 
+def _abs_max(scale_b, given):
+    if not scale_b.size:
+        return 0.0
+    if given is None or np.ndim(given) == 0:
+        return abs(float(scale_b[0]))     # one value: no scan
+    return float(np.abs(scale_b).max())
+
+
 def validate_attention(query, key, value, *, score, scale, mask, bias, causal, window,
                        additive_weight, return_weights, return_lse, num_threads, out,
                        kv_lengths, q_lengths, q_segments, kv_segments, softcap, sinks):
@@ -266,10 +272,11 @@ def validate_attention(query, key, value, *, score, scale, mask, bias, causal, w
     if q_segments is not None:
         q_seg = segments(q_segments, "q_segments", out_lead, Lq)
         kv_seg = segments(kv_segments, "kv_segments", out_lead, Lk)
+    scale_b = scale_per_batch(scale, opts.score, D, out_lead)
     call = AttentionCall(
         q=q, k=k, v=v, options=opts, Lq=Lq, Lk=Lk, D=D, Dv=Dv, out_lead=out_lead,
         groups=groups, N=math.prod(out_lead), cdt=cdt, rdt=rdt,
-        scale=scale_per_batch(scale, opts.score, D, out_lead),
+        scale=scale_b, scale_max=_abs_max(scale_b, scale),
         add_w=additive_weights(additive_weight, opts.score, D, cdt),
         mask=mask_a, bias=bias_a, kv_len=kv_len, q_len=q_len, q_seg=q_seg, kv_seg=kv_seg,
         sinks=None if sinks is None else sinks_per_batch(sinks, out_lead), out=out)

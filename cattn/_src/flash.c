@@ -46,8 +46,11 @@ static inline int cattn_should_stop(const cattn_params *p)
 
 #if defined(__GNUC__) || defined(__clang__)
 #define CATTN_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+/* the named steps of a kernel: inlined into it, as if written in place */
+#define CATTN_STEP static inline __attribute__((always_inline))
 #else
 #define CATTN_PREFETCH(p) ((void)(p))
+#define CATTN_STEP static inline
 #endif
 
 #if !CATTN_PORTABLE && (defined(__GNUC__) || defined(__clang__)) \

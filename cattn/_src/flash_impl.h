@@ -323,7 +323,7 @@ typedef struct SUF(blk) {
     T *QT, *ST, *O, *mrow, *lrow, *alpha, *kbuf, *vbuf, *lse;
 } SUF(blk);
 
-static void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int64_t qb,
+CATTN_STEP void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int64_t qb,
                           void *scratch)
 {
     int64_t BQP, off[8];
@@ -359,7 +359,7 @@ static void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int64_t
 
 /* Q^T packed panel by panel (NQ queries: a contiguous D x NQ block),
    scaled (or normalised for cosine), zero padding; running max/sum reset. */
-static void SUF(pack_q)(const SUF(blk) *k)
+CATTN_STEP void SUF(pack_q)(const SUF(blk) *k)
 {
     const cattn_params *p = k->p;
     const int64_t D = p->D, nq = k->nq, nqp = k->nqp;
@@ -382,7 +382,7 @@ static void SUF(pack_q)(const SUF(blk) *k)
 }
 
 /* True when the segment ids rule out every pair of the tile. */
-static int SUF(segments_disjoint)(const SUF(blk) *k, int64_t j0, int64_t nk)
+CATTN_STEP int SUF(segments_disjoint)(const SUF(blk) *k, int64_t j0, int64_t nk)
 {
     const cattn_params *p = k->p;
     int64_t qmin = INT64_MAX, qmax = INT64_MIN, kmin = INT64_MAX, kmax = INT64_MIN;
@@ -399,7 +399,7 @@ static int SUF(segments_disjoint)(const SUF(blk) *k, int64_t j0, int64_t nk)
 
 /* The K (and, for attention, V) rows of a tile in the compute type: in
    place, or widened from float16 into scratch once. */
-static void SUF(load_kv_tile)(const SUF(blk) *k, int64_t j0, int64_t nk,
+CATTN_STEP void SUF(load_kv_tile)(const SUF(blk) *k, int64_t j0, int64_t nk,
                               const T **Kt, int64_t *kt_rs, const T **Vt, int64_t *vt_rs)
 {
     const cattn_params *p = k->p;
@@ -415,7 +415,7 @@ static void SUF(load_kv_tile)(const SUF(blk) *k, int64_t j0, int64_t nk,
 }
 
 /* S^T of one tile: the scores (dot, cosine or additive, scaled), softcapped. */
-static void SUF(tile_scores)(const SUF(blk) *k, const T *Kt, int64_t kt_rs, int64_t nk)
+CATTN_STEP void SUF(tile_scores)(const SUF(blk) *k, const T *Kt, int64_t kt_rs, int64_t nk)
 {
     const cattn_params *p = k->p;
     const int64_t D = p->D, ld = k->ld, nqp = k->nqp;
@@ -451,7 +451,7 @@ static void SUF(tile_scores)(const SUF(blk) *k, const T *Kt, int64_t kt_rs, int6
 }
 
 /* Masked pairs of a partial tile become -inf (the window, then keep_pair). */
-static void SUF(mask_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
+CATTN_STEP void SUF(mask_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
 {
     const cattn_params *p = k->p;
     const int64_t wl = p->win_left, wr = p->win_right;
@@ -472,7 +472,7 @@ static void SUF(mask_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
 
 /* The weights pass (mode WEIGHTS / KEY_MASS) and the additive scores
    (mode SCORES) of one tile: weights = exp(s - lse), masked -> 0. */
-static void SUF(weights_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
+CATTN_STEP void SUF(weights_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
 {
     const cattn_params *p = k->p;
     const int64_t Lq = p->Lq, Lk = p->Lk, b = k->b, i0 = k->i0, nq = k->nq, ld = k->ld;
@@ -516,7 +516,7 @@ static void SUF(weights_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
 /* Online softmax along the key rows of a tile, queries in lanes: updates
    the running max and sum, turns S^T into P^T (masked entries flagged as
    -0.0 on a partial tile) and rescales O where the max moved. */
-static void SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
+CATTN_STEP void SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
 {
     const int64_t ld = k->ld, nqp = k->nqp, Dv = k->p->Dv;
     T *ST = k->ST, *mrow = k->mrow, *lrow = k->lrow, *alpha = k->alpha, *O = k->O;
@@ -573,7 +573,7 @@ static void SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
 /* O += P . V over a tile, never touching a masked key's V (on a partial
    tile, rows of V holding inf/NaN are added key by key, skipping the
    masked entries). */
-static void SUF(pv_tile)(const SUF(blk) *k, const T *Vt, int64_t vt_rs, int64_t nk, int partial)
+CATTN_STEP void SUF(pv_tile)(const SUF(blk) *k, const T *Vt, int64_t vt_rs, int64_t nk, int partial)
 {
     const int64_t ld = k->ld, nqp = k->nqp, Dv = k->p->Dv;
     T *ST = k->ST, *O = k->O;
@@ -596,7 +596,7 @@ static void SUF(pv_tile)(const SUF(blk) *k, const T *Vt, int64_t vt_rs, int64_t 
 }
 
 /* Divide by the row sums, fold in the sink, write out and lse. */
-static void SUF(finish_block)(const SUF(blk) *k)
+CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
 {
     const cattn_params *p = k->p;
     const int64_t Lq = p->Lq, Dv = p->Dv, b = k->b, i0 = k->i0, nq = k->nq;
