@@ -19,6 +19,7 @@ Run it with ``cattn demo`` / ``python -m cattn demo [--lang zh]``.
 
 import numpy as np
 
+from ._options import SCORES
 from .explain import explain, newspaper
 from .explain.example import ADDITIVE_WEIGHT, KEYS, QUERY, SECTIONS, VALUES
 from .explain.i18n import words
@@ -27,7 +28,6 @@ from .explain.text import table, vec
 __all__ = ["run_demo", "demo_html", "newspaper", "SCORES"]
 
 #: the similarity functions the demo walks through
-SCORES = ("dot", "scaled_dot", "cosine", "additive")
 
 _T = {
     "en": {

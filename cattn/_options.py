@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-#: The similarity functions, in the order the documentation lists them.
-SCORES = ("scaled_dot", "dot", "cosine", "additive")
+#: The similarity functions, in the order the lessons and the demo tell them.
+SCORES = ("dot", "scaled_dot", "cosine", "additive")
 
 #: The values ``return_weights`` takes.
 RETURN_WEIGHTS = (False, True, "key_mass")

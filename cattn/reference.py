@@ -34,9 +34,10 @@ import math
 
 import numpy as np
 
+from ._options import SCORES
+
 __all__ = ["attention", "scores", "softmax", "aggregate", "merge"]
 
-_SCORES = ("dot", "scaled_dot", "cosine", "additive")
 _COSINE_EPS = 1e-8
 
 
@@ -163,7 +164,7 @@ def _raw_scores(query, key, score, additive_weight):
         # tanh(q_i + k_j) for every pair (i, j): shape (..., Lq, Lk, D)
         pair = np.tanh(query[..., :, None, :] + key[..., None, :, :])
         return pair @ w
-    raise ValueError(f"unknown score {score!r}; expected one of {_SCORES}")
+    raise ValueError(f"unknown score {score!r}; expected one of {SCORES}")
 
 
 def _default_scale(score, d):
@@ -278,8 +279,8 @@ def scores(query, key, *, score="scaled_dot", scale=None, additive_weight=None):
     -------
     numpy.ndarray, shape (..., Lq, Lk), float64
     """
-    if score not in _SCORES:
-        raise ValueError(f"unknown score {score!r}; expected one of {_SCORES}")
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; expected one of {SCORES}")
     q = _to_float64(query, "query")
     k = _to_float64(key, "key")
     if q.shape[-1] != k.shape[-1]:
@@ -456,8 +457,8 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     lse : numpy.ndarray, (..., Lq), only if ``return_lse``
     """
     # ---- inputs ---------------------------------------------------------
-    if score not in _SCORES:
-        raise ValueError(f"unknown score {score!r}; expected one of {_SCORES}")
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; expected one of {SCORES}")
     q = _to_float64(query, "query")
     k = _to_float64(key, "key")
     v = _to_float64(value, "value")

@@ -9,6 +9,7 @@ the result with the fused :func:`cattn.attention`.
 
 import numpy as np
 
+from .._options import SCORES
 from ..reference import mask_scores
 
 __all__ = ["SCORES", "KERNEL_OPTIONS", "MASK_OPTIONS", "prepare", "split_options",
@@ -16,7 +17,7 @@ __all__ = ["SCORES", "KERNEL_OPTIONS", "MASK_OPTIONS", "prepare", "split_options
            "make_labels", "is_masked"]
 
 #: the similarity functions :func:`cattn.explain.explain` knows how to describe
-SCORES = ("dot", "scaled_dot", "cosine", "additive")
+
 #: options forwarded to the kernels
 KERNEL_OPTIONS = ("scale", "additive_weight", "num_threads")
 #: options applied to the scores between stage 1 and stage 2
