@@ -11,6 +11,23 @@ that runs them in one pass:
 >>> bool(np.allclose(o, cattn.attention(q, k, v)))
 True
 """
+# Design
+# ------
+# One path from the public functions to the kernels, in layers that import
+# only downwards (tests/test_architecture.py checks it):
+#
+#   _api / _stages / dask      public functions
+#   _validate                  arguments -> AttentionCall (typed, immutable)
+#   _plan                      AttentionCall -> Plan (dtype, path, blocks, threads)
+#   _run                       Plan -> _kernels.Operand / KernelArgs -> kernels
+#   _kernels.pyx               OpenMP driver; the C contract (_src/flash.h)
+#   _src/flash.c               kernel table per (dtype, K/V format) and ISA
+#   _src/flash_impl.h          the kernels, written once on simd_*.h primitives
+#
+# A new option: _validate -> AttentionCall -> (_plan) -> KernelArgs ->
+# cattn_params -> a step of flash_impl.h, and cattn.reference first.  A new
+# K/V format or kernel kind: a slot in the kernel table.  A new ISA: a
+# simd_<isa>.h and a row of the table.  docs/architecture.md has the details.
 import types as _types
 
 from ._version import __version__
