@@ -693,22 +693,6 @@ static inline void SUF(prefetch_row)(const void *row, int64_t bytes)
     for (int64_t o = 0; o < bytes; o += 64) CATTN_PREFETCH((const char *)row + o);
 }
 
-static inline T SUF(dot_h)(const T *a, const uint16_t *b, int64_t n)
-{
-    V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
-    int64_t d = 0;
-    for (; d + 4 * VL <= n; d += 4 * VL) {
-        c0 += vload(a + d) * vload_h(b + d);
-        c1 += vload(a + d + VL) * vload_h(b + d + VL);
-        c2 += vload(a + d + 2 * VL) * vload_h(b + d + 2 * VL);
-        c3 += vload(a + d + 3 * VL) * vload_h(b + d + 3 * VL);
-    }
-    for (; d + VL <= n; d += VL) c0 += vload(a + d) * vload_h(b + d);
-    T s = hsum((c0 + c1) + (c2 + c3));
-    for (; d < n; d++) s += a[d] * SUF(half1)(b[d]);
-    return s;
-}
-
 /* Four float16 keys' dot products with one query, two accumulators each:
    eight independent FMA chains, each query vector loaded once for four
    rows (rows at k, k + rs, k + 2 rs, k + 3 rs).  float16 only: with a

@@ -8,8 +8,7 @@
 
 #if CATTN_F64
 static inline V SUF(vmax)(V a, V b) { return (V)_mm256_max_pd((__m256d)a, (__m256d)b); }
-static inline V SUF(vclamp)(V x, T lo, T hi)
-{ return (V)_mm256_max_pd(_mm256_set1_pd(lo), _mm256_min_pd(_mm256_set1_pd(hi), (__m256d)x)); }
+static inline V SUF(vmin)(V a, V b) { return (V)_mm256_min_pd((__m256d)a, (__m256d)b); }
 static inline T SUF(hsum)(V x)
 {
     __m128d h = _mm_add_pd(_mm256_castpd256_pd128((__m256d)x), _mm256_extractf128_pd((__m256d)x, 1));
@@ -20,11 +19,10 @@ static inline V SUF(vload_h)(const uint16_t *p)
     return (V)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p)));
 }
 #else
-/* maxps(a, b): b where a is NaN, one instruction where a select is three */
+/* maxps(a, b) / minps(a, b): b where either is NaN, one instruction where
+   a select is three */
 static inline V SUF(vmax)(V a, V b) { return (V)_mm256_max_ps((__m256)a, (__m256)b); }
-/* max(lo, min(hi, x)), a NaN x kept: minps/maxps with x second */
-static inline V SUF(vclamp)(V x, T lo, T hi)
-{ return (V)_mm256_max_ps(_mm256_set1_ps(lo), _mm256_min_ps(_mm256_set1_ps(hi), (__m256)x)); }
+static inline V SUF(vmin)(V a, V b) { return (V)_mm256_min_ps((__m256)a, (__m256)b); }
 /* a tree of shuffles: a store and scalar reloads would stall on
    store-to-load forwarding */
 static inline T SUF(hsum)(V x)

@@ -10,8 +10,7 @@
 
 #if CATTN_F64
 static inline V SUF(vmax)(V a, V b) { return (V)_mm512_max_pd((__m512d)a, (__m512d)b); }
-static inline V SUF(vclamp)(V x, T lo, T hi)
-{ return (V)_mm512_max_pd(_mm512_set1_pd(lo), _mm512_min_pd(_mm512_set1_pd(hi), (__m512d)x)); }
+static inline V SUF(vmin)(V a, V b) { return (V)_mm512_min_pd((__m512d)a, (__m512d)b); }
 static inline T SUF(hsum)(V x) { return _mm512_reduce_add_pd((__m512d)x); }
 static inline V SUF(vload_h)(const uint16_t *p)
 {
@@ -19,8 +18,7 @@ static inline V SUF(vload_h)(const uint16_t *p)
 }
 #else
 static inline V SUF(vmax)(V a, V b) { return (V)_mm512_max_ps((__m512)a, (__m512)b); }
-static inline V SUF(vclamp)(V x, T lo, T hi)
-{ return (V)_mm512_max_ps(_mm512_set1_ps(lo), _mm512_min_ps(_mm512_set1_ps(hi), (__m512)x)); }
+static inline V SUF(vmin)(V a, V b) { return (V)_mm512_min_ps((__m512)a, (__m512)b); }
 static inline T SUF(hsum)(V x) { return _mm512_reduce_add_ps((__m512)x); }
 static inline V SUF(vload_h)(const uint16_t *p)
 {

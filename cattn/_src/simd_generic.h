@@ -6,16 +6,10 @@
 
 #define CATTN_NREGS 16
 
-/* max that ignores a NaN in `a` (the new value): keeps b then, as x86's
-   maxps(a, b) does */
+/* max / min that give b where either is NaN, as x86's maxps(a, b) and
+   minps(a, b) do */
 static inline V SUF(vmax)(V a, V b) { return SUF(vsel)(VMASK(a > b), a, b); }
-
-/* max(lo, min(hi, x)), a NaN x kept */
-static inline V SUF(vclamp)(V x, T lo, T hi)
-{
-    x = SUF(vsel)(VMASK(x > hi), SUF(vset1)(hi), x);
-    return SUF(vsel)(VMASK(x < lo), SUF(vset1)(lo), x);
-}
+static inline V SUF(vmin)(V a, V b) { return SUF(vsel)(VMASK(a < b), a, b); }
 
 /* sum of the lanes, as a fixed tree */
 static inline T SUF(hsum)(V x)

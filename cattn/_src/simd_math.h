@@ -10,9 +10,13 @@
 #define vbits SUF(vbits)
 #define vfrom SUF(vfrom)
 #define vmax SUF(vmax)
-#define vclamp SUF(vclamp)
+#define vmin SUF(vmin)
 #define hsum SUF(hsum)
 #define vload_h SUF(vload_h)
+
+/* max(lo, min(hi, x)), a NaN x kept (x second in both: see vmax/vmin) */
+static inline V SUF(vclamp)(V x, T lo, T hi) { return vmax(vset1(lo), vmin(vset1(hi), x)); }
+#define vclamp SUF(vclamp)
 
 /*
  * exp(x) for the softmax: Cody-Waite range reduction x = n ln2 + r,
@@ -118,21 +122,27 @@ static void SUF(half_rows)(const uint16_t *src, int64_t rs, int64_t n_rows, int6
     }
 }
 
-static inline T SUF(dot)(const T *a, const T *b, int64_t n)
-{
-    V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
-    int64_t d = 0;
-    for (; d + 4 * VL <= n; d += 4 * VL) {
-        c0 += vload(a + d) * vload(b + d);
-        c1 += vload(a + d + VL) * vload(b + d + VL);
-        c2 += vload(a + d + 2 * VL) * vload(b + d + 2 * VL);
-        c3 += vload(a + d + 3 * VL) * vload(b + d + 3 * VL);
-    }
-    for (; d + VL <= n; d += VL) c0 += vload(a + d) * vload(b + d);
-    T s = hsum((c0 + c1) + (c2 + c3));
-    for (; d < n; d++) s += a[d] * b[d];
-    return s;
+/* sum_d a[d] b[d] in four accumulator chains; b of type BT is read VL
+   values at a time by LOADB and one at a time through CONV */
+#define CATTN_DEFINE_DOT(name, BT, LOADB, CONV)                                   \
+static inline T SUF(name)(const T *a, const BT *b, int64_t n)                    \
+{                                                                                \
+    V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};                                    \
+    int64_t d = 0;                                                               \
+    for (; d + 4 * VL <= n; d += 4 * VL) {                                       \
+        c0 += vload(a + d) * LOADB(b + d);                                       \
+        c1 += vload(a + d + VL) * LOADB(b + d + VL);                             \
+        c2 += vload(a + d + 2 * VL) * LOADB(b + d + 2 * VL);                     \
+        c3 += vload(a + d + 3 * VL) * LOADB(b + d + 3 * VL);                     \
+    }                                                                            \
+    for (; d + VL <= n; d += VL) c0 += vload(a + d) * LOADB(b + d);              \
+    T s = hsum((c0 + c1) + (c2 + c3));                                           \
+    for (; d < n; d++) s += a[d] * CONV(b[d]);                                   \
+    return s;                                                                    \
 }
+CATTN_DEFINE_DOT(dot, T, vload, (T))
+CATTN_DEFINE_DOT(dot_h, uint16_t, vload_h, SUF(half1))
+#undef CATTN_DEFINE_DOT
 
 /* y += alpha x, for a float32/64 cache: one pass over y per key streams V
    rows whole (measured faster from DRAM than the register-blocked pass,

@@ -27,10 +27,6 @@ static inline V SUF(vfrom)(VI i) { V x; memcpy(&x, &i, sizeof x); return x; }
 #define VLANE(x, v) (x)
 static inline V SUF(vsel)(VI m, V a, V b) { return m ? a : b; }
 static inline V SUF(vmax)(V a, V b) { return a > b ? a : b; }
-static inline V SUF(vclamp)(V x, T lo, T hi)
-{
-    x = x > hi ? hi : x;
-    return x < lo ? lo : x;
-}
+static inline V SUF(vmin)(V a, V b) { return a < b ? a : b; }
 static inline T SUF(hsum)(V x) { return x; }
 static inline V SUF(vload_h)(const uint16_t *p) { return (T)cattn_half_to_float(p[0]); }
