@@ -362,23 +362,29 @@ CATTN_STEP void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int
 CATTN_STEP void SUF(pack_q)(const SUF(blk) *k)
 {
     const cattn_params *p = k->p;
-    const int64_t D = p->D, nq = k->nq, nqp = k->nqp;
+    const int64_t D = p->D, nq = k->nq, nqp = k->nqp, q_rs = p->q.rs, q_cs = p->q.cs;
+    const T *Q = k->Q + k->i0 * q_rs;
     T *QT = k->QT;
     for (int64_t i = 0; i < nqp; i++) {
         T *dst = QT + (i / NQ) * D * NQ + i % NQ;
         if (i < nq) {
-            const T *qr = k->Q + (k->i0 + i) * p->q.rs;
+            const T *qr = Q + i * q_rs;
             const T f = SUF(row_factor)(p, qr, k->scale);
-            for (int64_t d = 0; d < D; d++) dst[d * NQ] = qr[d * p->q.cs] * f;
+            for (int64_t d = 0; d < D; d++) dst[d * NQ] = qr[d * q_cs] * f;
         } else {
             for (int64_t d = 0; d < D; d++) dst[d * NQ] = 0;
         }
     }
+    /* locals: with -fno-strict-aliasing a store through T * could change
+       the struct, and loops reading bounds from it would reload them */
+    T *mrow = k->mrow, *lrow = k->lrow, *O = k->O;
     for (int64_t i = 0; i < nqp; i++) {
-        k->mrow[i] = -INFINITY; k->lrow[i] = 0;
+        mrow[i] = -INFINITY; lrow[i] = 0;
     }
-    if (p->mode == CATTN_MODE_ATTENTION)
-        for (int64_t i = 0; i < nqp * p->Dv; i++) k->O[i] = 0;   /* ldo = Dv */
+    if (p->mode == CATTN_MODE_ATTENTION) {
+        const int64_t n = nqp * p->Dv;
+        for (int64_t i = 0; i < n; i++) O[i] = 0;   /* ldo = Dv */
+    }
 }
 
 /* True when the segment ids rule out every pair of the tile. */
@@ -455,16 +461,21 @@ CATTN_STEP void SUF(mask_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
 {
     const cattn_params *p = k->p;
     const int64_t wl = p->win_left, wr = p->win_right;
+    const int64_t nq = k->nq, i0 = k->i0, shift = k->shift, ld = k->ld;
+    const uint8_t *mask = k->mask;
+    const T *bias = k->bias;
+    const int64_t *qseg = k->qseg, *kseg = k->kseg;
+    T *ST = k->ST;
     for (int64_t j = 0; j < nk; j++) {
         const int64_t jj = j0 + j;
-        T *srow = k->ST + j * k->ld;
-        for (int64_t i = 0; i < k->nq; i++) {
-            const int64_t ii = k->i0 + i, pos = ii + k->shift;
+        T *srow = ST + j * ld;
+        for (int64_t i = 0; i < nq; i++) {
+            const int64_t ii = i0 + i, pos = ii + shift;
             int keep = 1;
             if (wl < CATTN_UNBOUNDED && jj < pos - wl) keep = 0;
             if (wr < CATTN_UNBOUNDED && jj > pos + wr) keep = 0;
-            const int64_t qsg = k->qseg ? k->qseg[ii * p->q_seg.rs] : 0;
-            if (keep) keep = SUF(keep_pair)(p, k->mask, k->bias, qsg, k->kseg, ii, jj, srow + i);
+            const int64_t qsg = qseg ? qseg[ii * p->q_seg.rs] : 0;
+            if (keep) keep = SUF(keep_pair)(p, mask, bias, qsg, kseg, ii, jj, srow + i);
             if (!keep) srow[i] = -INFINITY;
         }
     }
@@ -476,6 +487,7 @@ CATTN_STEP void SUF(weights_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
 {
     const cattn_params *p = k->p;
     const int64_t Lq = p->Lq, Lk = p->Lk, b = k->b, i0 = k->i0, nq = k->nq, ld = k->ld;
+    const int64_t nqp = k->nqp;
     T *ST = k->ST;
     if (p->mode != CATTN_MODE_SCORES) {
         /* vector code with the block's lse in the alpha scratch (padding:
@@ -484,14 +496,15 @@ CATTN_STEP void SUF(weights_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
         const T *pm = p->lse_m ? (const T *)p->lse_m + b * Lq : k->lse;
         const T *pl = p->lse_logl ? (const T *)p->lse_logl + b * Lq : NULL;
         T *alpha = k->alpha, *mrow = k->mrow, *lrow = k->lrow;
-        for (int64_t i = 0; i < k->nqp; i++) {
-            alpha[i] = i < nq ? k->lse[i0 + i] : (T)-INFINITY;   /* -inf: empty row */
+        const T *lse = k->lse;
+        for (int64_t i = 0; i < nqp; i++) {
+            alpha[i] = i < nq ? lse[i0 + i] : (T)-INFINITY;   /* -inf: empty row */
             mrow[i] = i < nq ? pm[i0 + i] : (T)0;
             lrow[i] = (i < nq && pl) ? pl[i0 + i] : (T)0;
         }
         const V zero = vset1(0), ninf = vset1(-INFINITY);
         for (int64_t j = 0; j < nk; j++)
-            for (int64_t i = 0; i < k->nqp; i += VL) {
+            for (int64_t i = 0; i < nqp; i += VL) {
                 V d = (vload(ST + j * ld + i) - vload(mrow + i)) - vload(lrow + i);
                 d = vsel(VMASK(d > zero), zero, d);          /* <= 0 up to rounding; NaN stays */
                 vstore(ST + j * ld + i, vsel(VMASK(vload(alpha + i) == ninf), zero, vexp(d)));
@@ -575,7 +588,7 @@ CATTN_STEP void SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
    masked entries). */
 CATTN_STEP void SUF(pv_tile)(const SUF(blk) *k, const T *Vt, int64_t vt_rs, int64_t nk, int partial)
 {
-    const int64_t ld = k->ld, nqp = k->nqp, Dv = k->p->Dv;
+    const int64_t ld = k->ld, nqp = k->nqp, nq = k->nq, Dv = k->p->Dv;
     T *ST = k->ST, *O = k->O;
     if (!partial) {
         SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, 0, nk, Dv, O, Dv);
@@ -585,7 +598,7 @@ CATTN_STEP void SUF(pv_tile)(const SUF(blk) *k, const T *Vt, int64_t vt_rs, int6
     for (int64_t j = 0; j < nk; j++) {
         if (!SUF(row_nonfinite)(Vt + j * vt_rs, Dv)) continue;
         if (j > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, j, Dv, O, Dv);
-        for (int64_t i = 0; i < k->nq; i++) {
+        for (int64_t i = 0; i < nq; i++) {
             T pw = ST[j * ld + i];
             if (signbit(pw)) continue;          /* masked: skip */
             for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] += pw * Vt[j * vt_rs + c];
@@ -600,14 +613,17 @@ CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
 {
     const cattn_params *p = k->p;
     const int64_t Lq = p->Lq, Dv = p->Dv, b = k->b, i0 = k->i0, nq = k->nq;
+    const int64_t out_rs = p->out.rs, out_cs = p->out.cs;
     T *out = (T *)p->out.base + p->out.off[b];
     T *lse = k->lse;
+    const T *O = k->O, *mrow = k->mrow, *lrow = k->lrow;
     const int has_sink = p->sinks != NULL;
     const T sink = has_sink ? (T)p->sinks[b] : (T)0;
-    for (int64_t i = 0; i < k->nq_blk; i++) {
-        T *orow = out + (i0 + i) * p->out.rs;
-        T m = i < nq ? k->mrow[i] : (T)-INFINITY;
-        T l = i < nq ? k->lrow[i] : (T)0;
+    const int64_t nq_blk = k->nq_blk;
+    for (int64_t i = 0; i < nq_blk; i++) {
+        T *orow = out + (i0 + i) * out_rs;
+        T m = i < nq ? mrow[i] : (T)-INFINITY;
+        T l = i < nq ? lrow[i] : (T)0;
         T f;
         if (has_sink && i < nq) {
             f = SUF(fold_sink)(sink, &m, &l);
@@ -617,11 +633,11 @@ CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
         }
         if (l == 0 || i >= nq) {
             /* no key left (or a padded query): zeros, lse -inf */
-            for (int64_t c = 0; c < Dv; c++) orow[c * p->out.cs] = 0;
+            for (int64_t c = 0; c < Dv; c++) orow[c * out_cs] = 0;
             if (lse) lse[i0 + i] = -INFINITY;
             if (p->lse_m) ((T *)p->lse_m)[b * Lq + i0 + i] = -INFINITY;
         } else {
-            for (int64_t c = 0; c < Dv; c++) orow[c * p->out.cs] = k->O[i * Dv + c] * f;
+            for (int64_t c = 0; c < Dv; c++) orow[c * out_cs] = O[i * Dv + c] * f;
             /* a +inf logit: lse is +inf (the output is NaN: inf - inf) */
             const T logl = m == (T)INFINITY ? (T)0 : (T)log((double)l);
             if (lse) lse[i0 + i] = m + logl;
