@@ -98,11 +98,17 @@ def _answer(t, comparison, labels):
     return t["answer_mixed"].format(pairs=pairs)
 
 
-def _comparison(lang):
+def _example(lang):
+    """What the text and the page of the demo are made from: the demo's
+    words, the similarity names, the section labels, the value labels and
+    every similarity function's explanation of the example (a Comparison)."""
+    if lang not in _T:
+        raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
     d = newspaper(lang)
-    return explain(d["query"], d["keys"], d["values"], labels=d["labels"],
-                   value_labels=d["value_labels"], score=list(SCORES), lang=lang,
-                   additive_weight=d["additive_weight"])
+    comparison = explain(d["query"], d["keys"], d["values"], labels=d["labels"],
+                         value_labels=d["value_labels"], score=list(SCORES), lang=lang,
+                         additive_weight=d["additive_weight"])
+    return _T[lang], words(lang)["names"], d["labels"], d["value_labels"], comparison
 
 
 def demo_html(lang="en"):
@@ -116,13 +122,7 @@ def demo_html(lang="en"):
     from .explain.html import page
     from .explain.html import table as html_table
 
-    if lang not in _T:
-        raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
-    t = _T[lang]
-    names = words(lang)["names"]
-    data = newspaper(lang)
-    labels, feats = data["labels"], data["value_labels"]
-    comparison = _comparison(lang)
+    t, names, labels, feats, comparison = _example(lang)
     title = t["title"].replace(" -- ", " \u2014 ")
     H = [f"<h1>{escape(title)}</h1>"]
     H.append('<pre class="story">' + escape("\n".join(t["story"])) + "</pre>")
@@ -165,12 +165,7 @@ def run_demo(lang="en", plot=None, html=None):
     -------
     str
     """
-    if lang not in _T:
-        raise ValueError(f"lang must be 'en' or 'zh', got {lang!r}")
-    t = _T[lang]
-    names = words(lang)["names"]
-    data = newspaper(lang)
-    labels, feats = data["labels"], data["value_labels"]
+    t, names, labels, feats, comparison = _example(lang)
     out = [t["title"], "=" * 72, ""]
     out += t["story"]
     out += ["", t["space"].format(features="[" + ", ".join(feats) + "]"),
@@ -179,7 +174,6 @@ def run_demo(lang="en", plot=None, html=None):
     out += [f"  {t['k']}", f"  {t['v']}"]
     out += table([t["section"], "K", "V"], rows, ["<", "<", "<"], indent="    ")
 
-    comparison = _comparison(lang)
     for i, name in enumerate(SCORES, 1):
         head = t["part"].format(i=i, n=len(SCORES), name=f"{names[name]} ({name!r})")
         out += ["", "", "#" * 72, "# " + head, "#" * 72]

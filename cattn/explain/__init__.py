@@ -56,7 +56,27 @@ __all__ = ["explain", "Explanation", "Comparison", "SCORES", "newspaper"]
 SCORES = _compute.SCORES
 
 
-class Explanation:
+class _Rendered:
+    """What :class:`Explanation` and :class:`Comparison` share: ``str()`` and
+    ``repr()`` are their text, a notebook shows their HTML fragment and
+    :meth:`save_html` writes their standalone page."""
+
+    def __repr__(self):
+        return self.to_text()
+
+    def __str__(self):
+        return self.to_text()
+
+    def save_html(self, path, lang=None, **kwargs):
+        """Write ``to_html(full_page=True)`` to ``path`` (UTF-8)."""
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(self.to_html(lang, full_page=True, **kwargs))
+
+    def _repr_html_(self):
+        return self.to_html()
+
+
+class Explanation(_Rendered):
     """The three stages of one attention computation.
 
     Attributes
@@ -122,12 +142,6 @@ class Explanation:
     def __len__(self):
         return 1
 
-    def __repr__(self):
-        return self.to_text()
-
-    def __str__(self):
-        return self.to_text()
-
     def to_text(self, lang=None, *, digits=3, max_keys=30, max_queries=6, bar_width=30):
         """Render the three stages as plain text (what ``str()`` returns).
 
@@ -164,14 +178,6 @@ class Explanation:
         return _html.explanation_html(self, lang, digits=digits, max_keys=max_keys,
                                       max_queries=max_queries, full_page=full_page)
 
-    def save_html(self, path, lang=None, **kwargs):
-        """Write ``to_html(full_page=True)`` to ``path`` (UTF-8)."""
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(self.to_html(lang, full_page=True, **kwargs))
-
-    def _repr_html_(self):
-        return self.to_html()
-
     def plot(self, ax=None, path=None, *, lang=None, cmap="Blues", labels=None,
              query_labels=None):
         """Heatmap of the softmax weights (queries x keys).
@@ -203,7 +209,7 @@ class Explanation:
                                       query_labels=query_labels)
 
 
-class Comparison:
+class Comparison(_Rendered):
     """Several :class:`Explanation` objects, one per similarity function.
 
     ``str()`` shows the three stages side by side (one column per
@@ -254,12 +260,6 @@ class Comparison:
         diffs = [x.max_abs_diff for x in self]
         return None if any(x is None for x in diffs) else max(diffs)
 
-    def __repr__(self):
-        return self.to_text()
-
-    def __str__(self):
-        return self.to_text()
-
     def to_text(self, lang=None, *, digits=3, max_keys=30, max_queries=6, bar_width=10):
         """Render the three stages side by side, one column per similarity."""
         return _text.comparison_text(self, lang, digits=digits, max_keys=max_keys,
@@ -270,14 +270,6 @@ class Comparison:
         column per key; ``full_page=True`` gives a standalone page."""
         return _html.comparison_html(self, lang, digits=digits, max_keys=max_keys,
                                      max_queries=max_queries, full_page=full_page)
-
-    def save_html(self, path, lang=None, **kwargs):
-        """Write ``to_html(full_page=True)`` to ``path`` (UTF-8)."""
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(self.to_html(lang, full_page=True, **kwargs))
-
-    def _repr_html_(self):
-        return self.to_html()
 
     def plot(self, ax=None, path=None, *, lang=None, cmap="Blues", labels=None,
              query_labels=None):

@@ -20,7 +20,12 @@ _Path = Union[str, os.PathLike[str]]
 
 SCORES: tuple[_Score, ...]
 
-class Explanation:
+# str() and repr() give to_text(); save_html writes to_html(full_page=True).
+class _Rendered:
+    def save_html(self, path: _Path, lang: _Lang | None = None, **kwargs: Any) -> None: ...
+    def _repr_html_(self) -> str: ...
+
+class Explanation(_Rendered):
     query: _Array
     keys: _Array
     values: _Array
@@ -54,15 +59,13 @@ class Explanation:
         self, lang: _Lang | None = None, *, digits: int = 3, max_keys: int = 30,
         max_queries: int = 6, full_page: bool = False,
     ) -> str: ...
-    def save_html(self, path: _Path, lang: _Lang | None = None, **kwargs: Any) -> None: ...
-    def _repr_html_(self) -> str: ...
     def plot(
         self, ax: Any = None, path: _Path | None = None, *, lang: _Lang | None = None,
         cmap: str = "Blues", labels: Sequence[str] | None = None,
         query_labels: Sequence[str] | None = None,
     ) -> Any: ...
 
-class Comparison:
+class Comparison(_Rendered):
     explanations: dict[str, Explanation]
     score: tuple[str, ...]
     scores: dict[str, _Array]
@@ -89,8 +92,6 @@ class Comparison:
         self, lang: _Lang | None = None, *, digits: int = 3, max_keys: int = 30,
         max_queries: int = 6, full_page: bool = False,
     ) -> str: ...
-    def save_html(self, path: _Path, lang: _Lang | None = None, **kwargs: Any) -> None: ...
-    def _repr_html_(self) -> str: ...
     def plot(
         self, ax: Any = None, path: _Path | None = None, *, lang: _Lang | None = None,
         cmap: str = "Blues", labels: Sequence[str] | None = None,

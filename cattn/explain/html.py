@@ -15,7 +15,7 @@ import numpy as np
 
 from .compute import argmax_index, argmax_label, is_masked, share
 from .i18n import words
-from .text import formula, num, vec
+from .text import formula, num, shapes, sizes, vec
 
 __all__ = ["MASKED_MARK", "CSS", "page", "table", "explanation_html", "comparison_html"]
 
@@ -132,15 +132,12 @@ def explanation_html(x, lang=None, *, digits=3, max_keys=30, max_queries=6,
     """The three stages of an Explanation as HTML (see its ``to_html``)."""
     lang = x.lang if lang is None else lang
     t = words(lang)
-    nq, d = x._q2.shape
-    nk = len(x.labels)
-    dv = x._v2.shape[1]
-    shown_k, shown_q = min(nk, max_keys), min(nq, max_queries)
+    nq, d, nk, dv, shown_k, shown_q = sizes(x, max_keys, max_queries)
     show_vec, show_vvec = d <= 8, dv <= 8
     masked = is_masked(x._su2)
     title = t["title"].format(name=t["names"][x.score], score=x.score)
     H = ['<div class="cattn-explain">', f"<h4>{_e(title)}</h4>",
-         f'<p class="note">{_e(t["shapes"].format(nq=nq, queries=t["query_one"] if nq == 1 else t["query_many"], d=d, nk=nk, dv=dv))}</p>']
+         f'<p class="note">{_e(shapes(x, t))}</p>']
     key_head = _key_header(x.labels, x.keys, shown_k, digits, show_vec)
     qheads = [_qhead(x.query_labels[i], x._q2[i], digits, show_vec) for i in range(shown_q)]
     # stage 1: scores, a row per query, a column per key
@@ -217,9 +214,7 @@ def comparison_html(c, lang=None, *, digits=3, max_keys=30, max_queries=6, full_
     lang = c.lang if lang is None else lang
     t = words(lang)
     f = c._first
-    nq, d = f._q2.shape
-    nk = len(c.labels)
-    shown_k, shown_q = min(nk, max_keys), min(nq, max_queries)
+    nq, d, nk, _, shown_k, shown_q = sizes(c, max_keys, max_queries)
     show_vec = d <= 8
     names = list(c.explanations)
     title = t["title_cmp"].format(n=len(names))

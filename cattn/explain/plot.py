@@ -63,18 +63,23 @@ def cjk_font_available():
 
 
 def _setup(lang, texts):
-    """(font kwargs, lang to use for titles) for labels ``texts``."""
+    """(font kwargs, lang to use for titles) for labels ``texts``.
+
+    The warnings name the line that called ``plot()``: five frames up, through
+    the ``plot`` method, ``explanation_plot`` / ``comparison_plot`` and
+    :func:`_prepare`.
+    """
     wide = _has_wide(texts)
     font = cjk_font() if (lang == "zh" or wide) else None
     fontkw = {"fontfamily": font} if font else {}
     if lang == "zh" and font is None:
         lang = "en"  # no font that can draw Chinese titles: keep them readable
         if not wide:  # (wide labels get the warning below)
-            warnings.warn(NO_CJK_FONT, UserWarning, stacklevel=4)
+            warnings.warn(NO_CJK_FONT, UserWarning, stacklevel=5)
     if wide and font is None:
         warnings.warn("no CJK font found for matplotlib, so Chinese/Japanese/Korean "
                       "labels will show as boxes; install one (e.g. Noto Sans CJK) or "
-                      "pass ASCII labels= to plot()", UserWarning, stacklevel=4)
+                      "pass ASCII labels= to plot()", UserWarning, stacklevel=5)
     return fontkw, lang
 
 
@@ -129,23 +134,25 @@ def _save(fig, path):
         fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
-def _tick_labels(x, labels, query_labels):
+def _prepare(x, lang, labels, query_labels):
+    """``(xlabels, ylabels, fontkw, t)`` of a plot of ``x`` (an Explanation or
+    a Comparison): the tick labels, the font that can draw them and the
+    words of the titles (English where no font can draw Chinese ones)."""
+    require_matplotlib()
+    lang = x.lang if lang is None else lang
+    words(lang)
     xlabels = make_labels(labels if labels is not None else x.labels,
                           len(x.labels), "k", "labels")
     ylabels = make_labels(query_labels if query_labels is not None else x.query_labels,
                           len(x.query_labels), "q", "query_labels")
-    return xlabels, ylabels
+    fontkw, lang = _setup(lang, xlabels + ylabels)
+    return xlabels, ylabels, fontkw, words(lang)
 
 
 def explanation_plot(x, ax=None, path=None, *, lang=None, cmap="Blues", labels=None,
                      query_labels=None):
     """Heatmap of one :class:`~cattn.explain.Explanation` (see its ``plot``)."""
-    require_matplotlib()
-    lang = x.lang if lang is None else lang
-    words(lang)
-    xlabels, ylabels = _tick_labels(x, labels, query_labels)
-    fontkw, lang = _setup(lang, xlabels + ylabels)
-    t = words(lang)
+    xlabels, ylabels, fontkw, t = _prepare(x, lang, labels, query_labels)
     if ax is None:
         fig, (ax,) = _new_figure(1, x._a2.shape[0], x._a2.shape[1], path)
     else:
@@ -164,12 +171,7 @@ def explanation_plot(x, ax=None, path=None, *, lang=None, cmap="Blues", labels=N
 def comparison_plot(c, ax=None, path=None, *, lang=None, cmap="Blues", labels=None,
                     query_labels=None):
     """One panel per similarity of a :class:`~cattn.explain.Comparison`."""
-    require_matplotlib()
-    lang = c.lang if lang is None else lang
-    words(lang)
-    xlabels, ylabels = _tick_labels(c, labels, query_labels)
-    fontkw, lang = _setup(lang, xlabels + ylabels)
-    t = words(lang)
+    xlabels, ylabels, fontkw, t = _prepare(c, lang, labels, query_labels)
     names = list(c.explanations)
     a0 = c._first._a2
     if ax is None:

@@ -14,7 +14,7 @@ import numpy as np
 from .compute import argmax_index, argmax_label, share
 from .i18n import words
 
-__all__ = ["formula", "dw", "pad", "num", "vec", "bar", "table", "header",
+__all__ = ["formula", "dw", "pad", "num", "vec", "bar", "table", "sizes", "shapes", "header",
            "explanation_text", "comparison_text"]
 
 _BAR_PARTS = ("", "\u258f", "\u258e", "\u258d", "\u258c", "\u258b", "\u258a", "\u2589")
@@ -109,37 +109,34 @@ def table(headers, rows, aligns, indent="  "):
     return out
 
 
+def sizes(x, max_keys, max_queries):
+    """``(nq, d, nk, dv, shown_k, shown_q)`` of an Explanation or a
+    Comparison (whose explanations share their inputs): the number of
+    queries, their size D, the number of keys, the size of a value, and how
+    many keys and queries the tables show."""
+    first = getattr(x, "_first", x)
+    nq, d = first._q2.shape
+    nk = len(x.labels)
+    return nq, d, nk, first._v2.shape[1], min(nk, max_keys), min(nq, max_queries)
+
+
+def shapes(x, t):
+    """The line that gives the shapes of the inputs, in the words ``t``."""
+    nq, d, nk, dv, _, _ = sizes(x, 0, 0)
+    return t["shapes"].format(nq=nq, queries=t["query_one"] if nq == 1 else t["query_many"],
+                              d=d, nk=nk, dv=dv)
+
+
 def header(x, t):
     """The title and the shapes line of an Explanation."""
-    nq, d = x._q2.shape
-    lines = [t["title"].format(name=t["names"][x.score], score=x.score)]
-    lines.append("  " + t["shapes"].format(
-        nq=nq, queries=t["query_one"] if nq == 1 else t["query_many"],
-        d=d, nk=len(x.labels), dv=x._v2.shape[1]))
-    return lines
+    return [t["title"].format(name=t["names"][x.score], score=x.score), "  " + shapes(x, t)]
 
 
 def explanation_text(x, lang=None, *, digits=3, max_keys=30, max_queries=6, bar_width=30):
-    """Render the three stages as plain text (what ``str()`` returns).
-
-    Parameters
-    ----------
-    lang : {"en", "zh"}, optional
-        Defaults to the language given to :func:`explain`.
-    digits : int
-        Decimals of the numbers.
-    max_keys, max_queries : int
-        Longer inputs are truncated (with a note).
-    bar_width : int
-        Characters of a bar for weight 1.
-    """
+    """The three stages of an Explanation as plain text (see its ``to_text``)."""
     lang = x.lang if lang is None else lang
     t = words(lang)
-    nq, d = x._q2.shape
-    nk = len(x.labels)
-    dv = x._v2.shape[1]
-    shown_k = min(nk, max_keys)
-    shown_q = min(nq, max_queries)
+    nq, d, nk, dv, shown_k, shown_q = sizes(x, max_keys, max_queries)
     show_kvec = d <= 8
     show_vvec = dv <= 8
     masked_any = bool(x.options.get("mask") is not None or x.options.get("causal")
@@ -232,14 +229,9 @@ def comparison_text(c, lang=None, *, digits=3, max_keys=30, max_queries=6, bar_w
     lang = c.lang if lang is None else lang
     t = words(lang)
     f = c._first
-    nq, d = f._q2.shape
-    nk = len(c.labels)
-    shown_k, shown_q = min(nk, max_keys), min(nq, max_queries)
+    nq, d, nk, _, shown_k, shown_q = sizes(c, max_keys, max_queries)
     names = list(c.explanations)
-    L = [t["title_cmp"].format(n=len(names))]
-    L.append("  " + t["shapes"].format(
-        nq=nq, queries=t["query_one"] if nq == 1 else t["query_many"],
-        d=d, nk=nk, dv=f._v2.shape[1]))
+    L = [t["title_cmp"].format(n=len(names)), "  " + shapes(c, t)]
     width = max(dw(n) for n in names)
     for n in names:
         L.append(f"  {pad(n, width)}  {t['names'][n]}: {formula(n, d, c.options, lang)}")
