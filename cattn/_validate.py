@@ -288,10 +288,11 @@ OVERLAP_MAX_WORK = 100_000
 SELF_OVERLAP_LIST = 1 << 20
 
 
+# NumPy 2 moved both; NumPy 1.23-1.26 has them at the top level
 _byte_bounds = getattr(getattr(np.lib, "array_utils", None), "byte_bounds", None) \
-    or np.byte_bounds
+    or getattr(np, "byte_bounds")
 _TooHardError = getattr(getattr(np, "exceptions", None), "TooHardError", None) \
-    or np.TooHardError
+    or getattr(np, "TooHardError")
 
 
 def _extents(a):
@@ -404,9 +405,11 @@ def validate_attention(query, key, value, *, score, scale, mask, bias, causal, w
     kv_len = None if kv_lengths is None else lengths(kv_lengths, "kv_lengths", out_lead, Lk)
     q_len = None if q_lengths is None else lengths(q_lengths, "q_lengths", out_lead, Lq)
     q_seg = kv_seg = None
+    given_seg = ()
     if q_segments is not None:
         q_seg = segments(q_segments, "q_segments", out_lead, Lq)
         kv_seg = segments(kv_segments, "kv_segments", out_lead, Lk)
+        given_seg = (q_seg, kv_seg)       # out must not overwrite the caller's ids
         q_seg, kv_seg = segment_ids(q_seg, kv_seg)
     scale_b = scale_per_batch(scale, opts.score, D, out_lead)
     call = AttentionCall(
@@ -419,5 +422,5 @@ def validate_attention(query, key, value, *, score, scale, mask, bias, causal, w
     if out is not None:
         check_out(out, out_lead + (Lq, Dv), rdt,
                   (q, k, v, mask_a, bias_a, kv_len, q_len, q_seg, kv_seg, call.add_w,
-                   call.scale, call.sinks))
+                   call.scale, call.sinks) + given_seg)
     return call
