@@ -408,17 +408,20 @@ def flash_decode(KernelArgs a, int num_threads, int64_t n_split):
 
 
 cdef inline void _gemm(char *ta, char *tb, int m, int n, int k, floating alpha,
-                       floating *A, int lda, floating *B, int ldb,
+                       const floating *A, int lda, const floating *B, int ldb,
                        floating *C, int ldc) noexcept nogil:
+    # BLAS only reads A and B; its Fortran prototypes just lack the const
     cdef floating beta = 0
     if floating is float:
-        sgemm(ta, tb, &m, &n, &k, &alpha, A, &lda, B, &ldb, &beta, C, &ldc)
+        sgemm(ta, tb, &m, &n, &k, &alpha, <float *>A, &lda, <float *>B, &ldb, &beta,
+              C, &ldc)
     else:
-        dgemm(ta, tb, &m, &n, &k, &alpha, A, &lda, B, &ldb, &beta, C, &ldc)
+        dgemm(ta, tb, &m, &n, &k, &alpha, <double *>A, &lda, <double *>B, &ldb, &beta,
+              C, &ldc)
 
 
-def _gemm_batched(floating[::1] A, const int64_t[::1] A_off, int lda,
-                  floating[::1] B, const int64_t[::1] B_off, int ldb,
+def _gemm_batched(const floating[::1] A, const int64_t[::1] A_off, int lda,
+                  const floating[::1] B, const int64_t[::1] B_off, int ldb,
                   floating[::1] C, int64_t C_stride, int ldc,
                   bint trans_a, int m, int n, int k, double alpha, int num_threads):
     """C[b] = alpha * op(A[b]) . B[b] (column-major BLAS view) for every batch item.
@@ -430,8 +433,8 @@ def _gemm_batched(floating[::1] A, const int64_t[::1] A_off, int lda,
     cdef int64_t n_batch = A_off.shape[0], b
     cdef char *ta = b"T" if trans_a else b"N"
     cdef char *tb = b"N"
-    cdef floating *pa = &A[0]
-    cdef floating *pb = &B[0]
+    cdef const floating *pa = &A[0]
+    cdef const floating *pb = &B[0]
     cdef floating *pc = &C[0]
     cdef floating al = <floating>alpha
     if num_threads > 1:

@@ -10,6 +10,8 @@ cdef extern from *:
     static inline int omp_get_max_threads(void) { return 1; }
     static inline int omp_get_thread_num(void) { return 0; }
     static inline int omp_get_num_threads(void) { return 1; }
+    static inline int omp_get_num_procs(void) { return 1; }
+    static inline int omp_get_proc_bind(void) { return 0; }
     #include <time.h>
     static inline double omp_get_wtime(void) { return (double)clock() / CLOCKS_PER_SEC; }
     #endif
@@ -34,9 +36,18 @@ cdef extern from *:
        create a team's threads, e.g. under an address-space limit.  Before a
        team larger than any this module started so far, try creating its
        threads ourselves (same default stack): the team is cut to what could
-       be created, so OpenMP never meets the failure. */
+       be created, so OpenMP never meets the failure.  libgomp keeps one
+       thread pool per calling thread (each Python thread that enters a
+       region is the master of its own team), so what was verified is kept
+       per calling thread: a team verified on the main thread says nothing
+       about the threads a second Python thread's first region creates. */
     #if defined(_OPENMP) && (defined(__unix__) || defined(__APPLE__))
-    static int cattn_team_verified = 1;
+    #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+    #define CATTN_THREAD_LOCAL _Thread_local
+    #else
+    #define CATTN_THREAD_LOCAL __thread
+    #endif
+    static CATTN_THREAD_LOCAL int cattn_team_verified = 1;
     static void *cattn_noop_thread(void *arg) { return arg; }
     static int cattn_usable_team(int n) {
         pthread_t th[256];
@@ -59,6 +70,8 @@ cdef extern from *:
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil
     int omp_get_num_threads() noexcept nogil
+    int omp_get_num_procs() noexcept nogil
+    int omp_get_proc_bind() noexcept nogil
     double omp_get_wtime() noexcept nogil
     int cattn_in_forked_child
     int cattn_register_atfork() noexcept nogil

@@ -29,7 +29,18 @@ def _openmp_max_threads():
     return omp_get_max_threads()
 
 
-from cattn._options import cpu_count as _cpu_count
+from cattn._options import cpu_count as _cpu_count, set_usable_cores as _set_usable_cores
+
+# With OMP_PROC_BIND (or OMP_PLACES) set, libgomp pins the loading thread
+# to one place when it initialises, so the main thread's affinity then
+# reports one CPU (measured on a 2-core host: sched_getaffinity 1,
+# /proc/self/status Cpus_allowed_list "0", every thread of the process
+# alike, while omp_get_num_procs() still says 2, and 1 under taskset -c 0).
+# omp_get_num_procs() is the affinity libgomp saw before it bound anything.
+# Unbound, the current affinity stays the truth (it follows a
+# sched_setaffinity made after libgomp was loaded).
+if CATTN_HAVE_OPENMP and omp_get_proc_bind() != 0:
+    _set_usable_cores(omp_get_num_procs())
 
 
 def _openmp_effective_n_threads(n_threads=None):

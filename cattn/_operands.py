@@ -51,6 +51,17 @@ def _from_torch(t, name):
             f"{name} is a torch tensor on {t.device}; cattn computes on the CPU: "
             f"pass {name}.cpu()"
         )
+    # What NumPy cannot view makes torch raise RuntimeError (a complex
+    # tensor with the conjugate bit, a nested tensor, a sparse layout):
+    # outside the TypeError contract, so each is named here first.
+    if getattr(t, "is_nested", False):
+        raise TypeError(f"{name} is a nested (ragged) torch tensor; pass a dense tensor")
+    if str(getattr(t, "layout", "torch.strided")) != "torch.strided":
+        raise TypeError(f"{name} is a torch tensor with layout {t.layout}; pass a dense "
+                        f"(strided) tensor, e.g. {name}.to_dense()")
+    if t.is_complex():
+        raise TypeError(f"{name} must hold real numbers (float16/32/64, int or bool); "
+                        f"got torch dtype {t.dtype}")
     if t.requires_grad:
         t = t.detach()
     if str(t.dtype) == "torch.bfloat16":   # NumPy has no bfloat16
@@ -58,7 +69,12 @@ def _from_torch(t, name):
     try:
         return np.from_dlpack(t)
     except (TypeError, RuntimeError, BufferError):
+        pass
+    try:
         return t.numpy()
+    except Exception as exc:
+        raise TypeError(f"{name}: this torch tensor cannot be read as a NumPy array "
+                        f"({exc})") from None
 
 
 def element_strides(arr):

@@ -25,6 +25,13 @@ MAX_NDIM = 32
 _CPU_COUNT: list = []
 
 
+def set_usable_cores(n):
+    """Record the usable cores found by the OpenMP runtime (see
+    ``_openmp_helpers``: once OpenMP binds threads, the process's own
+    affinity no longer tells)."""
+    _CPU_COUNT[:] = [max(1, int(n))]
+
+
 def cpu_count():
     """Usable cores of this process, read once (a syscall per call showed
     in the per-call overhead)."""

@@ -202,7 +202,6 @@ def segments(x, name, out_lead, L):
             f"{name} must have shape (..., {L}); got {arr.shape}"
         )
     check_ndim(arr.shape, name, least=1)
-    arr = arr.astype(np.int64, copy=False)
     try:
         ok = np.broadcast_shapes(arr.shape[:-1], tuple(out_lead)) == tuple(out_lead)
     except ValueError:
@@ -215,6 +214,58 @@ def segments(x, name, out_lead, L):
     return arr
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _fits_int64(arr):
+    """Whether casting ``arr`` to int64 keeps every id exactly."""
+    if arr.dtype.kind == "b" or (arr.dtype.kind == "i" and arr.dtype.itemsize <= 8):
+        return True
+    if arr.dtype.kind == "u" and arr.dtype.itemsize < 8:
+        return True
+    return not arr.size or int(arr.max()) <= _INT64_MAX
+
+
+def segment_ids(q_seg, kv_seg):
+    """Query and key segment ids as int64 arrays that are equal exactly
+    where the given ids are equal.
+
+    The kernels compare int64 ids.  A plain cast wraps uint64 ids above
+    2**63 - 1 onto negative int64 ids (2**64 - 1 would equal -1), so when
+    the ids do not all fit in int64 both sides are replaced by dense codes
+    of their union: negative ids first, then the non-negative ones, each
+    group sorted in its own exact integer dtype (never through float64,
+    NumPy's common type of int64 and uint64).  The usual ids (any signed
+    or small unsigned dtype, or uint64 below 2**63) are only cast, without
+    a copy when they are int64 already.
+    """
+    if _fits_int64(q_seg) and _fits_int64(kv_seg):
+        return q_seg.astype(np.int64, copy=False), kv_seg.astype(np.int64, copy=False)
+    neg_parts, pos_parts = [], []
+    for a in (q_seg, kv_seg):
+        flat = a.reshape(-1)
+        if a.dtype.kind == "u":
+            pos_parts.append(flat.astype(np.uint64, copy=False))
+        else:
+            flat = flat.astype(np.int64, copy=False)
+            neg_parts.append(flat[flat < 0])
+            pos_parts.append(flat[flat >= 0].astype(np.uint64))
+    negs = np.unique(np.concatenate(neg_parts)) if neg_parts else np.empty(0, np.int64)
+    poss = np.unique(np.concatenate(pos_parts))
+    coded = []
+    for a in (q_seg, kv_seg):
+        code = np.empty(a.shape, dtype=np.int64)
+        if a.dtype.kind == "u":
+            code[...] = len(negs) + np.searchsorted(poss, a.astype(np.uint64, copy=False))
+        else:
+            s = a.astype(np.int64, copy=False)
+            neg = s < 0
+            code[neg] = np.searchsorted(negs, s[neg])
+            code[~neg] = len(negs) + np.searchsorted(poss, s[~neg].astype(np.uint64))
+        coded.append(code)
+    return coded[0], coded[1]
+
+
 def sinks_per_batch(sinks, out_lead):
     sk = np.asarray(sinks)
     if sk.dtype.kind not in "iuf":
@@ -224,9 +275,77 @@ def sinks_per_batch(sinks, out_lead):
     return arr
 
 
+#: Bound on the candidate solutions ``np.shares_memory`` may try when the
+#: extents of ``out`` and an input intersect.  Exact overlap of two strided
+#: views is an integer program: crafted views of one buffer took 7 s
+#: (float32) and 21 s (float16) unbounded, in C, with Ctrl-C ignored.
+#: Bounded at 10**5 it took at most 18 ms over 20,000 random pairs of
+#: strided float16/float32 views (2-4 dims) of one buffer.
+OVERLAP_MAX_WORK = 100_000
+
+#: Largest ``out`` whose element offsets are listed to decide whether it
+#: overlaps itself when its strides do not nest (1 M elements: ~20 ms).
+SELF_OVERLAP_LIST = 1 << 20
+
+
+# NumPy 2 moved both; NumPy 1.23-1.26 has them at the top level
+_byte_bounds = getattr(getattr(np.lib, "array_utils", None), "byte_bounds", None) \
+    or getattr(np, "byte_bounds")
+_TooHardError = getattr(getattr(np, "exceptions", None), "TooHardError", None) \
+    or getattr(np, "TooHardError")
+
+
+def _extents(a):
+    """[low, high) byte addresses that ``a`` can touch."""
+    return _byte_bounds(a)
+
+
+def _self_overlaps(out):
+    """Whether two elements of ``out`` share memory (zero strides, rows
+    that overlap); None when that cannot be decided cheaply."""
+    if out.size <= 1:
+        return False
+    if any(st == 0 and n > 1 for st, n in zip(out.strides, out.shape)):
+        return True
+    axes = sorted((abs(st), n) for st, n in zip(out.strides, out.shape) if n > 1)
+    span = out.itemsize
+    for st, n in axes:
+        if st < span:
+            break
+        span = st * (n - 1) + span
+    else:
+        return False            # strides nest: every element has its own bytes
+    if out.size > SELF_OVERLAP_LIST:
+        return None
+    offsets = np.zeros(1, dtype=np.int64)
+    for st, n in zip(out.strides, out.shape):
+        offsets = (offsets[:, None] + np.arange(n, dtype=np.int64) * st).reshape(-1)
+    offsets.sort()
+    return bool(np.any(np.diff(offsets) < out.itemsize))
+
+
+def _overlap(out, x, out_ext):
+    """Whether ``out`` and array ``x`` share memory; None when undecidable
+    within ``OVERLAP_MAX_WORK``."""
+    if out.size == 0 or x.size == 0:
+        return False
+    low, high = _extents(x)
+    if high <= out_ext[0] or out_ext[1] <= low:
+        return False            # disjoint extents: the common case, no solver
+    try:
+        return bool(np.shares_memory(out, x, max_work=OVERLAP_MAX_WORK))
+    except _TooHardError:
+        return None
+
+
 def check_out(out, shape, dtype, inputs):
-    """``out=``: a writeable ndarray of exact shape and dtype that shares no
-    memory with any input (every input already an array)."""
+    """``out=``: a writeable ndarray of exact shape and dtype whose elements
+    do not overlap each other and that shares no memory with any input.
+
+    ``inputs`` are the arrays every argument became (NumPy arrays made from
+    torch tensors, memoryviews, lists ...), so memory shared through any of
+    them is seen.
+    """
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array; got {type(out).__name__}")
     if out.shape != shape or out.dtype != dtype:
@@ -236,9 +355,26 @@ def check_out(out, shape, dtype, inputs):
         )
     if not out.flags.writeable:
         raise ValueError("out must be writeable")
+    self_overlap = _self_overlaps(out)
+    if self_overlap:
+        raise ValueError(
+            f"out must not overlap itself: its strides {out.strides} make elements "
+            f"share memory")
+    if self_overlap is None:
+        raise ValueError(
+            f"out (strides {out.strides}): whether its elements overlap cannot be "
+            f"decided cheaply; pass a contiguous out")
+    out_ext = _extents(out)
     for x in inputs:
-        if isinstance(x, np.ndarray) and np.shares_memory(out, x):
+        if not isinstance(x, np.ndarray):
+            continue
+        shared = _overlap(out, x, out_ext)
+        if shared:
             raise ValueError("out must not overlap an input array")
+        if shared is None:
+            raise ValueError(
+                "out: whether it overlaps an input array cannot be decided cheaply "
+                "(strided views of one buffer); pass a contiguous out")
 
 
 def _abs_max(scale_b, given):
@@ -269,9 +405,12 @@ def validate_attention(query, key, value, *, score, scale, mask, bias, causal, w
     kv_len = None if kv_lengths is None else lengths(kv_lengths, "kv_lengths", out_lead, Lk)
     q_len = None if q_lengths is None else lengths(q_lengths, "q_lengths", out_lead, Lq)
     q_seg = kv_seg = None
+    given_seg = ()
     if q_segments is not None:
         q_seg = segments(q_segments, "q_segments", out_lead, Lq)
         kv_seg = segments(kv_segments, "kv_segments", out_lead, Lk)
+        given_seg = (q_seg, kv_seg)       # out must not overwrite the caller's ids
+        q_seg, kv_seg = segment_ids(q_seg, kv_seg)
     scale_b = scale_per_batch(scale, opts.score, D, out_lead)
     call = AttentionCall(
         q=q, k=k, v=v, options=opts, Lq=Lq, Lk=Lk, D=D, Dv=Dv, out_lead=out_lead,
@@ -283,5 +422,5 @@ def validate_attention(query, key, value, *, score, scale, mask, bias, causal, w
     if out is not None:
         check_out(out, out_lead + (Lq, Dv), rdt,
                   (q, k, v, mask_a, bias_a, kv_len, q_len, q_seg, kv_seg, call.add_w,
-                   call.scale, call.sinks))
+                   call.scale, call.sinks) + given_seg)
     return call

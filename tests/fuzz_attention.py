@@ -28,6 +28,14 @@ cattn before their fix are generated as usual (``out=`` aliasing
 ``kv_lengths``: BUG-1; a logically huge query axis with no keys: a hang
 before 5b62fcf; ``num_threads`` >= 2**31: OverflowError before 5b62fcf).
 
+Argument kinds and aliasing: arguments are also passed as memoryviews,
+lists and (when torch is importable) torch tensors; ``out=`` is made to
+share memory with any one argument (or to interleave with it without
+sharing), inputs share memory with each other, and segment ids come in
+mixed integer dtypes at both ends of their range.  A call that returns
+with an ``out`` overlapping an argument cattn reads in place is a failure;
+with ``--check`` the oracle reads the inputs as they were before the call.
+
 Memory: before fuzzing, the address space is capped (``RLIMIT_AS``) at the
 current size + ``CATTN_FUZZ_MEM_MB`` (default 1536) so that a request for a
 huge array raises MemoryError instead of paging the machine out (skipped
@@ -58,6 +66,7 @@ KNOWN_BUGS = {}
 MAX_WORK = 2e7          # logical multiply-adds a call may take (when its output fits)
 _STATS = {}
 _LAST = [""]            # description of the call in progress (for reports)
+_ALIASED = [None]       # the input an out= of this call was made to overlap
 _ECHO = [False]         # print each call before making it (replay)
 
 
@@ -109,6 +118,7 @@ HOSTILE_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 1e-300, -1e-300, 5e-324, 1e-45, 1e3
 FINITE_FLOATS = [x for x in HOSTILE_FLOATS if np.isfinite(x)]
 HOSTILE_INTS = [0, 1, 2, 3, -1, 7, 2**31 - 1, 2**31, -2**31, 2**62, 2**63 - 1, 2**64]
 FLOAT_DTYPES = [np.float16, np.float32, np.float64]
+SEGMENT_DTYPES = [np.int64, np.int64, np.uint64, np.int32, np.int8, np.uint8, np.bool_]
 OTHER_DTYPES = [np.int8, np.int32, np.int64, np.uint8, np.uint64, np.bool_,
                 np.complex64, np.longdouble, object, "U3", "V8", "datetime64[s]"]
 
@@ -330,8 +340,16 @@ def _segments(d, lead, L):
         shp = d.choice([(L,), lead + (L,), lead[:1] + (1,) * max(len(lead) - 1, 0) + (L,)]
                        + ([] if d.tame else [(L + 1,), ()]))
         rng = np.random.default_rng(d.seed())
-        vals = d.choice([2, 3, 2**63 - 1])
-        return np.sort(rng.integers(0, vals, size=shp), axis=-1) if shp else np.int64(1)
+        dt = np.dtype(d.choice(SEGMENT_DTYPES))
+        if not shp:
+            return dt.type(1)
+        if dt.kind == "b":
+            return rng.integers(0, 2, size=shp).astype(bool)
+        info = np.iinfo(dt)
+        # ids at both ends of the dtype: uint64 2**64 - 1 must not equal -1
+        ends = np.array([info.min, info.max, 0, 1, info.max - 1], dtype=dt)
+        ids = ends[rng.integers(0, len(ends), size=shp)]
+        return np.sort(ids, axis=-1) if d.bool() else ids
     return _param(d, good)
 
 
@@ -411,6 +429,14 @@ def one_call(d, include_known=False, check=False):
         return _stage_call(d, which)
     arrs, geom = _qkv(d)
     kw = _kwargs(d, geom, arrs, include_known)
+    _ALIASED[0] = None
+    if d.bool(0.15):
+        _alias_out(d, arrs, kw)
+    elif d.bool(0.1):
+        _alias_inputs(d, arrs)
+    plain = (list(arrs), dict(kw))      # the NumPy arrays, before other kinds
+    if d.bool(0.3):
+        arrs, kw = _other_kinds(d, arrs, kw)
     w = _work(arrs, geom, kw, include_known)
     if w is not None and w[0] > MAX_WORK and w[1] < (256 << 20):
         _count("skipped_work")
@@ -419,13 +445,18 @@ def one_call(d, include_known=False, check=False):
         [describe(a) for a in arrs] + [f"{k_}={describe(v_)}" for k_, v_ in kw.items()]) + ")"
     if _ECHO[0]:
         print("call:", _LAST[0], flush=True)
+    before = None
+    if check:       # the oracle reads the inputs as they were before the call
+        snap = lambda x: np.array(x) if isinstance(x, np.ndarray) and x.size < 10**6 else x
+        before = ([snap(a) for a in plain[0]], {k_: snap(v_) for k_, v_ in plain[1].items()})
     try:
         res = cattn.attention(*arrs, **kw)
     except ACCEPTABLE as exc:
         _count(type(exc).__name__)
         return
     _count("result")
-    _check_result(res, arrs, kw, check, include_known)
+    _check_no_overlap(plain, kw)
+    _check_result(res, plain[0], plain[1], check, include_known, before)
 
 
 def _stage_call(d, which):
@@ -461,9 +492,123 @@ def _stage_call(d, which):
     _count("result")
 
 
-def _check_result(res, arrs, kw, check, include_known=False):
+# ---------------------------------------------------------------------------
+# argument kinds and aliasing
+# ---------------------------------------------------------------------------
+ARRAY_KWARGS = ("mask", "bias", "kv_lengths", "q_lengths", "q_segments", "kv_segments",
+                "sinks", "scale", "additive_weight")
+
+
+def _torch():
+    try:
+        import torch
+        return torch
+    except Exception:
+        return None
+
+
+def _other_kind(d, x):
+    """``x`` as a memoryview, a list or a torch tensor (the same memory
+    except for the list), or ``x`` when that kind cannot hold it."""
+    if not isinstance(x, np.ndarray):
+        return x
+    kind = d.choice(["memoryview", "list", "torch"])
+    try:
+        if kind == "memoryview":
+            return memoryview(x)
+        if kind == "list" and x.size < 500:
+            if x is _ALIASED[0]:
+                _ALIASED[0] = None          # a list is a copy: nothing shared
+            return x.tolist()
+        torch = _torch()
+        if torch is not None and x.flags.writeable and x.dtype.kind in "fiub":
+            return torch.from_numpy(x)
+    except Exception:      # a layout or dtype the kind cannot hold
+        pass
+    return x
+
+
+def _other_kinds(d, arrs, kw):
+    arrs = [_other_kind(d, a) if d.bool(0.5) else a for a in arrs]
+    kw = {k_: (_other_kind(d, v_) if k_ in ARRAY_KWARGS and d.bool(0.5) else v_)
+          for k_, v_ in kw.items()}
+    return arrs, kw
+
+
+def _sharing(shape, dtype, target, d):
+    """(a view of ``target``'s values in new memory, an array of ``shape``
+    and ``dtype`` in the same memory that overlaps it, or not)."""
+    dt = np.dtype(dtype)
+    nt, no = target.nbytes, int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if target.dtype.kind not in "biuf" or dt.kind not in "biuf" or nt == 0 or no == 0 or nt + no > (8 << 20):
+        return target, None
+    align = max(dt.itemsize, target.itemsize)
+    buf = np.zeros(nt + no + 2 * align, dtype=np.uint8)
+    start = d.choice([0, align, (nt // 2) // align * align])   # where out starts
+    t = buf[:nt].view(target.dtype).reshape(target.shape)
+    t[...] = target
+    o = buf[start:start + no].view(dt).reshape(shape)
+    if d.bool(0.2):        # interleaved, disjoint: extents meet, memory does not
+        o = buf[nt + align:nt + align + no].view(dt).reshape(shape)
+    return t, o
+
+
+def _alias_out(d, arrs, kw):
+    """Make ``out`` share memory with one input (any argument)."""
+    out = kw.get("out")
+    if not isinstance(out, np.ndarray) or out.size == 0:
+        return
+    names = [i for i, a in enumerate(arrs) if isinstance(a, np.ndarray)] + \
+        [k_ for k_ in ARRAY_KWARGS if isinstance(kw.get(k_), np.ndarray)]
+    if not names:
+        return
+    which = d.choice(names)
+    target = arrs[which] if isinstance(which, int) else kw[which]
+    t, o = _sharing(out.shape, out.dtype, target, d)
+    if o is None:
+        return
+    # arguments cattn reads in place (the others it may copy first: then
+    # an out in their memory overwrites nothing cattn reads)
+    in_place = (which in (0, 1, 2, "bias") and t.dtype.kind == "f") or \
+        (which == "mask" and t.dtype == np.bool_) or which in ("q_segments", "kv_segments")
+    _ALIASED[0] = t if in_place else None
+    if isinstance(which, int):
+        arrs[which] = t
+    else:
+        kw[which] = t
+    kw["out"] = o
+
+
+def _alias_inputs(d, arrs):
+    """Inputs that share memory with each other (allowed): k = q, v = k, or
+    a shifted view of one buffer."""
+    q, k, v = arrs
+    if not all(isinstance(a, np.ndarray) and a.ndim >= 2 for a in arrs):
+        return
+    if d.bool() and k.shape[-1:] == q.shape[-1:] and k.dtype == q.dtype:
+        arrs[1] = q if d.bool() else q[..., ::-1, :]
+    if v.shape == arrs[1].shape and v.dtype == arrs[1].dtype:
+        arrs[2] = arrs[1]
+
+
+def _check_no_overlap(plain, kw):
+    """A call that returned must not have written into an input."""
+    out = kw.get("out")
+    x, _ALIASED[0] = _ALIASED[0], None
+    if not isinstance(out, np.ndarray) or x is None:
+        return
+    if x.size < 10**6 and out.size < 10**6:
+        try:
+            shared = np.shares_memory(out, x, max_work=10**6)
+        except Exception:      # too hard to decide here: cattn must have said so
+            return
+        assert not shared, "out= overlapping an input was accepted"
+
+
+def _check_result(res, arrs, kw, check, include_known=False, before=None):
     """A result must have the documented structure; with ``check`` its
-    values must match the float64 oracle for tame inputs."""
+    values must match the float64 oracle for tame inputs (``before``: the
+    inputs as they were before the call)."""
     parts = res if isinstance(res, tuple) else (res,)
     want = 1 + bool(kw.get("return_weights", False)) + bool(kw.get("return_lse", False))
     assert len(parts) == want, f"expected {want} results, got {len(parts)}"
@@ -471,6 +616,8 @@ def _check_result(res, arrs, kw, check, include_known=False):
         assert isinstance(p, np.ndarray), type(p)
     if not check:
         return
+    if before is not None:
+        arrs, kw = before
     q, k, v = (np.asarray(x) for x in arrs)
     tame = all(x.dtype == np.float64 and x.size < 10**5 and np.isfinite(x).all()
                and (x.size == 0 or np.abs(x).max() < 1e3) for x in (q, k, v))

@@ -238,6 +238,17 @@ def test_errors(rng):
         cdask.attention(q, k, v, kv_lengths=np.array([7, 1]))
 
 
+@pytest.mark.parametrize("sinks", [np.nan, np.inf, np.array([0.0, np.nan])])
+def test_sinks_nan_or_inf_raise_like_attention(rng, sinks):
+    """cattn.dask accepted sinks=nan/+inf and returned NaN where
+    cattn.attention raises ValueError: one validation for both."""
+    q, k, v = qkv(rng, (2,), 5, 6)
+    with pytest.raises(ValueError, match="sinks"):
+        cattn.attention(q, k, v, sinks=sinks)
+    with pytest.raises(ValueError, match="sinks"):
+        cdask.attention(q, k, v, sinks=sinks).compute()
+
+
 def test_import_cattn_does_not_import_dask():
     code = "import sys, cattn; assert 'dask' not in sys.modules, 'dask imported'"
     env = dict(os.environ, PYTHONPATH=ROOT)

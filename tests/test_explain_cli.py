@@ -94,6 +94,26 @@ def test_fully_masked_row(qkv):
     assert "every key is masked" in str(e)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("how", ["mask", "causal"])
+def test_non_finite_masked_out_values(bad, how):
+    """Masked-out values holding NaN or inf made explain raise RuntimeError
+    ("the three stages ... disagree"): 0 * NaN poisoned stage 3, though
+    attention never reads what is masked out."""
+    rng = np.random.default_rng(3)
+    q, k = rng.standard_normal((3, 4)), rng.standard_normal((4, 4))
+    v = rng.standard_normal((4, 2))
+    v[3, 1] = bad                      # key 3: masked out for queries 0 and 1
+    opts = ({"mask": np.array([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], bool)}
+            if how == "mask" else {"causal": True, "window": (None, -1)})
+    e = explain(q, k, v, **opts)
+    want = reference.attention(q, k, v, **opts)
+    got = e.output
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert np.isfinite(got[:2]).all()
+    str(e)                                # renders
+
+
 def test_float32_stays_float32(qkv):
     q, k, v = (x.astype(np.float32) for x in qkv)
     e = explain(q, k, v, score="cosine")

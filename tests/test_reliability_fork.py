@@ -23,3 +23,12 @@ def test_fork_children_finish():
     assert_ok(proc)
     assert "FORK-OK" in proc.stdout
 
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_fork_during_every_call_kind_from_another_thread():
+    """A child forked while another thread was inside ``scores``/``aggregate``
+    inherited the BLAS limiter's lock held and blocked on it for ever."""
+    proc = run_script("fork_during_calls.py")
+    assert_ok(proc)
+    assert "FORK-DURING-OK" in proc.stdout

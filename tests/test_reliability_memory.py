@@ -127,6 +127,16 @@ def test_thread_creation_failure_does_not_exit():
     assert proc.returncode == 0 and "SURVIVED" in proc.stdout, describe(proc)
 
 
+@needs_linux
+@no_asan
+def test_thread_creation_failure_from_a_second_thread_does_not_exit():
+    """libgomp builds a team per calling thread: a team verified on the main
+    thread did not cover a second Python thread's first team, and libgomp
+    exited the process ("Thread creation failed", status 1)."""
+    proc = run_script("thread_creation_limit_second_thread.py")
+    assert proc.returncode == 0 and "SURVIVED" in proc.stdout, describe(proc)
+
+
 def _mixed_calls(rng):
     """Small calls over every path, plus calls that fail validation."""
     q = rng.standard_normal((2, 3, 40, 16)); k = rng.standard_normal((2, 3, 50, 16))

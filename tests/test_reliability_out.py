@@ -119,3 +119,93 @@ def test_out_overlapping_other_arguments_raises(name):
         kw[name][:] = 1.0
     with pytest.raises(ValueError, match="overlap"):
         cattn.attention(q, q, q, out=out, num_threads=1, **kw)
+
+
+# Overlap through arguments that are not NumPy arrays, self-overlap, and the
+# bound on the overlap check.
+
+
+def test_out_overlap_through_non_numpy_arguments():
+    """``out`` sharing memory with an argument given as a memoryview (or a
+    torch tensor) was not seen: kv_lengths read from ``out`` while it was
+    written segfaulted (heap-buffer-overflow in the kernel), q/k/v given
+    as memoryviews of ``out`` gave wrong results."""
+    q = np.ones((2, 16, 8))
+    out = np.zeros((2, 16, 8))
+    lens = out.reshape(-1).view(np.int64)[:2]
+    lens[:] = 16
+    with pytest.raises(ValueError, match="overlap"):
+        cattn.attention(q, q, q, kv_lengths=memoryview(lens), out=out, num_threads=1)
+    for pos in range(3):
+        args = [q, q, q]
+        args[pos] = memoryview(out)
+        with pytest.raises(ValueError, match="overlap"):
+            cattn.attention(*args, out=out)
+    mask = np.ones((16, 16), bool)
+    buf = np.zeros(out.size + 32)
+    out2 = buf[:out.size].reshape(out.shape)
+    with pytest.raises(ValueError, match="overlap"):
+        cattn.attention(q, q, q, mask=memoryview(out2.reshape(-1).view(np.bool_)[:256]
+                                                 .reshape(16, 16)), out=out2)
+    # a list is copied: no overlap, a right result
+    got = cattn.attention(q, q, q, kv_lengths=lens.tolist(), out=out)
+    assert got is out
+    np.testing.assert_allclose(out, cattn.reference.attention(q, q, q), rtol=1e-12)
+    del mask
+
+
+def test_out_overlap_through_torch_tensors():
+    torch = pytest.importorskip("torch")
+    q = np.ones((2, 16, 8))
+    out = np.zeros((2, 16, 8))
+    lens = out.reshape(-1).view(np.int64)[:2]
+    lens[:] = 16
+    with pytest.raises(ValueError, match="overlap"):
+        cattn.attention(q, q, q, kv_lengths=torch.from_numpy(lens), out=out, num_threads=1)
+    with pytest.raises(ValueError, match="overlap"):
+        cattn.attention(torch.from_numpy(out), q, q, out=out)
+
+
+def test_self_overlapping_out_raises(qkv):
+    """A self-overlapping ``out`` (zero strides, rows that overlap) was
+    accepted and returned garbage."""
+    q, k, v = qkv
+    shape = q.shape[:-1] + (v.shape[-1],)
+    item = 8
+    zero = as_strided(np.zeros(200), shape=shape, strides=(0, 96 * item, 4 * item, item))
+    rows = as_strided(np.zeros(400), shape=shape,
+                      strides=(18 * 4 * item, 6 * 4 * item, 2 * item, item))
+    for out in (zero, rows):
+        with pytest.raises(ValueError, match="out must not overlap itself"):
+            cattn.attention(q, k, v, out=out)
+
+
+def test_out_with_strides_that_do_not_nest_but_do_not_overlap():
+    """Strides (24, 16) bytes for shape (2, 2): offsets 0, 16, 24, 40 -
+    no nesting order, no overlap: accepted (decided by listing offsets)."""
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal((2, 3)) for _ in range(3))
+    v = v[:, :2]
+    out = as_strided(np.zeros(8), shape=(2, 2), strides=(24, 16))
+    got = cattn.attention(q, k, v, out=out)
+    assert got is out
+    np.testing.assert_allclose(out, cattn.reference.attention(q, k, v), rtol=1e-12)
+
+
+def test_overlap_check_is_bounded(monkeypatch):
+    """The exact overlap check was unbounded (crafted strided views of one
+    buffer stalled validation for 7-21 s with Ctrl-C ignored).  Extents
+    that intersect are decided within ``OVERLAP_MAX_WORK`` or rejected."""
+    from cattn import _validate
+    buf = np.zeros(4096)
+    q = buf[0::2][:24].reshape(2, 3, 4)          # interleaved with out:
+    out = buf[1::2][:24].reshape(2, 3, 4)        # extents meet, memory does not
+    got = cattn.attention(q, q, q, out=out)
+    assert got is out
+    np.testing.assert_allclose(out, cattn.reference.attention(q, q, q), rtol=1e-12)
+    monkeypatch.setattr(_validate, "OVERLAP_MAX_WORK", 0)
+    with pytest.raises(ValueError, match="cannot be decided cheaply"):
+        cattn.attention(q, q, q, out=out)
+    # disjoint extents never reach the solver
+    out3 = np.zeros((2, 3, 4))
+    assert cattn.attention(q, q, q, out=out3) is out3

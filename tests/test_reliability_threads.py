@@ -173,3 +173,38 @@ def test_threadpoolctl_controls_cattn_openmp():
         assert others <= max(2, 0.1 * mine), (mine, others)
     assert cattn.get_num_threads() > 1
     np.testing.assert_allclose(limited, cattn.attention(q, q, q), rtol=1e-12, atol=1e-14)
+
+
+def test_blas_limit_holds_on_every_thread():
+    """With threadpoolctl >= 3.6 only one "controlling" thread could change
+    OpenBLAS: stage calls from a worker thread ignored ``num_threads``, and
+    after one ``cattn.scores`` call a user's own ``threadpool_limits(1,
+    "blas")`` in another thread was silently dropped.  A fresh process
+    (nothing has taken the control yet)."""
+    proc = run_script("blas_limits_other_threads.py")
+    assert_ok(proc)
+    assert "BLAS-LIMITS-OK" in proc.stdout or "NO-BLAS" in proc.stdout
+
+
+@needs_linux
+@pytest.mark.parametrize("env", [{"OMP_PROC_BIND": "true"}, {"OMP_PLACES": "cores"},
+                                 {"OMP_PROC_BIND": "spread", "OMP_PLACES": "threads"}])
+def test_thread_binding_keeps_the_default_thread_count(env):
+    """With OMP_PROC_BIND (or OMP_PLACES) libgomp pins the main thread when
+    it loads, so ``sched_getaffinity`` then reports one CPU and the default
+    thread count fell to 1.  The usable cores are those the process had
+    before OpenMP bound it."""
+    import subprocess
+    import sys
+    from _subproc import ROOT
+    code = ("import os; before = len(os.sched_getaffinity(0)); import cattn; "
+            "from cattn import _options; "
+            "print(before, _options.cpu_count(), cattn.get_num_threads())")
+    full = {k: v for k, v in os.environ.items()
+            if not k.startswith(("OMP_", "GOMP_"))}
+    full.update(env, PYTHONPATH=os.pathsep.join([str(ROOT), full.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=full, timeout=TIMEOUT, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    before, cores, default = map(int, proc.stdout.split())
+    assert cores == before and default == before, proc.stdout

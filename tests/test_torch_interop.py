@@ -42,3 +42,19 @@ def test_non_cpu_tensor_is_a_type_error():
     q = torch.empty(4, 8, device="meta")
     with pytest.raises(TypeError, match="query.*cpu"):
         cattn.attention(q, np.ones((4, 8)), np.ones((4, 8)))
+
+
+def test_tensors_numpy_cannot_view_are_typeerrors():
+    """A complex tensor with the conjugate bit and a nested tensor made
+    torch raise RuntimeError from inside cattn; both are TypeErrors naming
+    the argument."""
+    x = torch.ones(2, 3)
+    conj = torch.complex(torch.ones(2, 3), torch.ones(2, 3)).conj()
+    assert conj.is_conj()
+    with pytest.raises(TypeError, match="key"):
+        cattn.attention(x, conj, x)
+    nested = torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(4, 3)])
+    with pytest.raises(TypeError, match="query"):
+        cattn.attention(nested, x, x)
+    with pytest.raises(TypeError, match="value"):
+        cattn.attention(x, x, torch.ones(2, 3).to_sparse())

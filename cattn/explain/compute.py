@@ -125,15 +125,19 @@ def compute(q2, k, v2, score, kernel, masking, check):
     s = np.asarray(cattn.scores(q2, k, score=score, **sc_opts, **nt))
     s_used = apply_masking(s, masking)
     a = np.asarray(cattn.softmax(s_used, axis=-1, **nt))
-    o = np.asarray(cattn.aggregate(a, v2, **nt))
+    o = _aggregate_attended(cattn, a, v2, is_masked(s_used), nt)
     diff = None
     if check:
         fused = np.asarray(cattn.attention(q2, k, v2, score=score, **kernel, **masking))
         if fused.shape != o.shape:
             raise RuntimeError(f"cattn.attention returned shape {fused.shape}, "
                                f"the three stages gave {o.shape}")
-        diff = float(np.max(np.abs(fused.astype(np.float64) - o))) if o.size else 0.0
-        magnitude = max(1.0, float(np.max(np.abs(v2))) if v2.size else 1.0)
+        with np.errstate(invalid="ignore"):       # inf - inf where both are inf
+            gap = np.abs(fused.astype(np.float64) - o)
+            gap[(fused == o) | (np.isnan(fused) & np.isnan(o))] = 0.0
+        diff = float(np.max(gap)) if o.size else 0.0
+        finite_v = np.abs(v2[np.isfinite(v2)])
+        magnitude = max(1.0, float(np.max(finite_v)) if finite_v.size else 1.0)
         if o.dtype == np.float32 or fused.dtype == np.float32:
             ok = np.allclose(o, fused, rtol=1e-3, atol=1e-5 * magnitude, equal_nan=True)
         else:
@@ -145,9 +149,35 @@ def compute(q2, k, v2, score, kernel, masking, check):
     return s, s_used, a, o, diff
 
 
+def _aggregate_attended(cattn, a, v2, masked, nt):
+    """Stage 3 over the attended keys only.
+
+    A masked-out key has weight 0, but 0 * NaN and 0 * inf are NaN: a
+    masked-out value holding NaN or inf would poison the whole row of
+    ``weights @ values``, whereas attention never reads what is masked out
+    (the fused kernel skips it).  Rows that mask out a non-finite value
+    are therefore aggregated over their attended keys alone.
+    """
+    o = np.asarray(cattn.aggregate(a, v2, **nt))
+    bad_keys = ~np.all(np.isfinite(v2), axis=1)
+    if not np.any(bad_keys):
+        return o
+    o = np.array(o)
+    for i in np.flatnonzero(np.any(masked & bad_keys[None, :], axis=1)):
+        keep = ~masked[i]
+        if np.any(keep):
+            o[i] = np.asarray(cattn.aggregate(a[i:i + 1, keep], v2[keep], **nt))[0]
+        else:
+            o[i] = 0
+    return o
+
+
 def share(weights_row, values2):
     """L1 share of each term a_i * v_i in V'."""
-    contrib = np.abs(weights_row[:, None] * values2).sum(axis=1)
+    # a masked-out key (weight 0) contributes 0 even where its value is NaN/inf
+    attended = weights_row[:, None] != 0
+    with np.errstate(invalid="ignore", over="ignore"):
+        contrib = np.where(attended, np.abs(weights_row[:, None] * values2), 0).sum(axis=1)
     total = contrib.sum()
     if not np.isfinite(total) or total <= 0:
         return np.zeros_like(contrib)

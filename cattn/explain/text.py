@@ -207,7 +207,9 @@ def explanation_text(x, lang=None, *, digits=3, max_keys=30, max_queries=6, bar_
             w = x._a2[i, j]
             row = [x.labels[j], num(w, digits)]
             if show_vvec:
-                row += [vec(x._v2[j], digits), vec(w * x._v2[j], digits)]
+                # a masked-out key (weight 0) contributes 0, whatever its value
+                term = np.zeros_like(x._v2[j]) if w == 0 else w * x._v2[j]
+                row += [vec(x._v2[j], digits), vec(term, digits)]
             row.append(f"{100 * sh[j]:.1f}%")
             rows.append(row)
         L += table(headers, rows, ["<", ">"] + (["<", "<"] if show_vvec else []) + [">"])
