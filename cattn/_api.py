@@ -60,10 +60,17 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     bias : array_like, optional
         Added to the scaled score; broadcastable to (..., Lq, Lk); -inf masks.
     causal : bool
-        Bottom-right aligned: query i sees key j iff ``j <= i + Lk - Lq``.
+        Query i sees key j iff ``j <= p``, where ``p = i + kv_len - q_len``
+        is the query's key position: the diagonal sits at each sequence's
+        own end (``kv_len`` = ``kv_lengths`` if given, else Lk; ``q_len`` =
+        ``q_lengths`` if given, else Lq).  Without lengths this is the
+        bottom-right alignment ``p = i + Lk - Lq``.  A decode step over a
+        preallocated cache passes ``kv_lengths`` alone (its queries are the
+        last Lq positions of each sequence); a padded self-attention batch
+        passes both ``q_lengths`` and ``kv_lengths``.
     window : (left, right), optional
-        Keep keys with ``p - left <= j <= p + right``, ``p = i + Lk - Lq``;
-        None on a side is unbounded.
+        Keep keys with ``p - left <= j <= p + right``, ``p`` as for
+        ``causal``; None on a side is unbounded.
     additive_weight : array_like, shape (D,), optional
         ``w`` of the additive score (default ones).
     return_weights : bool or "key_mass"
@@ -80,7 +87,10 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
         Number of leading real keys / queries per sequence; a 1-D array runs
         along the first leading dim, otherwise it broadcasts against the
         leading dims.  Keys past the length are never read; queries past it
-        get output 0.
+        get output 0.  They also place the causal diagonal and the window
+        (see ``causal``).  Causal/window with ``kv_lengths`` alone on
+        Lq == Lk > 1 and some 0 < kv_len < Lk raises ValueError: that is a
+        padded self-attention batch missing its ``q_lengths``.
     q_segments, kv_segments : array_like of int, optional
         Segment ids of shape (..., Lq) / (..., Lk); a query attends only keys
         with its id (packed sequences).
@@ -129,6 +139,24 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
         return_lse=return_lse, num_threads=num_threads, out=out, kv_lengths=kv_lengths,
         q_lengths=q_lengths, q_segments=q_segments, kv_segments=kv_segments,
         softcap=softcap, sinks=sinks)
+    return run_attention(call, plan_attention(call))
+
+
+def _attention_at(query, key, value, q_pos, *, score="scaled_dot", scale=None, mask=None,
+                  bias=None, causal=False, window=None, additive_weight=None,
+                  return_weights=False, return_lse=False, num_threads=None,
+                  kv_lengths=None, q_lengths=None, q_segments=None, kv_segments=None,
+                  softcap=None, sinks=None):
+    """``attention`` with query 0 of each item at key position ``q_pos``
+    (broadcast against the leading dims) instead of ``kv_len - q_len``:
+    for callers that run one (query chunk, key chunk) piece of a larger
+    call (``cattn.dask``) and keep the whole call's alignment."""
+    call = validate_attention(
+        query, key, value, score=score, scale=scale, mask=mask, bias=bias, causal=causal,
+        window=window, additive_weight=additive_weight, return_weights=return_weights,
+        return_lse=return_lse, num_threads=num_threads, out=None, kv_lengths=kv_lengths,
+        q_lengths=q_lengths, q_segments=q_segments, kv_segments=kv_segments,
+        softcap=softcap, sinks=sinks, q_pos=q_pos)
     return run_attention(call, plan_attention(call))
 
 

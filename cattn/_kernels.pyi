@@ -72,14 +72,15 @@ class KernelArgs:
     add_w: npt.NDArray[Any] | None
     kv_len: _Offsets | None
     q_len: _Offsets | None
+    q_pos: _Offsets | None   # key position of query 0 per item (None: kv_len - q_len)
     sinks: npt.NDArray[np.float64] | None
     softcap: float
     win_left: int
     win_right: int
     # keyword-only: n_batch, Lq, Lk, D, Dv, block_q, block_k, score_kind,
     # scale, q, k, v (required); out, kv_format, mask, bias, q_seg, kv_seg,
-    # lse, lse_m, lse_logl, weights, key_mass, add_w, kv_len, q_len, sinks,
-    # softcap, win_left, win_right (optional), as the fields above.
+    # lse, lse_m, lse_logl, weights, key_mass, add_w, kv_len, q_len, q_pos,
+    # sinks, softcap, win_left, win_right (optional), as the fields above.
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...
 
 # Results are written into the arrays of ``a``.

@@ -66,6 +66,7 @@ cdef extern from "_src/flash.h" nogil:
         const void *add_w
         const int64_t *kv_len
         const int64_t *q_len
+        const int64_t *q_pos
         const double *sinks
         double softcap
         int64_t win_left, win_right
@@ -133,7 +134,7 @@ cdef class KernelArgs:
     cdef readonly int score_kind, kv_format
     cdef readonly Operand q, k, v, out, mask, bias, q_seg, kv_seg
     cdef readonly object lse, lse_m, lse_logl, weights, key_mass
-    cdef readonly object scale, add_w, kv_len, q_len, sinks
+    cdef readonly object scale, add_w, kv_len, q_len, q_pos, sinks
     cdef readonly double softcap
     cdef readonly int64_t win_left, win_right
 
@@ -143,7 +144,7 @@ cdef class KernelArgs:
                  int kv_format=CATTN_KV_NATIVE, Operand mask=None, Operand bias=None,
                  Operand q_seg=None, Operand kv_seg=None, lse=None, lse_m=None,
                  lse_logl=None, weights=None, key_mass=None, add_w=None, kv_len=None,
-                 q_len=None, sinks=None, double softcap=0.0,
+                 q_len=None, q_pos=None, sinks=None, double softcap=0.0,
                  int64_t win_left=CATTN_UNBOUNDED, int64_t win_right=CATTN_UNBOUNDED):
         self.n_batch = n_batch; self.Lq = Lq; self.Lk = Lk; self.D = D; self.Dv = Dv
         self.block_q = block_q; self.block_k = block_k
@@ -156,6 +157,7 @@ cdef class KernelArgs:
         self.add_w = add_w
         self.kv_len = _checked(kv_len, np.int64, n_batch, "kv_len")
         self.q_len = _checked(q_len, np.int64, n_batch, "q_len")
+        self.q_pos = _checked(q_pos, np.int64, n_batch, "q_pos")
         self.sinks = _checked(sinks, np.float64, n_batch, "sinks")
         self.softcap = softcap
         self.win_left = win_left; self.win_right = win_right
@@ -209,6 +211,7 @@ cdef void _fill_params(cattn_params *p, KernelArgs a, int mode):
     p.add_w = _ptr(a.add_w)
     p.kv_len = <const int64_t *>_ptr(a.kv_len)
     p.q_len = <const int64_t *>_ptr(a.q_len)
+    p.q_pos = <const int64_t *>_ptr(a.q_pos)
     p.sinks = <const double *>_ptr(a.sinks)
     p.softcap = a.softcap
     p.win_left = a.win_left

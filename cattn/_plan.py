@@ -87,8 +87,9 @@ def _per_group(x, out_lead, g):
 def fold_gqa_decode(call):
     """GQA decode: the g query heads sharing a key/value head become g
     queries of one item, so each K/V head is streamed once, not g times
-    (causal is a no-op with one query).  Returns (folded call, g), or
-    (call, 1) when the call is not a plain one-query GQA call."""
+    (causal is a no-op with one query: it sits at its sequence's last key,
+    kv_len - 1).  Returns (folded call, g), or (call, 1) when the call is
+    not a plain one-query GQA call."""
     g = call.groups.get("key", (None, 1))[1]
     o = call.options
     if not (call.Lq == 1 and g > 1 and call.groups.get("value", (None, 1))[1] == g
@@ -96,6 +97,12 @@ def fold_gqa_decode(call):
             and call.out is None and o.return_weights is False and call.q_len is None
             and call.q_seg is None and o.window[0] is None and o.window[1] in (None, 0)):
         return call, 1
+    if call.q_pos is not None:
+        # an explicit position: causal is a no-op only where the query sits
+        # at or past its last key
+        kv_last = (call.Lk if call.kv_len is None else call.kv_len) - 1
+        if not np.all(call.q_pos >= kv_last):
+            return call, 1
     lead = call.out_lead[:-1] + (call.out_lead[-1] // g,)
     folded = {n: _per_group(getattr(call, n), call.out_lead, g)
               for n in ("scale", "sinks", "kv_len")}
@@ -108,7 +115,7 @@ def fold_gqa_decode(call):
         writeable=False)
     options = call.options._replace(window=(None, None))
     return call._replace(q=qf, Lq=g, out_lead=lead, N=call.N // g, groups={},
-                               options=options, **folded), g
+                         options=options, q_pos=None, **folded), g
 
 
 def _range_policy(call):

@@ -95,7 +95,7 @@ def kernel_args(plan, outs):
         mask=mask, bias=bias, q_seg=q_seg, kv_seg=kv_seg,
         lse=outs.lse, lse_m=outs.lse_m, lse_logl=outs.lse_logl,
         weights=outs.weights, key_mass=outs.key_mass, add_w=call.add_w,
-        kv_len=call.kv_len, q_len=call.q_len, sinks=plan.sinks, softcap=plan.softcap,
+        kv_len=call.kv_len, q_len=call.q_len, q_pos=call.q_pos, sinks=plan.sinks, softcap=plan.softcap,
         win_left=plan.window[0], win_right=plan.window[1])
 
 

@@ -28,7 +28,7 @@ from ._options import (
 )
 
 __all__ = ["Options", "AttentionCall", "validate_options", "validate_attention",
-           "check_qkv_shapes", "default_scale"]
+           "check_qkv_shapes", "check_lengths_alignment", "default_scale"]
 
 
 class Options(NamedTuple):
@@ -67,6 +67,9 @@ class AttentionCall(NamedTuple):
     kv_seg: Optional[np.ndarray]  # int64 (..., Lk), broadcastable
     sinks: Optional[np.ndarray]   # (N,) float64
     out: Optional[np.ndarray]     # the user's destination
+    # (N,) int64: the key position of query 0 per item, overriding the
+    # kv_len - q_len alignment (chunked callers: cattn.dask), or None
+    q_pos: Optional[np.ndarray] = None
 
 
 def validate_options(*, score, causal, window, softcap, return_weights, return_lse,
@@ -190,6 +193,33 @@ def lengths(x, name, out_lead, L):
             )
         arr = arr.reshape(arr.shape + (1,) * (len(out_lead) - 1))
     return broadcast_lead(arr, out_lead, name, np.int64)
+
+
+def check_lengths_alignment(window, Lq, Lk, kv_len, q_lengths_given):
+    """Causal/window with ``kv_lengths`` alone on Lq == Lk > 1 and some
+    0 < kv_len < Lk: a ValueError naming ``q_lengths``.
+
+    With lengths the diagonal sits at each sequence's own end (query i at
+    key position i + kv_len - q_len); without ``q_lengths`` the Lq queries
+    are the last Lq positions of the kv_len keys, which for Lq == Lk and
+    kv_len < Lk leaves the first queries without keys and shifts the
+    others: that is a padded self-attention batch missing its
+    ``q_lengths`` (the call that was right before 0.2.0), not a decode
+    step (Lq new tokens need kv_len >= Lq).  ``kv_len`` is an integer array
+    (any shape) or None."""
+    if (window == (None, None) or q_lengths_given or kv_len is None
+            or Lq != Lk or Lq <= 1):
+        return
+    kv = np.asarray(kv_len)
+    short = kv[(kv > 0) & (kv < Lk)]
+    if short.size:
+        raise ValueError(
+            f"causal/window with kv_lengths but no q_lengths, and Lq == Lk == {Lk}: "
+            f"with lengths the queries sit at each sequence's end (query i at key "
+            f"position i + kv_len - q_len, q_len = Lq when q_lengths is not given), "
+            f"so with kv_lengths = {int(short.min())} < {Lk} the first queries would "
+            f"see no key.  For a padded self-attention batch pass q_lengths too "
+            f"(usually q_lengths=kv_lengths); to mean queries at the end, pass a mask")
 
 
 def segments(x, name, out_lead, L):
@@ -387,8 +417,12 @@ def _abs_max(scale_b, given):
 
 def validate_attention(query, key, value, *, score, scale, mask, bias, causal, window,
                        additive_weight, return_weights, return_lse, num_threads, out,
-                       kv_lengths, q_lengths, q_segments, kv_segments, softcap, sinks):
-    """Check every argument of ``cattn.attention``; the ``AttentionCall``."""
+                       kv_lengths, q_lengths, q_segments, kv_segments, softcap, sinks,
+                       q_pos=None):
+    """Check every argument of ``cattn.attention``; the ``AttentionCall``.
+    ``q_pos`` (private, for chunked callers): the key position of query 0
+    per item, broadcast against the leading dims, replacing the
+    kv_len - q_len alignment."""
     opts = validate_options(score=score, causal=causal, window=window, softcap=softcap,
                             return_weights=return_weights, return_lse=return_lse,
                             num_threads=num_threads, q_segments=q_segments,
@@ -404,6 +438,10 @@ def validate_attention(query, key, value, *, score, scale, mask, bias, causal, w
     bias_a = None if bias is None else pair_operand(bias, "bias", out_lead, Lq, Lk)
     kv_len = None if kv_lengths is None else lengths(kv_lengths, "kv_lengths", out_lead, Lk)
     q_len = None if q_lengths is None else lengths(q_lengths, "q_lengths", out_lead, Lq)
+    if q_pos is None:
+        check_lengths_alignment(opts.window, Lq, Lk, kv_len, q_len is not None)
+    else:
+        q_pos = broadcast_lead(q_pos, out_lead, "q_pos", np.int64)
     q_seg = kv_seg = None
     given_seg = ()
     if q_segments is not None:
@@ -418,7 +456,8 @@ def validate_attention(query, key, value, *, score, scale, mask, bias, causal, w
         scale=scale_b, scale_max=_abs_max(scale_b, scale),
         add_w=additive_weights(additive_weight, opts.score, D, cdt),
         mask=mask_a, bias=bias_a, kv_len=kv_len, q_len=q_len, q_seg=q_seg, kv_seg=kv_seg,
-        sinks=None if sinks is None else sinks_per_batch(sinks, out_lead), out=out)
+        sinks=None if sinks is None else sinks_per_batch(sinks, out_lead), out=out,
+        q_pos=q_pos)
     if out is not None:
         check_out(out, out_lead + (Lq, Dv), rdt,
                   (q, k, v, mask_a, bias_a, kv_len, q_len, q_seg, kv_seg, call.add_w,

@@ -51,7 +51,8 @@ except ImportError as _exc:  # pragma: no cover - exercised without dask only
 
 from . import _api
 from ._options import check_sinks_values, real_dtype, result_dtypes
-from ._validate import check_qkv_shapes, leading_dims, validate_options
+from ._validate import (check_lengths_alignment, check_qkv_shapes, leading_dims,
+                        validate_options)
 
 __all__ = ["attention", "task_threads"]
 
@@ -169,22 +170,51 @@ class _Spec:
         self.__dict__.update(state)
 
 
-def _visible(left, right, s, i0, nq, k0, nk):
+def _visible(left, right, shifts, i0, nq, k0, nk):
     """Whether some query of rows [i0, i0+nq) sees some key of [k0, k0+nk)
-    (window/causal only); ``s = Lk - Lq``, bounds None = unbounded."""
+    (window/causal only) for some alignment s of ``shifts`` (query i sits
+    at key position i + s; s = kv_len - q_len, Lk - Lq without lengths):
+    a sorted array of the values, or an inclusive range (lo, hi) when they
+    are not known yet (lazy lengths).  Bounds None = unbounded."""
     if nq <= 0 or nk <= 0:
         return False
     if left is not None and right is not None and left + right < 0:
         return False
-    lo = k0 if left is None else max(k0, i0 + s - left)
-    hi = k0 + nk - 1 if right is None else min(k0 + nk - 1, i0 + nq - 1 + s + right)
-    return lo <= hi
+    # some row sees some key iff max(k0, i0 + s - left) <= min(k0 + nk - 1,
+    # i0 + nq - 1 + s + right), i.e. for s in [a, b]
+    a = -math.inf if right is None else k0 - (i0 + nq - 1) - right
+    b = math.inf if left is None else k0 + nk - 1 - i0 + left
+    if isinstance(shifts, tuple):
+        return max(a, shifts[0]) <= min(b, shifts[1])
+    t = int(np.searchsorted(shifts, a, side="left"))
+    return t < len(shifts) and shifts[t] <= b
+
+
+def _shifts(qlen_np, kvlen_np, q_lazy, kv_lazy, lead_sl, Lq, Lk):
+    """The alignments s = kv_len - q_len of the items of one leading block:
+    their sorted distinct values, or a range (lo, hi) with lazy lengths."""
+    if q_lazy or kv_lazy:
+        def bounds(values, lazy, L):
+            if lazy:
+                return 0, L
+            if values is None:
+                return L, L
+            blk = values[lead_sl]
+            return int(blk.min()), int(blk.max())
+        q_lo, q_hi = bounds(qlen_np, q_lazy, Lq)
+        kv_lo, kv_hi = bounds(kvlen_np, kv_lazy, Lk)
+        return (kv_lo - q_hi, kv_hi - q_lo)
+    kv = Lk if kvlen_np is None else kvlen_np[lead_sl]
+    q = Lq if qlen_np is None else qlen_np[lead_sl]
+    return np.unique(np.asarray(kv - q, dtype=np.int64))
 
 
 def _local_window(left, right, s, i0, nq, k0, nk):
     """The window that, on the sub-block rows [i0, i0+nq) x keys
     [k0, k0+nk) (its own bottom-right alignment), keeps exactly the pairs
-    the global window keeps; None when the block is fully visible."""
+    the global window keeps; None when the block is fully visible.  For
+    calls without lengths (one alignment ``s = Lk - Lq`` for all items);
+    with lengths ``_run`` passes the key position of the rows instead."""
     if left is None and right is None:
         return None
     delta = (i0 - k0) + s - (nk - nq)
@@ -254,11 +284,24 @@ def _run(q, k, v, mask, bias, qseg, kseg, qlen, kvlen, scale, spec, r0, r1,
         kw["softcap"] = spec.softcap
     if spec.additive_weight is not None:
         kw["additive_weight"] = spec.additive_weight
+    threads = task_threads(spec.num_threads, spec.host_threads)
+    if (qlen is not None or kvlen is not None) and (
+            spec.left is not None or spec.right is not None):
+        # The diagonal sits at each sequence's end (kv_len - q_len, whole
+        # call): the clipped lengths of the piece would align it elsewhere,
+        # so the piece gets its rows' key positions, item by item.
+        check_lengths_alignment((spec.left, spec.right), spec.Lq, spec.Lk, kvlen,
+                                qlen is not None)
+        kv_len = spec.Lk if kvlen is None else np.asarray(kvlen, dtype=np.int64)
+        q_len = spec.Lq if qlen is None else np.asarray(qlen, dtype=np.int64)
+        q_pos = np.asarray(i0 - spec.k0 + kv_len - q_len, dtype=np.int64)
+        return _api._attention_at(
+            q, k, v, q_pos, score=spec.score, window=(spec.left, spec.right),
+            return_lse=True, return_weights=weights, num_threads=threads, **kw)
     window = _local_window(spec.left, spec.right, spec.s, i0, nq, spec.k0, spec.nk)
     return _api.attention(
         q, k, v, score=spec.score, window=window, return_lse=True,
-        return_weights=weights,
-        num_threads=task_threads(spec.num_threads, spec.host_threads), **kw)
+        return_weights=weights, num_threads=threads, **kw)
 
 
 def _partial(q, k, v, mask, bias, qseg, kseg, qlen, kvlen, scale, spec):
@@ -677,6 +720,10 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     if kv_lengths is not None:
         ops["kvlen"], kvlen_np = _lengths_param(kv_lengths, "kv_lengths", out_lead,
                                                 out_chunks, Lk)
+    q_lazy = q_lengths is not None and qlen_np is None
+    kv_lazy = kv_lengths is not None and kvlen_np is None
+    if kvlen_np is not None:     # lazy lengths: checked by the tasks
+        check_lengths_alignment(opts.window, Lq, Lk, kvlen_np, q_lengths is not None)
     if scale is not None:
         ops["scale"], _ = _lead_param(scale, "scale", out_lead, out_chunks, "scale")
     if sinks is not None:
@@ -725,13 +772,15 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
         qmax = None
         if qlen_np is not None and not empty_lead:
             qmax = int(qlen_np[lead_sl].max())
+        shifts = None if empty_lead else _shifts(qlen_np, kvlen_np, q_lazy, kv_lazy,
+                                                 lead_sl, Lq, Lk)
         for qi, (i0, nq) in enumerate(zip(qstarts, qchunks)):
             visible = []
             if not empty_lead and (qmax is None or qmax > i0):
                 for kj, (k0, nk) in enumerate(zip(kstarts, kchunks)):
                     if kvmax is not None and kvmax <= k0:
                         continue
-                    if _visible(left, right, s, i0, nq, k0, nk):
+                    if _visible(left, right, shifts, i0, nq, k0, nk):
                         visible.append((kj, k0, nk))
             parts = []
             for kj, k0, nk in visible:

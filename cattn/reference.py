@@ -202,7 +202,7 @@ def _per_leading(arr, n_leading, name):
     return arr
 
 
-def mask_scores(s, *, bias=None, mask=None, causal=False, window=None):
+def mask_scores(s, *, bias=None, mask=None, causal=False, window=None, q_pos=None):
     """Add ``bias`` to the scores and say which keys each query attends.
 
     This is the masking step between stage 1 and stage 2 of :func:`attention`
@@ -215,6 +215,11 @@ def mask_scores(s, *, bias=None, mask=None, causal=False, window=None):
         Scores (already scaled and capped).
     bias, mask, causal, window
         As in :func:`attention`.
+    q_pos : int or array_like of int, optional
+        Key position of query 0, where ``causal`` and ``window`` align:
+        query ``i`` sits at ``p = i + q_pos``.  An array broadcasts against
+        the leading dims of ``s``.  Default ``Lk - Lq`` (bottom-right);
+        :func:`attention` passes ``kv_len - q_len`` per sequence.
 
     Returns
     -------
@@ -236,7 +241,10 @@ def mask_scores(s, *, bias=None, mask=None, causal=False, window=None):
     attend = attend & (s != -np.inf)
     i = np.arange(n_q)[:, None]          # query index, column vector
     j = np.arange(n_k)[None, :]          # key index, row vector
-    p = i + (n_k - n_q)                  # query position aligned bottom-right
+    if q_pos is None:
+        p = i + (n_k - n_q)              # query position aligned bottom-right
+    else:                                # per sequence: (..., Lq, 1)
+        p = i + np.asarray(q_pos, dtype=np.int64)[..., None, None]
     if mask is not None:
         m = np.asarray(mask)
         if m.dtype != np.bool_:
@@ -419,11 +427,14 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
         Added to the (scaled, capped) scores, broadcastable to
         ``(..., Lq, Lk)``; ``-inf`` masks the key.
     causal : bool, optional
-        Bottom-right aligned causal mask: query ``i`` attends key ``j`` iff
-        ``j <= i + (Lk - Lq)``.
+        Causal mask aligned at each sequence's end: query ``i`` sits at key
+        position ``p = i + kv_len - q_len`` and attends key ``j`` iff
+        ``j <= p``, with ``kv_len`` = ``kv_lengths`` if given, else Lk, and
+        ``q_len`` = ``q_lengths`` if given, else Lq (without lengths:
+        bottom-right, ``p = i + Lk - Lq``).
     window : tuple (left, right), optional
-        Local attention: keep keys with ``p - left <= j <= p + right`` where
-        ``p = i + Lk - Lq``; either side may be None (unbounded).
+        Local attention: keep keys with ``p - left <= j <= p + right``, ``p``
+        as for ``causal``; either side may be None (unbounded).
     additive_weight : array_like, shape (D,), optional
         Weights of the ``"additive"`` score.
     return_weights : bool or "key_mass", optional
@@ -492,11 +503,21 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
             s = c * np.tanh(s / c)
 
     # ---- masking ----------------------------------------------------------
-    s, attend = mask_scores(s, bias=bias, mask=mask, causal=causal, window=window)
-    j = np.arange(n_k)[None, :]          # key index, row vector
-    n_lead = len(attend.shape) - 2
+    # leading dims of the masked scores (a mask or bias may add some)
+    n_lead = max([len(lead)] + [np.ndim(x) - 2 for x in (mask, bias) if x is not None])
+    kv_len = q_len = None
     if kv_lengths is not None:
         kv_len = _per_leading(kv_lengths, n_lead, "kv_lengths")
+    if q_lengths is not None:
+        q_len = _per_leading(q_lengths, n_lead, "q_lengths")
+    q_pos = None                         # bottom-right: Lk - Lq
+    if kv_len is not None or q_len is not None:
+        q_pos = ((n_k if kv_len is None else kv_len.astype(np.int64))
+                 - (n_q if q_len is None else q_len.astype(np.int64)))
+    s, attend = mask_scores(s, bias=bias, mask=mask, causal=causal, window=window,
+                            q_pos=q_pos)
+    j = np.arange(n_k)[None, :]          # key index, row vector
+    if kv_len is not None:
         attend = attend & (j < kv_len[..., None, None])
     if q_segments is not None:
         q_seg = np.asarray(q_segments)
@@ -539,8 +560,7 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
         out = np.sum(terms, axis=-2)
 
     # ---- padded queries ----------------------------------------------------
-    if q_lengths is not None:
-        q_len = _per_leading(q_lengths, len(out.shape) - 2, "q_lengths")
+    if q_len is not None:
         valid_q = np.arange(n_q) < q_len[..., None]                # (..., Lq)
         out = np.where(valid_q[..., None], out, 0.0)
         weights = np.where(valid_q[..., None], weights, 0.0)

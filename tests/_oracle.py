@@ -129,6 +129,12 @@ def naive_attention(query, key, value, dtype=np.float32, *, score="scaled_dot",
         i = np.arange(lq)[:, None]
         j = np.arange(lk)[None, :]
         p = i + lk - lq
+        if kv_lengths is not None or q_lengths is not None:
+            # aligned at each sequence's end: query i at i + kv_len - q_len
+            nl = attend.ndim - 2
+            kvl = lk if kv_lengths is None else _per_leading(kv_lengths, nl).astype(np.int64)
+            ql = lq if q_lengths is None else _per_leading(q_lengths, nl).astype(np.int64)
+            p = i + np.asarray(kvl - ql)[..., None, None]
         if mask is not None:
             attend = attend & np.asarray(mask, bool)
         if causal:

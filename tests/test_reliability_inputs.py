@@ -233,10 +233,26 @@ def _float32_overflow(q, k, kw):
     return float(s) * (float(qm) * float(km) * max(q.shape[-1], 1) + 1) > 1e30
 
 
+def _padded_without_q_lengths(q, k, kw):
+    """Causal/window with kv_lengths alone on Lq == Lk > 1 and a sequence
+    shorter than Lk: rejected (a padded batch missing its q_lengths)."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    aligned = kw.get("causal") or (kw.get("window") is not None
+                                   and tuple(kw["window"]) != (None, None))
+    if not aligned or "kv_lengths" not in kw or "q_lengths" in kw or lq != lk or lq <= 1:
+        return False
+    kvl = np.asarray(kw["kv_lengths"])
+    return bool(((kvl > 0) & (kvl < lk)).any())
+
+
 @HYP
 @given(hostile_problems(), st.sampled_from([False, True, "key_mass"]), st.booleans())
 def test_hostile_inputs_follow_reference(problem, return_weights, return_lse):
     q, k, v, kw = problem
+    if _padded_without_q_lengths(q, k, kw):
+        with pytest.raises(ValueError, match="q_lengths"):
+            cattn.attention(q, k, v, return_weights=return_weights, **kw)
+        return
     if _float32_overflow(q, k, kw):
         res = cattn.attention(q, k, v, return_lse=True, **kw)        # no crash, that's all
         assert res[0].shape == q.shape[:-1] + (v.shape[-1],)

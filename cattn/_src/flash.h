@@ -78,9 +78,12 @@ typedef struct cattn_params {
     const void *add_w;         /* additive weights (D,) */
     const int64_t *kv_len;     /* one per batch item, or NULL */
     const int64_t *q_len;      /* one per batch item, or NULL */
+    const int64_t *q_pos;      /* one per batch item: the key position of query 0,
+                                  or NULL: kv_len - q_len (the lengths, or Lk and
+                                  Lq when not given) */
     const double *sinks;       /* one per batch item, or NULL */
     double softcap;            /* <= 0: none */
-    int64_t win_left, win_right;  /* relative to p = i + Lk - Lq */
+    int64_t win_left, win_right;  /* relative to p = i + q_pos (causal: right <= 0) */
     /* Interrupts: every key tile, thread 0 calls poll() (rate-limited by the
        caller; nonzero = a signal handler raised) and every thread stops once
        *stop is set.  Both NULL: never interrupted. */

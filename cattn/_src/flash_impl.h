@@ -340,7 +340,9 @@ CATTN_STEP void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int
     k->nq = imax(0, imin(k->nq_blk, q_len - k->i0));
     k->nqp = RUPQ(k->nq > 0 ? k->nq : 1);    /* a multiple of NQ */
     k->ld = BQP;
-    k->shift = Lk - Lq;     /* query i sits at key position i + shift */
+    /* query i sits at key position i + shift: the diagonal (causal) and the
+       window centre sit at each sequence's own end, kv_len - q_len */
+    k->shift = p->q_pos ? p->q_pos[b] : k->kv_len - q_len;
     k->scale = (T)p->scale[b];
     k->Q = (const T *)p->q.base + p->q.off[b];
     k->K = (const T *)p->k.base + p->k.off[b];
@@ -803,7 +805,7 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     const int64_t q_len = p->q_len ? p->q_len[b] : Lq;
     const int64_t kv_len = p->kv_len ? p->kv_len[b] : Lk;
     const int64_t nq = imax(0, imin(Lq, q_len));
-    const int64_t shift = Lk - Lq;
+    const int64_t shift = p->q_pos ? p->q_pos[b] : kv_len - q_len;   /* as in blk_init */
     const int64_t wl = p->win_left, wr = p->win_right;
     const int score = p->score_kind;
     const T scale = (T)p->scale[b];
