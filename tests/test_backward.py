@@ -366,3 +366,70 @@ def test_against_torch_autograd_float64():
     for have, t in ((g.dq, tq), (g.dk, tk), (g.dv, tv), (g.dbias, tb)):
         w = t.grad.numpy()
         assert np.max(np.abs(have - w)) <= 1e-10 * np.max(np.abs(w))
+
+
+def test_torch_autograd_function_gradcheck():
+    torch = pytest.importorskip("torch")
+    import cattn.torch as ct
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 9, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 2, 11, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2, 11, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(9, 11, dtype=torch.float64, requires_grad=True)
+    s = torch.tensor([0.5, 0.7, 0.2, 0.9], dtype=torch.float64, requires_grad=True)
+    sk = torch.tensor([0.1, -0.3, 0.2, 0.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v, b, s, sk: ct.attention(q, k, v, bias=b, scale=s, sinks=sk,
+                                               causal=True, softcap=3.0), (q, k, v, b, s, sk))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: ct.attention(q, k, v, score="cosine", window=(3, 2)), (q, k, v))
+    # float32 against torch's own attention, through a strided (transposed) query
+    q32 = torch.randn(1, 2, 17, 8).transpose(-1, -2).contiguous().transpose(-1, -2)
+    q32.requires_grad_()
+    k32, v32 = torch.randn(1, 2, 23, 8, requires_grad=True), torch.randn(1, 2, 23, 8, requires_grad=True)
+    ct.attention(q32, k32, v32, causal=True).square().sum().backward()
+    q2, k2, v2 = (x.detach().clone().requires_grad_() for x in (q32, k32, v32))
+    mask = torch.ones(17, 23, dtype=torch.bool).tril(23 - 17)
+    torch.nn.functional.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask).square().sum().backward()
+    for a, b_ in ((q32, q2), (k32, k2), (v32, v2)):
+        assert torch.allclose(a.grad, b_.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_import_cattn_does_not_import_torch_or_jax():
+    code = "import sys, cattn; print('torch' in sys.modules, 'jax' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                           os.path.abspath(cattn.__file__)))))
+    assert r.stdout.split() == ["False", "False"], r.stderr
+
+
+def test_jax_custom_vjp_under_jit_and_grad():
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+    from jax.test_util import check_grads
+    import cattn.jax as cj
+    rng = np.random.default_rng(14)
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        q = jnp.asarray(rng.standard_normal((2, 4, 9, 8)))
+        k = jnp.asarray(rng.standard_normal((2, 2, 11, 8)))
+        v = jnp.asarray(rng.standard_normal((2, 2, 11, 6)))
+        b = jnp.asarray(rng.standard_normal((9, 11)))
+        mask = jnp.asarray(rng.random((9, 11)) > 0.2)
+
+        def f(q, k, v, b):
+            return cj.attention(q, k, v, bias=b, mask=mask, causal=True, softcap=3.0)
+        check_grads(f, (q, k, v, b), order=1, modes=["rev"])
+        want = cattn.attention(*(np.asarray(x) for x in (q, k, v)), bias=np.asarray(b),
+                               mask=np.asarray(mask), causal=True, softcap=3.0)
+        np.testing.assert_allclose(np.asarray(jax.jit(f)(q, k, v, b)), want, rtol=1e-12)
+        g = jax.jit(jax.grad(lambda q, lens: cj.attention(q, k, v, kv_lengths=lens).sum()))(
+            q, jnp.array([5, 11]))
+        out, lse = cattn.attention(np.asarray(q), np.asarray(k), np.asarray(v),
+                                   kv_lengths=np.array([5, 11]), return_lse=True)
+        want = cattn.attention_backward(np.ones_like(out), np.asarray(q), np.asarray(k),
+                                        np.asarray(v), out, lse, kv_lengths=np.array([5, 11]))
+        np.testing.assert_allclose(np.asarray(g), want.dq, rtol=1e-12, atol=1e-14)
+    finally:
+        jax.config.update("jax_enable_x64", old)
