@@ -40,7 +40,7 @@ BWD_BLOCK_Q = 64
 BWD_BLOCK_K = 64
 # dQ: per-thread partials (one Lq x D buffer per extra thread, merged once)
 # up to this many bytes of partials, a second pass over query blocks above.
-DQ_PARTIAL_BYTES = 8 << 20
+DQ_PARTIAL_BYTES = 8 << 20   # measured at (1,16,1024,1024,64) float32: partials 387 ms, dQ pass 580 ms (1 thread); 672 vs 810 ms (2 threads)
 _COSINE_EPS = 1e-8
 
 
