@@ -44,6 +44,7 @@ from ._api import (  # noqa: E402
     set_num_threads,
     softmax,
 )
+from ._backward import Gradients, attention_backward  # noqa: E402
 from ._config import show_config  # noqa: E402
 from . import reference  # noqa: E402
 from .explain import Explanation, explain  # noqa: E402
@@ -59,7 +60,7 @@ def __getattr__(name: str) -> "_types.ModuleType":
 
 
 __all__ = [
-    "attention", "scores", "softmax", "aggregate", "merge",
+    "attention", "attention_backward", "Gradients", "scores", "softmax", "aggregate", "merge",
     "get_num_threads", "set_num_threads", "show_config", "reference",
     "explain", "Explanation", "__version__",
 ]

@@ -131,3 +131,9 @@ def flash_serial_contiguous(
     max_block_q: int,
     block_k: int,
 ) -> npt.NDArray[np.floating[Any]]: ...
+
+def flash_backward(a: KernelArgs, dout: Operand, delta: _FloatArray, dk: _FloatArray,
+                   dv: _FloatArray, group_start: _Offsets, group_items: _Offsets,
+                   num_threads: int, dq_pass: bool, dbias: _FloatArray | None = None,
+                   dscore: _FloatArray | None = None,
+                   shift: _Offsets | None = None) -> _FloatArray: ...

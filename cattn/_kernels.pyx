@@ -72,6 +72,19 @@ cdef extern from "_src/flash.h" nogil:
         int64_t win_left, win_right
         int (*poll)() noexcept nogil
         int *stop
+    ctypedef struct cattn_bwd_params:
+        cattn_params f
+        cattn_operand dout
+        const void *delta
+        void *dq
+        void *dk
+        void *dv
+        void *dbias
+        void *dscore
+        const int64_t *group_start
+        const int64_t *group_items
+        int64_t n_groups
+        const int64_t *shift
     ctypedef struct cattn_kernels:
         const char *isa
         size_t (*tile_scratch)(const cattn_params *p) noexcept nogil
@@ -81,6 +94,11 @@ cdef extern from "_src/flash.h" nogil:
                        void *acc, void *mm, void *ll, void *scratch) noexcept nogil
         void (*decode_finish)(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
                               const void *acc, const void *mm, const void *ll) noexcept nogil
+        size_t (*bwd_scratch)(const cattn_bwd_params *bp) noexcept nogil
+        void (*bwd_kv)(const cattn_bwd_params *bp, int64_t g, int64_t kb, void *dq_part,
+                       void *scratch) noexcept nogil
+        void (*bwd_q)(const cattn_bwd_params *bp, int64_t b, int64_t qb,
+                      void *scratch) noexcept nogil
     cattn_kernels cattn_kernels_for(int is_double, int kv_format)
     const char *cattn_isa_name()
 
@@ -574,3 +592,145 @@ def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double 
         return out
     finally:
         free(offs)
+
+
+# ------------------------------------------------------------ the backward
+# Two kinds of work item (_src/flash_bwd_impl.h): (K/V group, key block)
+# computes dK and dV with no race (each owns its rows), and adds dS K to a
+# per-thread dQ partial; or, with dq_pass, the partials are left out and a
+# second loop over (batch item, query block) computes dQ.
+
+cdef int _run_bwd(cattn_bwd_params *bp, cattn_kernels *kern, int64_t n_work, bint q_items,
+                  int64_t n_qblocks, char *dq_parts, int64_t part_bytes, int n_threads,
+                  bint poll) except -1:
+    cdef int status[2]
+    cdef double last[1]
+    cdef int64_t w
+    cdef void *raw = NULL
+    cdef void *scratch = NULL
+    cdef size_t scratch_bytes = kern.bwd_scratch(bp)
+    cdef char *part = NULL
+    status[0] = 0
+    status[1] = 0
+    last[0] = omp_get_wtime()
+    global _poll_last
+    _poll_last = last[0]
+    bp.f.stop = &status[1]
+    bp.f.poll = NULL
+    if poll:
+        bp.f.poll = _poll_cb
+    if n_threads <= 1:
+        raw = malloc(scratch_bytes + 64)
+        if raw == NULL:
+            raise MemoryError("cattn: cannot allocate %d bytes of scratch" % scratch_bytes)
+        scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
+        with nogil:
+            for w in range(n_work):
+                if poll and _interrupted(last):
+                    status[1] = 1
+                    break
+                if q_items:
+                    kern.bwd_q(bp, w // n_qblocks, w % n_qblocks, scratch)
+                else:
+                    kern.bwd_kv(bp, w // n_qblocks, w % n_qblocks, dq_parts, scratch)
+        free(raw)
+    else:
+        with nogil, parallel(num_threads=n_threads):
+            raw = malloc(scratch_bytes + 64)
+            if raw == NULL:
+                status[0] = 1
+            scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
+            part = NULL
+            if dq_parts != NULL:
+                part = dq_parts + omp_get_thread_num() * part_bytes
+            for w in prange(n_work, schedule="dynamic"):
+                if raw == NULL or status[1]:
+                    continue
+                if poll and omp_get_thread_num() == 0 and _interrupted(last):
+                    status[1] = 1
+                    continue
+                if q_items:
+                    kern.bwd_q(bp, w // n_qblocks, w % n_qblocks, scratch)
+                else:
+                    kern.bwd_kv(bp, w // n_qblocks, w % n_qblocks, part, scratch)
+            free(raw)
+    if status[1]:
+        return -1
+    if status[0]:
+        raise MemoryError("cattn: cannot allocate %d bytes of per-thread scratch"
+                          % scratch_bytes)
+    return 0
+
+
+def flash_backward(KernelArgs a, Operand dout not None, delta, dk, dv, group_start,
+                   group_items, int num_threads, bint dq_pass, dbias=None, dscore=None,
+                   shift=None):
+    """The backward kernels of a forward call ``a`` (its ``lse`` set, in
+    the compute dtype).  Writes ``dk`` (n_groups, Lk, D) and ``dv``
+    (n_groups, Lk, Dv) per K/V group, ``dbias``/``dscore`` (n_batch, Lq,
+    Lk) when given, and returns dQ (n_batch, Lq, D) before its scale:
+    sum_j dS_ij k_j.  ``dq_pass``: dQ by a second pass over query blocks
+    instead of per-thread partials."""
+    cdef cattn_bwd_params bp
+    memset(&bp, 0, sizeof(bp))
+    _fill_params(&bp.f, a, CATTN_MODE_ATTENTION)
+    if a.lse is None:
+        raise TypeError("flash_backward needs the forward's lse")
+    dt = np.float64 if _is_double(a) else np.float32
+    cdef int64_t N = a.n_batch, Lq = a.Lq, Lk = a.Lk, D = a.D, Dv = a.Dv
+    for name, x, shape in (("delta", delta, (N, Lq)), ("dk", dk, None), ("dv", dv, None),
+                           ("dbias", dbias, (N, Lq, Lk)), ("dscore", dscore, (N, Lq, Lk))):
+        if x is not None and (x.dtype != dt or not x.flags.c_contiguous
+                              or (shape is not None and x.shape != shape)):
+            raise TypeError(f"flash_backward: {name} must be a contiguous {np.dtype(dt)} "
+                            f"array{'' if shape is None else ' of shape %s' % (shape,)}")
+    group_start = _checked(group_start, np.int64, group_start.shape[0], "group_start")
+    group_items = _checked(group_items, np.int64, N, "group_items")
+    cdef int64_t G = group_start.shape[0] - 1
+    if dk.shape != (G, Lk, D) or dv.shape != (G, Lk, Dv):
+        raise TypeError("flash_backward: dk/dv must have one (Lk, D) slice per group")
+    shift = _checked(shift, np.int64, N, "shift")
+    _operand(&bp.dout, dout)
+    bp.delta = _ptr(delta)
+    bp.dk = <void *>_ptr(dk)
+    bp.dv = <void *>_ptr(dv)
+    bp.dbias = <void *>_ptr(dbias)
+    bp.dscore = <void *>_ptr(dscore)
+    bp.group_start = <const int64_t *>_ptr(group_start)
+    bp.group_items = <const int64_t *>_ptr(group_items)
+    bp.n_groups = G
+    bp.shift = <const int64_t *>_ptr(shift)
+    cdef cattn_kernels kern = cattn_kernels_for(_is_double(a), CATTN_KV_NATIVE)
+    cdef int64_t n_kblocks = (Lk + a.block_k - 1) // a.block_k
+    cdef int64_t n_qblocks = (Lq + a.block_q - 1) // a.block_q
+    cdef int64_t n_work = G * n_kblocks
+    cdef bint poll = _poll_signals()
+    cdef int nt = num_threads
+    if nt > n_work:
+        nt = <int>n_work
+    if nt > 1:
+        nt = cattn_usable_team(nt)
+    if nt < 1:
+        nt = 1
+    cdef cnp.ndarray parts
+    cdef char *pp = NULL
+    if dq_pass:
+        dq = np.zeros((N, Lq, D), dtype=dt)
+        parts = None
+    else:
+        parts = np.zeros((nt, N, Lq, D), dtype=dt)
+        pp = <char *>cnp.PyArray_DATA(parts)
+    if n_work > 0:
+        _run_bwd(&bp, &kern, n_work, False, n_kblocks, pp,
+                 N * Lq * D * (8 if dt is np.float64 else 4), nt, poll)
+    if not dq_pass:
+        return parts[0] if nt == 1 else parts.sum(axis=0)
+    bp.dq = <void *>cnp.PyArray_DATA(dq)
+    nt = num_threads
+    if nt > N * n_qblocks:
+        nt = <int>(N * n_qblocks)
+    if nt > 1:
+        nt = cattn_usable_team(nt)
+    if N * n_qblocks > 0 and D > 0:
+        _run_bwd(&bp, &kern, N * n_qblocks, True, n_qblocks, NULL, 0, max(nt, 1), poll)
+    return dq

@@ -38,7 +38,7 @@ MYPY_CONFIG = """\
 [mypy-threadpoolctl.*,tqdm.*]
 ignore_missing_imports = True
 
-[mypy-dask.*,distributed.*,matplotlib.*,torch.*]
+[mypy-dask.*,distributed.*,matplotlib.*,torch.*,jax.*]
 ignore_missing_imports = True
 follow_imports = skip
 follow_imports_for_stubs = True
@@ -109,6 +109,11 @@ def test_stubtest(tmp_path):
     # The one allowed entry: cattn.dask cannot be imported without its
     # optional dependency, so stubtest cannot compare it then.
     allow.write_text("" if importlib.util.find_spec("dask") else "cattn.dask\n")
+    # likewise cattn.torch and cattn.jax without torch / jax
+    with allow.open("a") as f:
+        for mod in ("torch", "jax"):
+            if importlib.util.find_spec(mod) is None:
+                f.write(f"cattn.{mod}\n")
     rc, out = _run(["mypy.stubtest", "--mypy-config-file", "{cfg}",
                     "--allowlist", str(allow), "cattn"], tmp_path)
     assert rc == 0, out

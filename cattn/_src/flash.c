@@ -143,7 +143,8 @@ static inline float cattn_half_to_float(uint16_t h)
 #define CATTN_TABLE(isa, ty) {                                              \
     #isa, scratch_bytes_##ty##_##isa, flash_block_##ty##_##isa,             \
     decode_scratch_bytes_##ty##_##isa, decode_block_##ty##_##isa,           \
-    decode_finish_##ty##_##isa }
+    decode_finish_##ty##_##isa,                                             \
+    bwd_scratch_bytes_##ty##_##isa, bwd_kv_##ty##_##isa, bwd_q_##ty##_##isa }
 
 enum { ISA_BASE = 0, ISA_HASWELL = 1, ISA_SKYLAKE = 2, ISA_COUNT = 3 };
 

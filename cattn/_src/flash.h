@@ -91,6 +91,25 @@ typedef struct cattn_params {
     volatile int *stop;
 } cattn_params;
 
+/* A backward call (flash_bwd_impl.h): the forward's parameters (with out
+   and lse as the forward returned them) and the gradients' buffers.  All
+   arrays in the compute type unless said otherwise. */
+typedef struct cattn_bwd_params {
+    cattn_params f;
+    cattn_operand dout;        /* (Lq, Dv) per item, any strides */
+    const void *delta;         /* (n_batch, Lq): rowsum(dout * out) */
+    void *dq;                  /* dQ pass: (n_batch, Lq, D), sum_j dS k_j (unscaled) */
+    void *dk, *dv;             /* (n_groups, Lk, D) / (n_groups, Lk, Dv), written whole */
+    void *dbias;               /* (n_batch, Lq, Lk) dS w.r.t. the final score, or NULL */
+    void *dscore;              /* (n_batch, Lq, Lk) dS w.r.t. scale * raw score, or NULL */
+    /* K/V groups: the batch items sharing one K/V head (GQA, broadcast
+       dims) are group_items[group_start[g] .. group_start[g + 1]) */
+    const int64_t *group_start, *group_items;
+    int64_t n_groups;
+    const int64_t *shift;      /* per item: query i sits at key position i + shift;
+                                  NULL: Lk - Lq */
+} cattn_bwd_params;
+
 /*
  * The kernel table: every kernel of one (compute type, K/V format) on the
  * CPU's best ISA, resolved once per call by cattn_kernels_for(); the work
@@ -103,7 +122,11 @@ typedef struct cattn_params {
  *     in the compute type.
  *   decode_finish(p, b, i, n_split, acc, mm, ll): merges the n_split
  *     partials of query i into out/lse.
- * Next kinds (backward, paged decode) are new slots here.
+ *   bwd_kv(bp, g, kb, dq_part, scratch): the backward's dK/dV of one key
+ *     block of K/V group g (and dS K added to a per-thread dQ partial when
+ *     dq_part is not NULL); scratch is bwd_scratch(bp) bytes.
+ *   bwd_q(bp, b, qb, scratch): the backward's dQ of one query block.
+ * Next kinds (paged decode) are new slots here.
  */
 typedef struct cattn_kernels {
     const char *isa;
@@ -114,6 +137,10 @@ typedef struct cattn_kernels {
                    void *acc, void *mm, void *ll, void *scratch);
     void (*decode_finish)(const cattn_params *p, int64_t b, int64_t i, int64_t n_split,
                           const void *acc, const void *mm, const void *ll);
+    size_t (*bwd_scratch)(const cattn_bwd_params *bp);
+    void (*bwd_kv)(const cattn_bwd_params *bp, int64_t g, int64_t kb, void *dq_part,
+                   void *scratch);
+    void (*bwd_q)(const cattn_bwd_params *bp, int64_t b, int64_t qb, void *scratch);
 } cattn_kernels;
 
 /* The kernels for compute type float64 (is_double) or float32 and a K/V
