@@ -58,9 +58,16 @@ class Gradients(NamedTuple):
 
 def diagonal_shift(call):
     """Per batch item, the key position of query 0 for causal and window
-    masks (query i sits at i + shift): the forward's alignment, bottom-right
-    over the whole Lq x Lk block.  One place to change with the forward."""
-    return None          # the kernels use Lk - Lq
+    masks (query i sits at i + shift), as the forward aligns them: at each
+    sequence's own end, kv_len - q_len, when lengths are given (or the
+    caller's q_pos); None (the kernels use Lk - Lq) without lengths."""
+    if call.q_pos is not None:
+        return np.ascontiguousarray(call.q_pos, dtype=np.int64)
+    if call.kv_len is None and call.q_len is None:
+        return None
+    kv = call.kv_len if call.kv_len is not None else call.Lk
+    q = call.q_len if call.q_len is not None else call.Lq
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(kv - q, dtype=np.int64), (call.N,)))
 
 
 def _is_array(x):

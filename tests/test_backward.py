@@ -88,6 +88,11 @@ FD_CASES = {
     "segments": {"q_segments": np.array([0, 0, 1, 1, 1]),
                  "kv_segments": np.array([0, 0, 0, 1, 1, 1, 1])},
     "causal_softcap_window": {"causal": True, "softcap": 2.0, "window": (3, 0)},
+    # the diagonal at each sequence's own end (query i at i + kv_len - q_len)
+    "causal_kv_lengths": {"causal": True, "kv_lengths": np.array([5, 7])},
+    "causal_both_lengths": {"causal": True, "q_lengths": np.array([3, 5]),
+                            "kv_lengths": np.array([4, 6])},
+    "window_kv_lengths": {"window": (2, 0), "kv_lengths": np.array([6, 5])},
 }
 
 
