@@ -13,6 +13,7 @@
 #undef vbits
 #undef vfrom
 #undef vmax
+#undef vmin
 #undef vclamp
 #undef hsum
 #undef vload_h
