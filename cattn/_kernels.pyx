@@ -62,6 +62,7 @@ cdef extern from "_src/flash.h" nogil:
         void *lse_logl
         void *weights
         void *key_mass
+        int64_t km_slots, km_b0
         const double *scale
         const void *add_w
         const int64_t *kv_len
@@ -70,7 +71,8 @@ cdef extern from "_src/flash.h" nogil:
         const double *sinks
         double softcap
         int64_t win_left, win_right
-        int (*poll)() noexcept nogil
+        int (*poll)(void *ctx) noexcept nogil
+        void *poll_ctx
         int *stop
     ctypedef struct cattn_bwd_params:
         cattn_params f
@@ -240,6 +242,50 @@ cdef extern from "Python.h":
     int PyErr_CheckSignals()
 
 
+cdef extern from *:
+    """
+    /* The driver's shared counters (items claimed, items done): atomics
+       where the compiler has them, an OpenMP critical section elsewhere. */
+    #if defined(__GNUC__) || defined(__clang__)
+    static inline int64_t cattn_fetch_inc(int64_t *c)
+    { return __atomic_fetch_add(c, 1, __ATOMIC_ACQ_REL); }
+    static inline int64_t cattn_load(int64_t *c) { return __atomic_load_n(c, __ATOMIC_ACQUIRE); }
+    #else
+    static inline int64_t cattn_fetch_inc(int64_t *c)
+    {
+        int64_t v;
+    #pragma omp critical(cattn_counters)
+        { v = (*c)++; }
+        return v;
+    }
+    static inline int64_t cattn_load(int64_t *c)
+    {
+        int64_t v;
+    #pragma omp critical(cattn_counters)
+        { v = *c; }
+        return v;
+    }
+    #endif
+    /* a nap of the polling thread, in microseconds */
+    #ifdef _WIN32
+    #include <windows.h>
+    static inline void cattn_nap(long us) { Sleep((DWORD)(us / 1000)); }
+    #else
+    #include <time.h>
+    static inline void cattn_nap(long us)
+    {
+        struct timespec ts;
+        ts.tv_sec = 0;
+        ts.tv_nsec = us * 1000;
+        nanosleep(&ts, NULL);
+    }
+    #endif
+    """
+    int64_t cattn_fetch_inc(int64_t *c) noexcept nogil
+    int64_t cattn_load(int64_t *c) noexcept nogil
+    void cattn_nap(long us) noexcept nogil
+
+
 # One driver serves the tile and the decode kernels: it runs work items
 # under prange (or on the calling thread when one thread is asked for, so a
 # forked child never enters OpenMP), with per-thread scratch, and lets the
@@ -251,6 +297,8 @@ cdef struct _Run:
     cattn_kernels kern
     bint decode
     int64_t n_qblocks
+    int64_t km_slots        # mode KEY_MASS: a work item is (batch item, slot)
+    int64_t b0              # ... of the batch items from b0 on
     int64_t n_split
     int64_t chunk
     size_t isz
@@ -260,7 +308,15 @@ cdef struct _Run:
 
 
 cdef void _work_item(_Run *r, int64_t w, void *scratch) noexcept nogil:
-    cdef int64_t b, sp, js, je, Lq, Dv
+    cdef int64_t b, sp, js, je, Lq, Dv, qb
+    if r.km_slots:
+        # key mass: one slot's query blocks, in order, on one thread
+        b = r.b0 + w // r.km_slots
+        qb = w % r.km_slots
+        while qb < r.n_qblocks and not r.p.stop[0]:
+            r.kern.tile(r.p, b, qb, scratch)
+            qb += r.km_slots
+        return
     if not r.decode:
         r.kern.tile(r.p, w // r.n_qblocks, w % r.n_qblocks, scratch)
         return
@@ -282,7 +338,9 @@ cdef double _SIGNAL_POLL = 0.02
 
 cdef int _interrupted(double *last) noexcept nogil:
     """On the main thread: re-acquire the GIL briefly, every _SIGNAL_POLL
-    seconds, and run Python's signal handlers.  True when one raised."""
+    seconds, and run Python's signal handlers.  True when one raised.
+    ``last`` is the call's own clock (a clock shared by all calls was reset
+    by every call another Python thread made, and starved this poll)."""
     cdef double now = omp_get_wtime()
     if now - last[0] < _SIGNAL_POLL:
         return 0
@@ -291,36 +349,65 @@ cdef int _interrupted(double *last) noexcept nogil:
         return PyErr_CheckSignals() != 0
 
 
-cdef double _poll_last = 0
+cdef int _poll_cb(void *ctx) noexcept nogil:
+    """The kernels' in-tile poll (thread 0 of a call from the main thread),
+    on the call's clock."""
+    return _interrupted(<double *>ctx)
 
 
-cdef int _poll_cb() noexcept nogil:
-    """The kernels' in-tile poll (thread 0 of a call from the main thread):
-    Python's signal handlers every _SIGNAL_POLL seconds."""
-    global _poll_last
-    cdef double now = omp_get_wtime()
-    if now - _poll_last < _SIGNAL_POLL:
-        return 0
-    _poll_last = now
-    with gil:
-        return PyErr_CheckSignals() != 0
+cdef void _drive(_Run *r, int64_t n_work, int64_t *ctr, void *scratch, int *status,
+                 double *last, bint poller) noexcept nogil:
+    """One thread's share of a parallel run: claim items (ctr[0]) until none
+    is left, counting each done (ctr[1]), then -- on the polling thread --
+    keep polling until every item is done.  Only the calling thread (OpenMP
+    thread 0) can run Python's signal handlers; waiting at the end of a
+    prange, it stopped polling while another thread still ran a long item
+    (measured: KeyboardInterrupt 2.1 s after SIGINT with uneven kv_lengths,
+    2 threads)."""
+    cdef int64_t w
+    cdef double t0, waited
+    while True:
+        w = cattn_fetch_inc(&ctr[0])
+        if w >= n_work:
+            break
+        if scratch != NULL and not status[1]:
+            if poller and _interrupted(last):
+                status[1] = 1
+            else:
+                _work_item(r, w, scratch)
+        cattn_fetch_inc(&ctr[1])
+    if not poller:
+        return
+    t0 = omp_get_wtime()
+    while not status[1] and cattn_load(&ctr[1]) < n_work:
+        if _interrupted(last):
+            status[1] = 1
+            return
+        # spin the first millisecond (short calls end without a nap), then
+        # nap a twentieth of the time waited so far, at most 2 ms: the call
+        # ends at most 5% (or 2 ms) after its last item
+        waited = omp_get_wtime() - t0
+        if waited > 1e-3:
+            cattn_nap(<long>(1e6 * min(0.05 * waited, 2e-3)))
 
 
 cdef int _run(_Run *r, int64_t n_work, size_t scratch_bytes, int n_threads,
               bint poll) except -1:
     cdef int status[2]      # [0] scratch allocation failed, [1] interrupted
-    cdef double last[1]
+    cdef double last[1]     # this call's poll clock
+    cdef int64_t ctr[2]     # items claimed, items done
     cdef int64_t w
     cdef void *raw = NULL
     cdef void *scratch = NULL
     status[0] = 0
     status[1] = 0
+    ctr[0] = 0
+    ctr[1] = 0
     last[0] = omp_get_wtime()
     # inside work items too: one item can span millions of keys
-    global _poll_last
-    _poll_last = last[0]
     r.p.stop = &status[1]
     r.p.poll = NULL
+    r.p.poll_ctx = <void *>last
     if poll:
         r.p.poll = _poll_cb
     if n_threads > n_work:
@@ -344,14 +431,10 @@ cdef int _run(_Run *r, int64_t n_work, size_t scratch_bytes, int n_threads,
             raw = malloc(scratch_bytes + 64)
             if raw == NULL:
                 status[0] = 1
-            scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
-            for w in prange(n_work, schedule="dynamic"):
-                if raw == NULL or status[1]:
-                    continue
-                if poll and omp_get_thread_num() == 0 and _interrupted(last):
-                    status[1] = 1
-                    continue
-                _work_item(r, w, scratch)
+                scratch = NULL
+            else:
+                scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
+            _drive(r, n_work, ctr, scratch, status, last, poll and omp_get_thread_num() == 0)
             free(raw)
     if status[1]:
         return -1           # the signal handler's exception is set
@@ -386,10 +469,52 @@ def flash(KernelArgs a, int mode, int num_threads):
     r.kern = cattn_kernels_for(_is_double(a), p.kv_format)
     r.decode = False
     r.n_qblocks = (p.Lq + p.block_q - 1) // p.block_q
+    r.km_slots = 0
+    r.b0 = 0
     cdef int64_t n_work = p.n_batch * r.n_qblocks
     if n_work == 0:
         return
+    if mode == CATTN_MODE_KEY_MASS:
+        _key_mass(&r, a, num_threads)
+        return
     _run(&r, n_work, r.kern.tile_scratch(&p), num_threads, _poll_signals())
+
+
+# Key mass: the sums of the weights over the queries, made deterministic.
+# Query block qb of a batch item adds into slot qb % _KM_SLOTS; a work item
+# is one (batch item, slot) and runs its blocks in order, and the slots are
+# summed in order afterwards: the same bits whatever thread ran what (atomic
+# adds from the query blocks made 3-10% of repeated threaded calls differ).
+# Partials take at most _KM_BYTES (whole batch items at a time) or one batch
+# item's _KM_SLOTS x Lk.
+cdef int64_t _KM_SLOTS = 16
+cdef int64_t _KM_BYTES = 64 << 20
+
+
+cdef _key_mass(_Run *r, KernelArgs a, int num_threads):
+    cdef cattn_params *p = r.p
+    cdef int64_t N = p.n_batch, Lk = p.Lk, b0, g
+    cdef int64_t slots = min(r.n_qblocks, _KM_SLOTS)
+    cdef size_t scratch = r.kern.tile_scratch(p)
+    cdef bint poll = _poll_signals()
+    key_mass = a.key_mass
+    r.km_slots = slots
+    p.km_slots = slots
+    if slots == 1:      # one query block: its sums are the result
+        p.km_b0 = 0
+        r.b0 = 0
+        _run(r, N, scratch, num_threads, poll)
+        return
+    cdef int64_t per_item = slots * max(Lk, 1) * key_mass.dtype.itemsize
+    cdef int64_t group = max(1, min(N, _KM_BYTES // per_item))
+    for b0 in range(0, N, group):
+        g = min(group, N - b0)
+        part = np.zeros((g, slots, Lk), dtype=key_mass.dtype)
+        p.key_mass = cnp.PyArray_DATA(part)
+        p.km_b0 = b0
+        r.b0 = b0
+        _run(r, g * slots, scratch, num_threads, poll)
+        np.sum(part, axis=1, out=key_mass[b0:b0 + g])
 
 
 def flash_decode(KernelArgs a, int num_threads, int64_t n_split):
@@ -403,6 +528,8 @@ def flash_decode(KernelArgs a, int num_threads, int64_t n_split):
     cdef bint is_double = _is_double(a)
     r.kern = cattn_kernels_for(is_double, p.kv_format)
     r.decode = True
+    r.km_slots = 0
+    r.b0 = 0
     cdef int64_t N = p.n_batch, Lq = p.Lq, Dv = p.Dv, Lk = p.Lk, w, b
     if N == 0 or Lq == 0:
         return
@@ -613,10 +740,9 @@ cdef int _run_bwd(cattn_bwd_params *bp, cattn_kernels *kern, int64_t n_work, bin
     status[0] = 0
     status[1] = 0
     last[0] = omp_get_wtime()
-    global _poll_last
-    _poll_last = last[0]
     bp.f.stop = &status[1]
     bp.f.poll = NULL
+    bp.f.poll_ctx = <void *>last       # this call's own poll clock
     if poll:
         bp.f.poll = _poll_cb
     if n_threads <= 1:

@@ -21,6 +21,17 @@ from ._validate import additive_weights, leading_dims, scale_per_batch
 __all__ = ["scores", "softmax", "aggregate", "merge"]
 
 
+
+def _row_norm(x):
+    """Euclidean norm of each row (last axis) in float64, without overflow:
+    scaled by a power of two (exact) before squaring."""
+    x = np.asarray(x, np.float64)
+    with np.errstate(all="ignore"):
+        amax = np.max(np.abs(x), axis=-1, keepdims=True, initial=0.0)
+        e = np.frexp(np.where(np.isfinite(amax) & (amax > 0), amax, 1.0))[1]
+        y = np.ldexp(x, -e)
+        return np.ldexp(np.sqrt(np.sum(y * y, axis=-1, keepdims=True)), e)
+
 def _matrices(**named):
     """Validate (name=array_like) operands of shape (..., L, D): real arrays
     with at least 2 dims.  Returns them in order."""
@@ -112,8 +123,11 @@ def scores(query, key, *, score="scaled_dot", scale=None, additive_weight=None,
         q = np.ascontiguousarray(q, dtype=cdt)
         k = np.ascontiguousarray(k, dtype=cdt)
         if score == "cosine":
-            q = q / np.maximum(np.linalg.norm(q, axis=-1, keepdims=True), cdt.type(1e-8))
-            k = k / np.maximum(np.linalg.norm(k, axis=-1, keepdims=True), cdt.type(1e-8))
+            # the norm in float64, power-of-two scaled (np.linalg.norm
+            # overflowed at |q| >= 2e19 in float32: every cosine 0)
+            with np.errstate(invalid="ignore"):
+                q = (q / np.maximum(_row_norm(q), 1e-8)).astype(cdt)
+                k = (k / np.maximum(_row_norm(k), 1e-8)).astype(cdt)
         uniform = bool(np.all(scale_b == scale_b[0])) if scale_b.size else True
         alpha = float(scale_b[0]) if (uniform and scale_b.size) else 1.0
         # row-major S (Lq x Lk) is column-major S^T = K^T' . Q

@@ -125,6 +125,17 @@ def _scale_array(scale, default):
     return scale[..., None, None]
 
 
+def _row_norm(x):
+    """Euclidean norm of each row (last axis), without overflow: the row is
+    scaled by a power of two (exact) before squaring, so a row of huge
+    finite values has its true norm.  inf in a row gives inf, NaN NaN."""
+    with np.errstate(all="ignore"):
+        amax = np.max(np.abs(x), axis=-1, keepdims=True, initial=0.0)
+        e = np.frexp(np.where(np.isfinite(amax) & (amax > 0), amax, 1.0))[1]
+        y = np.ldexp(x, -e)
+        return np.ldexp(np.sqrt(np.sum(y * y, axis=-1, keepdims=True)), e)
+
+
 def _raw_scores(query, key, score, additive_weight):
     """Similarity of every query with every key, before scaling.
 
@@ -144,8 +155,8 @@ def _raw_scores(query, key, score, additive_weight):
         with np.errstate(invalid="ignore", over="ignore"):
             return query @ key_t
     if score == "cosine":
-        q_norm = np.sqrt(np.sum(query * query, axis=-1, keepdims=True))
-        k_norm = np.sqrt(np.sum(key * key, axis=-1, keepdims=True))
+        q_norm = _row_norm(query)
+        k_norm = _row_norm(key)
         # An inf entry gives inf / inf = NaN: the direction of such a vector
         # is undefined, so its scores are NaN (and propagate, or are masked).
         with np.errstate(invalid="ignore"):

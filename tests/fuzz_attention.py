@@ -126,8 +126,12 @@ OTHER_DTYPES = [np.int8, np.int32, np.int64, np.uint8, np.uint64, np.bool_,
 def _values(d, shape, dtype):
     rng = np.random.default_rng(d.seed())
     n = int(np.prod(shape, dtype=np.int64))
-    mag = d.choice([1.0, 1.0, 1.0, 0.0, 1e-300, 1e-30, 1e4, 1e30, 1e300])
+    mag = d.choice([1.0, 1.0, 1.0, 0.0, 1e-300, 1e-30, 1e4, 3e19, 1e30, 1e160, 1e300])
     x = rng.standard_normal(n) * mag
+    if n and len(shape) >= 2 and shape[-1] and d.bool(0.05):
+        # a whole row -inf (a key whose scores are -inf)
+        row = d.int(0, n // shape[-1] - 1) if n >= shape[-1] else 0
+        x[row * shape[-1]:(row + 1) * shape[-1]] = -np.inf
     if n and d.bool(0.25):                      # NaN / inf placements
         for _ in range(d.int(1, 3)):
             x[d.int(0, n - 1)] = d.choice([np.nan, np.inf, -np.inf])
@@ -307,7 +311,7 @@ def _kwargs(d, geom, arrs, include_known):
         kw["softcap"] = _param(d, lambda: d.choice([0.5, 5.0, 30.0, 1e4, 1e-3]))
     if d.bool(0.15):
         kw["sinks"] = _param(d, lambda: d.choice(
-            [0.0, -1.0, 2.5, _array(d, _shape(d, d.int(0, 2), lead[-1:] if lead else None),
+            [0.0, -1.0, 2.5, -np.inf, _array(d, _shape(d, d.int(0, 2), lead[-1:] if lead else None),
                                     np.float64)]))
     if d.bool(0.25):
         kw["out"] = _out(d, geom, arrs, kw, include_known)
@@ -457,6 +461,14 @@ def one_call(d, include_known=False, check=False):
     _count("result")
     _check_no_overlap(plain, kw)
     _check_result(res, plain[0], plain[1], check, include_known, before)
+    if kw.get("return_weights") == "key_mass" and "out" not in kw:
+        # deterministic (threads add block sums in a fixed order): the same bits again
+        again = cattn.attention(*arrs, **kw)
+        again = again if isinstance(again, tuple) else (again,)
+        parts = res if isinstance(res, tuple) else (res,)
+        for a_, b_ in zip(parts, again):
+            assert np.array_equal(a_, b_, equal_nan=True), "key mass differs between calls"
+        _count("key_mass_repeat")
 
 
 def _stage_call(d, which):

@@ -88,6 +88,13 @@ def hostile_problems(draw):
     v = arr((b, hkv, lk, dv), dtypes[2])
     kw = {"score": draw(st.sampled_from(["scaled_dot", "dot", "cosine", "additive"]))}
     cdt = np.result_type(q, k, v)
+    if kw["score"] == "cosine" and draw(st.booleans()):
+        # vectors beyond the square root of the largest float (their squared
+        # norms overflow): 3e19 (float32), 1e160 (float64)
+        big = 1e160 if cdt == np.float64 else 3e19
+        for x in (q, k):
+            if x.dtype in (np.float32, np.float64) and draw(st.booleans()):
+                x *= x.dtype.type(big)
     scales = SCALES + (SCALES_F64 if cdt == np.float64 else [])
     sk = draw(st.sampled_from(["none", "scalar", "per_head"]))
     if sk == "scalar":
@@ -125,7 +132,15 @@ def hostile_problems(draw):
     if draw(st.booleans()):
         kw["softcap"] = draw(st.sampled_from([0.5, 5.0, 50.0]))
     if draw(st.booleans()):
-        kw["sinks"] = draw(st.sampled_from([0.0, -2.0, 3.0]))
+        kw["sinks"] = draw(st.sampled_from([0.0, -2.0, 3.0, -np.inf]))
+    if lk and d and draw(st.booleans()):
+        # a key whose scores are -inf (all -inf, q positive) with an inf value
+        j = draw(st.integers(0, lk - 1))
+        if q.dtype.kind == "f" and k.dtype.kind == "f":
+            q[...] = np.abs(q) + 1
+            k[..., j, :] = -np.inf
+            if v.dtype.kind == "f" and dv:
+                v[..., j, 0] = np.inf
     # NaN / inf placements, anywhere (attended or not)
     arrays = {"q": q, "k": k, "v": v}
     if "bias" in kw:
@@ -193,9 +208,10 @@ def check_semantics(q, k, v, kw, return_weights, return_lse):
     huge = all_mag > (2.0**20 if cdt != np.float64 else 1e4)
     bo = None if base is None else [b[0] for b in base]
     out, e_out = np.asarray(res[0], np.float64), np.array(exp[0], np.float64)
-    if cdt != np.float64 and not np.isfinite(np.asarray(v, np.float64)).all():
-        # an inf value whose weight underflows in float32 gives 0 * inf = NaN
-        # where the float64 oracle still has a tiny weight times inf = inf
+    if not np.isfinite(np.asarray(v, np.float64)).all():
+        # an inf value whose weight underflows (below the smallest normal
+        # number: float32 ~1e-38, float64 ~2e-308) gives 0 * inf = NaN where
+        # the oracle still has a tiny weight times inf = inf (documented)
         e_out[np.isinf(e_out) & np.isnan(out)] = np.nan
     assert_close(out, e_out, rdt, bo, err_msg="(output)", logit_mag=lmag)
     i = 1
@@ -230,6 +246,8 @@ def _float32_overflow(q, k, kw):
         qm = np.nanmax(np.abs(np.where(np.isfinite(q), q, 0)), initial=0)
         km = np.nanmax(np.abs(np.where(np.isfinite(k), k, 0)), initial=0)
     s = np.abs(np.asarray(kw.get("scale", 1.0), np.float64)).max(initial=1.0)
+    if kw.get("score") == "cosine":
+        return float(s) > 1e30          # cosines are bounded by the scale
     return float(s) * (float(qm) * float(km) * max(q.shape[-1], 1) + 1) > 1e30
 
 
@@ -258,7 +276,10 @@ def test_hostile_inputs_follow_reference(problem, return_weights, return_lse):
         assert res[0].shape == q.shape[:-1] + (v.shape[-1],)
         return
     if return_weights == "key_mass":
-        out, mass = cattn.attention(q, k, v, return_weights="key_mass", **kw)
+        out, mass = cattn.attention(q, k, v, return_weights="key_mass", num_threads=2, **kw)
+        # deterministic: the same bits from the same threaded call (item 15)
+        _, mass2 = cattn.attention(q, k, v, return_weights="key_mass", num_threads=2, **kw)
+        assert np.array_equal(mass, mass2, equal_nan=True)
         e_out, e_w = ref.attention(q, k, v, return_weights=True, **kw)
         cdt = _compute_dtype(q, k, v)
         with np.errstate(all="ignore"):
@@ -453,3 +474,127 @@ def test_fuzz_short_run_atheris():
     pytest.importorskip("atheris")
     proc = run_script(FUZZ, "-atheris_runs=500", "-seed=7", timeout=120)
     assert proc.returncode == 0, describe(proc)
+
+
+# ---------------------------------------------------------------------------
+# issue 12: extreme parameter values (items 4, 9, 10, 15, 17)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("lq", [3, 20], ids=["decode", "tile"])
+@pytest.mark.parametrize("return_weights", [False, True, "key_mass"])
+def test_minus_inf_sink_with_empty_rows(lq, return_weights):
+    """Item 4: sinks=-inf is no sink; a row without keys (causal, Lq > Lk)
+    gave NaN output, lse, weights and key mass (exp(-inf - -inf))."""
+    rng = np.random.default_rng(12)
+    q, k, v = (rng.standard_normal((2, n, 4)) for n in (lq, 2, 2))
+    kw = {"causal": True, "sinks": np.array([-np.inf, 0.5])}
+    got = cattn.attention(q, k, v, return_lse=True, return_weights=return_weights, **kw)
+    exp = ref.attention(q, k, v, return_lse=True,
+                        return_weights=bool(return_weights), **kw)
+    if return_weights == "key_mass":
+        exp = (exp[0], exp[1].sum(-2), exp[2])
+    for g, e in zip(got, exp):
+        assert not np.isnan(g).any()
+        assert np.array_equal(g == -np.inf, e == -np.inf)
+        fin = np.isfinite(e)
+        np.testing.assert_allclose(g[fin], e[fin], rtol=1e-12, atol=1e-12)
+    check_semantics(q, k, v, kw, bool(return_weights), True)
+
+
+@pytest.mark.parametrize("lq", [1, 9, 40], ids=["decode", "tile", "tiles"])
+@pytest.mark.parametrize("how", ["k_inf", "overflow", "mask_all_true"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_minus_inf_score_never_multiplies_its_value(lq, how, dtype):
+    """Item 9: a key whose score is -inf (K = -inf, or a finite product that
+    overflows) has weight 0 and its inf value must not be multiplied
+    (0 * inf = NaN on the full-tile path)."""
+    q = np.ones((lq, 2), dtype)
+    k = np.array([[0, 0], [-np.inf, -np.inf]], dtype)
+    if how == "overflow":
+        k[1] = -np.finfo(dtype).max
+    v = np.array([[1.0], [np.inf]], dtype)
+    kw = {"score": "dot"}
+    if how == "mask_all_true":
+        kw["mask"] = np.ones((lq, 2), bool)
+    out = cattn.attention(q, k, v, **kw)
+    if not (how == "overflow" and dtype == np.float32):
+        # (the float64 oracle's score is finite there: weight 0, 0 * inf = NaN)
+        np.testing.assert_array_equal(out, ref.attention(q, k, v, **kw))
+    np.testing.assert_array_equal(out, 1.0)
+
+
+@pytest.mark.parametrize("lq", [2, 20], ids=["decode", "tile"])
+@pytest.mark.parametrize("dtype,mag", [(np.float32, 3e19), (np.float32, 1e37),
+                                       (np.float64, 1e160), (np.float64, 1e300)],
+                         ids=["f32-3e19", "f32-1e37", "f64-1e160", "f64-1e300"])
+@pytest.mark.parametrize("which", ["q", "k", "both"])
+def test_cosine_of_huge_vectors(lq, dtype, mag, which):
+    """Item 10: the norm's sum of squares overflowed (|q| >= 2e19 in float32)
+    and every cosine became 0 (uniform weights)."""
+    rng = np.random.default_rng(13)
+    q = rng.standard_normal((2, lq, 6))
+    k = rng.standard_normal((2, 9, 6))
+    v = rng.standard_normal((2, 9, 3)).astype(dtype)
+    if which in ("q", "both"):
+        q = q * mag
+    if which in ("k", "both"):
+        k = k * mag
+    q, k = q.astype(dtype), k.astype(dtype)
+    for scale in (None, 3.0):
+        kw = {"score": "cosine", "scale": scale}
+        out, lse = cattn.attention(q, k, v, return_lse=True, **kw)
+        e_out, e_lse = ref.attention(q, k, v, return_lse=True, **kw)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(out, e_out, rtol=tol, atol=tol)
+        np.testing.assert_allclose(lse, e_lse, rtol=tol, atol=tol)
+    s = cattn.scores(q, k, score="cosine")
+    np.testing.assert_allclose(s, ref.scores(q, k, score="cosine"),
+                               rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+def test_key_mass_deterministic_with_threads():
+    """Item 15: key mass from several query blocks was added with atomic
+    float adds in whatever order the threads ran (3-10% of repeated calls
+    differed); it is now reduced in a fixed order."""
+    rng = np.random.default_rng(14)
+    q = rng.standard_normal((3, 700, 16)).astype(np.float32)
+    k = rng.standard_normal((3, 300, 16)).astype(np.float32)
+    _, w = ref.attention(q, k, k, return_weights=True)
+    first = None
+    for rep in range(20):
+        out, mass = cattn.attention(q, k, k, return_weights="key_mass", num_threads=2)
+        if first is None:
+            first = mass
+            assert_close(mass, w.sum(-2), np.float32, logit_mag=10)
+        assert np.array_equal(mass, first), f"call {rep} differs from the first"
+
+
+@pytest.mark.parametrize("lq", [1, 20], ids=["decode", "tile"])
+def test_nan_and_plus_inf_logits_give_nan_lse(lq):
+    """Item 17: a row with both a NaN and a +inf logit gave lse +inf; the
+    oracle (and now cattn) give NaN.  A +inf logit alone still gives +inf."""
+    q = np.ones((1, lq, 2))
+    k = np.zeros((1, 3, 2))
+    k[0, 1, 0] = np.nan
+    k[0, 2, 0] = np.inf
+    v = np.ones((1, 3, 1))
+    for keys, want in (([0, 1, 2], np.nan), ([0, 2], np.inf)):
+        out, lse = cattn.attention(q, k[:, keys], v[:, keys], score="dot", return_lse=True)
+        e_out, e_lse = ref.attention(q, k[:, keys], v[:, keys], score="dot", return_lse=True)
+        np.testing.assert_array_equal(lse, want)
+        np.testing.assert_array_equal(lse, e_lse)
+        assert np.isnan(out).all() and np.isnan(e_out).all()
+
+
+@pytest.mark.parametrize("lq", [1, 20], ids=["decode", "tile"])
+def test_float64_weight_underflow_with_inf_value(lq):
+    """Item 17, a documented choice: weights below the smallest normal number
+    flush to 0 in float64 as in float32 (docs/reliability.md), so an
+    attended inf value whose weight is that small gives NaN (0 * inf) where
+    the oracle's subnormal weight gives inf.  Above it, the weight is exact."""
+    q = np.ones((lq, 1))
+    v = np.array([[1.0], [np.inf]])
+    k = np.array([[0.0], [-720.0]])           # weight exp(-720) ~ 1e-313
+    assert np.isnan(cattn.attention(q, k, v, score="dot")).all()
+    assert (ref.attention(q, k, v, score="dot") == np.inf).all()
+    k = np.array([[0.0], [-700.0]])           # exp(-700) ~ 1e-304: normal
+    np.testing.assert_array_equal(cattn.attention(q, k, v, score="dot"), np.inf)

@@ -56,3 +56,23 @@ def test_ctrl_c_long_context():
     """BUG-3 (fixed): one work item spans all keys; the kernels now poll
     between key tiles too."""
     _check_interrupt(_interrupt(["long_keys"])["long_keys"])
+
+
+@needs_linux
+def test_ctrl_c_uneven_work_items():
+    """Issue 12, item 6 (fixed): only the calling thread can run Python's
+    signal handlers; once it had no work item left it waited for the others
+    without polling (KeyboardInterrupt 2.1 s after SIGINT).  It now polls
+    until every item is done.  Which thread claims the long item first
+    varies, so both orders run."""
+    res = _interrupt(["uneven_items", "uneven_items_long_first"])
+    for case in ("uneven_items", "uneven_items_long_first"):
+        _check_interrupt(res[case])
+
+
+@needs_linux
+def test_ctrl_c_while_another_thread_calls():
+    """Issue 12, item 7 (fixed): every call reset one poll clock shared by all
+    calls, so a thread calling cattn back to back starved the main thread's
+    poll (2.2 s).  The clock is now the call's own."""
+    _check_interrupt(_interrupt(["busy_other_thread"])["busy_other_thread"])

@@ -11,6 +11,7 @@
  * (its target region and instantiate.h), an entry in CATTN_ISAS and a test
  * in detect_isa().
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,7 +28,7 @@ static inline int cattn_should_stop(const cattn_params *p)
 {
     if (!p->stop) return 0;
     if (*p->stop) return 1;
-    if (p->poll && CATTN_THREAD_NUM() == 0 && p->poll()) {
+    if (p->poll && CATTN_THREAD_NUM() == 0 && p->poll(p->poll_ctx)) {
         *p->stop = 1;
         return 1;
     }

@@ -73,7 +73,13 @@ typedef struct cattn_params {
     void *lse_m, *lse_logl;    /* lse = lse_m + lse_logl, kept apart for the weights
                                   pass (exact at huge logits); NULL if unused */
     void *weights;             /* mode WEIGHTS/SCORES: (n_batch, Lq, Lk) contiguous, zero-filled */
-    void *key_mass;            /* mode KEY_MASS: (n_batch, Lk) contiguous, zero-filled */
+    void *key_mass;            /* mode KEY_MASS: partial sums (n_items, km_slots, Lk),
+                                  contiguous, zero-filled; batch item b adds the
+                                  sums of query block qb to row
+                                  ((b - km_b0) * km_slots + qb % km_slots), and the
+                                  caller sums the slots in order (deterministic:
+                                  a slot is one work item's, see _kernels.pyx) */
+    int64_t km_slots, km_b0;
     const double *scale;       /* one per batch item */
     const void *add_w;         /* additive weights (D,) */
     const int64_t *kv_len;     /* one per batch item, or NULL */
@@ -84,10 +90,12 @@ typedef struct cattn_params {
     const double *sinks;       /* one per batch item, or NULL */
     double softcap;            /* <= 0: none */
     int64_t win_left, win_right;  /* relative to p = i + q_pos (causal: right <= 0) */
-    /* Interrupts: every key tile, thread 0 calls poll() (rate-limited by the
-       caller; nonzero = a signal handler raised) and every thread stops once
-       *stop is set.  Both NULL: never interrupted. */
-    int (*poll)(void);
+    /* Interrupts: every key tile, thread 0 (the calling thread) calls
+       poll(poll_ctx) (rate-limited by the caller with a clock in poll_ctx,
+       one per call; nonzero = a signal handler raised) and every thread stops
+       once *stop is set.  Both NULL: never interrupted. */
+    int (*poll)(void *ctx);
+    void *poll_ctx;
     volatile int *stop;
 } cattn_params;
 

@@ -235,18 +235,55 @@ static inline int SUF(row_nonfinite)(const T *v, int64_t n)
 /* Steps shared by the tile and decode paths.                              */
 /* ---------------------------------------------------------------------- */
 
+/* 1 / max(|x|, 1e-8) of a row (cosine), in double: the squares are summed
+   in double (a float32 row cannot overflow them), and a float64 row whose
+   sum of squares overflows is summed again scaled by a power of two (exact),
+   so any finite row has its true norm.  A row holding inf or NaN gives
+   inf or NaN (its direction is undefined). */
+static inline double SUF(inv_norm)(const T *x, int64_t stride, int64_t n)
+{
+    double ss = 0;
+    for (int64_t d = 0; d < n; d++) ss += (double)x[d * stride] * (double)x[d * stride];
+    if (ss > DBL_MAX) {
+        double amax = 0;
+        for (int64_t d = 0; d < n; d++) {
+            const double a = fabs((double)x[d * stride]);
+            amax = a > amax ? a : amax;
+        }
+        if (amax <= DBL_MAX) {
+            int e;
+            (void)frexp(amax, &e);
+            const double f = ldexp(1.0, -e);
+            ss = 0;
+            for (int64_t d = 0; d < n; d++) {
+                const double y = (double)x[d * stride] * f;
+                ss += y * y;
+            }
+            return ldexp(1.0 / sqrt(ss), -e);
+        }
+    }
+    const double nrm = sqrt(ss);
+    return 1.0 / (nrm > 1e-8 ? nrm : 1e-8);
+}
+
+/* Cosine: a key whose 1/|k| is below this (|k| above T's largest value
+   over 4 |scale|) may overflow the dot products q . k (q of norm |scale|)
+   in T; its scores are computed as q . (k / |k|) in double instead. */
+static inline double SUF(cos_tiny)(T scale)
+{
+    return fabs((double)scale) * 4.0 / (CATTN_F64 ? DBL_MAX : (double)FLT_MAX);
+}
+
 /* The factor a query row is multiplied by before the dot products: the
    scale, or the scale over the row's norm (cosine), or 1 (additive: the
-   scale applies after the tanh sum). */
-static inline T SUF(row_factor)(const cattn_params *p, const T *qr, T scale)
+   scale applies after the tanh sum).  In double: the product with a float32
+   row is rounded once (exact as a float product when the factor is a
+   float). */
+static inline double SUF(row_factor)(const cattn_params *p, const T *qr, T scale)
 {
     if (p->score_kind == CATTN_SCORE_ADDITIVE) return 1;
     if (p->score_kind != CATTN_SCORE_COSINE) return scale;
-    const int64_t cs = p->q.cs;
-    T ss = 0;
-    for (int64_t d = 0; d < p->D; d++) ss += qr[d * cs] * qr[d * cs];
-    T nrm = (T)sqrt((double)ss);
-    return scale / (nrm > (T)1e-8 ? nrm : (T)1e-8);
+    return (double)scale * SUF(inv_norm)(qr, p->q.cs, p->D);
 }
 
 /* Whether query ii may attend key jj by the mask, the segment ids and the
@@ -268,12 +305,15 @@ static inline int SUF(keep_pair)(const cattn_params *p, const uint8_t *mask, con
 
 /* A sink logit joins a row's denominator: with running max *m and sum *l,
    returns the factor the unnormalised output is multiplied by before the
-   division by the new *l. */
+   division by the new *l.  A -inf sink is no sink (a row without keys
+   stays empty: exp(-inf - -inf) would be NaN); an unchanged max rescales
+   by exactly 1 (also at m = +inf). */
 static inline T SUF(fold_sink)(T sink, T *m, T *l)
 {
+    if (sink == -INFINITY) return 1;
     T mf = *m > sink ? *m : sink;
-    T am = (*m == -INFINITY) ? (T)0 : (T)exp((double)(*m - mf));
-    *l = *l * am + (T)exp((double)(sink - mf));
+    T am = (*m == mf) ? (T)1 : (*m == -INFINITY) ? (T)0 : (T)exp((double)(*m - mf));
+    *l = *l * am + (sink == mf ? (T)1 : (T)exp((double)(sink - mf)));
     *m = mf;
     return am;
 }
@@ -371,8 +411,8 @@ CATTN_STEP void SUF(pack_q)(const SUF(blk) *k)
         T *dst = QT + (i / NQ) * D * NQ + i % NQ;
         if (i < nq) {
             const T *qr = Q + i * q_rs;
-            const T f = SUF(row_factor)(p, qr, k->scale);
-            for (int64_t d = 0; d < D; d++) dst[d * NQ] = qr[d * q_cs] * f;
+            const double f = SUF(row_factor)(p, qr, k->scale);
+            for (int64_t d = 0; d < D; d++) dst[d * NQ] = (T)((double)qr[d * q_cs] * f);
         } else {
             for (int64_t d = 0; d < D; d++) dst[d * NQ] = 0;
         }
@@ -438,14 +478,25 @@ CATTN_STEP void SUF(tile_scores)(const SUF(blk) *k, const T *Kt, int64_t kt_rs, 
     } else {
         SUF(tile_scores_dot)(Kt, kt_rs, nk, k->QT, ld, nqp, D, ST);
         if (p->score_kind == CATTN_SCORE_COSINE) {
+            const double tiny = SUF(cos_tiny)(scale);
             for (int64_t j = 0; j < nk; j++) {
                 const T *kr = Kt + j * kt_rs;
-                T ss = 0;
-                for (int64_t d = 0; d < D; d++) ss += kr[d] * kr[d];
-                T nrm = (T)sqrt((double)ss);
-                T f = (T)1 / (nrm > (T)1e-8 ? nrm : (T)1e-8);
-                for (int64_t i = 0; i < nqp; i += VL)
-                    vstore(ST + j * ld + i, vload(ST + j * ld + i) * f);
+                const double f = SUF(inv_norm)(kr, 1, D);
+                T *srow = ST + j * ld;
+                if (f >= tiny) {
+                    for (int64_t i = 0; i < nqp; i += VL)
+                        vstore(srow + i, vload(srow + i) * (T)f);
+                } else {
+                    /* a key so long that its dot products may overflow T:
+                       q . (k / |k|) in double (rare) */
+                    for (int64_t i = 0; i < nqp; i++) {
+                        const T *qp = k->QT + (i / NQ) * D * NQ + i % NQ;
+                        double acc = 0;
+                        for (int64_t d = 0; d < D; d++)
+                            acc += (double)qp[d * NQ] * ((double)kr[d] * f);
+                        srow[i] = (T)acc;
+                    }
+                }
             }
         }
     }
@@ -518,46 +569,66 @@ CATTN_STEP void SUF(weights_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
             for (int64_t j = 0; j < nk; j++)
                 W[i * Lk + j] = ST[j * ld + i];
     } else {
-        T *km = (T *)p->key_mass + b * Lk + j0;
+        /* the block's sums go to its slot's row of partials: one work item
+           owns a slot (see km_slots in flash.h), so no two threads add to
+           one row and the caller reduces the slots in a fixed order */
+        const int64_t qb = i0 / p->block_q;
+        T *km = (T *)p->key_mass + ((b - p->km_b0) * p->km_slots + qb % p->km_slots) * Lk + j0;
         for (int64_t j = 0; j < nk; j++) {
             T acc = 0;
             for (int64_t i = 0; i < nq; i++) acc += ST[j * ld + i];
-#pragma omp atomic
             km[j] += acc;
         }
     }
 }
 
 /* Online softmax along the key rows of a tile, queries in lanes: updates
-   the running max and sum, turns S^T into P^T (masked entries flagged as
-   -0.0 on a partial tile) and rescales O where the max moved. */
-CATTN_STEP void SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
+   the running max and sum, turns S^T into P^T (-inf scores flagged as -0.0
+   on a partial tile, and on a full tile where the max pass saw one: a key
+   whose score is -inf, masked or not, is never multiplied by its value) and
+   rescales O where the max moved.  Returns whether P^T carries flags. */
+CATTN_STEP int SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
 {
     const int64_t ld = k->ld, nqp = k->nqp, Dv = k->p->Dv;
     T *ST = k->ST, *mrow = k->mrow, *lrow = k->lrow, *alpha = k->alpha, *O = k->O;
-    int any_rescale = 0;
-    const V neg_inf = vset1(-INFINITY);
+    int any_rescale = 0, flagged = partial;
+    const V neg_inf = vset1(-INFINITY), pos_inf = vset1(INFINITY);
     for (int64_t i = 0; i < nqp; i += VL) {
         V mold = vload(mrow + i);
-        V mt = neg_inf;
-        {   /* four chains: the max of a column is a latency chain */
+        V mt = neg_inf, lo = pos_inf;
+        {   /* four chains: the max of a column is a latency chain; the min
+               rides along (the loads are shared) to spot a -inf score */
             V m1 = neg_inf, m2 = neg_inf, m3 = neg_inf;
+            V l1 = pos_inf, l2 = pos_inf, l3 = pos_inf;
             int64_t j = 0;
             for (; j + 4 <= nk; j += 4) {
-                mt = vmax(vload(ST + j * ld + i), mt);
-                m1 = vmax(vload(ST + (j + 1) * ld + i), m1);
-                m2 = vmax(vload(ST + (j + 2) * ld + i), m2);
-                m3 = vmax(vload(ST + (j + 3) * ld + i), m3);
+                const V s0 = vload(ST + j * ld + i), s1 = vload(ST + (j + 1) * ld + i),
+                        s2 = vload(ST + (j + 2) * ld + i), s3 = vload(ST + (j + 3) * ld + i);
+                mt = vmax(s0, mt); lo = vmin(s0, lo);
+                m1 = vmax(s1, m1); l1 = vmin(s1, l1);
+                m2 = vmax(s2, m2); l2 = vmin(s2, l2);
+                m3 = vmax(s3, m3); l3 = vmin(s3, l3);
             }
-            for (; j < nk; j++) mt = vmax(vload(ST + j * ld + i), mt);
+            for (; j < nk; j++) {
+                const V s0 = vload(ST + j * ld + i);
+                mt = vmax(s0, mt); lo = vmin(s0, lo);
+            }
             mt = vmax(vmax(m1, mt), vmax(m3, m2));
+            lo = vmin(vmin(l1, lo), vmin(l3, l2));
         }
+        int col_flag = partial;
+        for (int v = 0; v < VL; v++) col_flag |= VLANE(lo, v) == (T)-INFINITY;
+        flagged |= col_flag;
         V mnew = vmax(mt, mold);
         VI empty = VMASK(mnew == neg_inf);
-        V a = vsel(empty, vset1(1), vexp(mold - mnew));
-        V msub = vsel(empty, vset1(0), mnew);
+        /* an unchanged max (-inf, +inf included) rescales by exactly 1 */
+        V a = vsel(VMASK(mnew == mold), vset1(1), vexp(mold - mnew));
+        /* at a +inf max, +inf scores weigh exp(hi) (finite) rather than
+           exp(inf - inf) = NaN: the sum is NaN only for a NaN score, which
+           tells lse NaN (a NaN logit) from +inf (finish_block) */
+        V msub = vsel(empty, vset1(0), vsel(VMASK(mnew == pos_inf), vset1(CATTN_F64 ? DBL_MAX : FLT_MAX), mnew));
         V lsum = {0};
-        if (partial) {
+        if (col_flag) {
             const V negzero = vset1((T)-0.0);
             for (int64_t j = 0; j < nk; j++) {
                 V s = vload(ST + j * ld + i);
@@ -583,6 +654,7 @@ CATTN_STEP void SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
             const T a = alpha[i];
             if (a != (T)1) for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] *= a;
         }
+    return flagged;
 }
 
 /* O += P . V over a tile, never touching a masked key's V (on a partial
@@ -639,9 +711,12 @@ CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
             if (lse) lse[i0 + i] = -INFINITY;
             if (p->lse_m) ((T *)p->lse_m)[b * Lq + i0 + i] = -INFINITY;
         } else {
+            /* a +inf logit: the output is NaN (inf - inf), lse +inf, or
+               NaN when the row also has a NaN logit (l is NaN only then:
+               softmax_tile) */
+            if (m == (T)INFINITY) f = NAN;
             for (int64_t c = 0; c < Dv; c++) orow[c * out_cs] = O[i * Dv + c] * f;
-            /* a +inf logit: lse is +inf (the output is NaN: inf - inf) */
-            const T logl = m == (T)INFINITY ? (T)0 : (T)log((double)l);
+            const T logl = m == (T)INFINITY ? (l == l ? (T)0 : (T)NAN) : (T)log((double)l);
             if (lse) lse[i0 + i] = m + logl;
             if (p->lse_m) {
                 ((T *)p->lse_m)[b * Lq + i0 + i] = m;
@@ -688,8 +763,8 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
             SUF(weights_tile)(&k, j0, nk);
             continue;
         }
-        SUF(softmax_tile)(&k, nk, partial);
-        SUF(pv_tile)(&k, Vt, vt_rs, nk, partial);
+        const int flagged = SUF(softmax_tile)(&k, nk, partial);
+        SUF(pv_tile)(&k, Vt, vt_rs, nk, flagged);
     }
     if (p->mode == CATTN_MODE_ATTENTION) SUF(finish_block)(&k);
 }
@@ -828,8 +903,8 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
 
     for (int64_t i = 0; i < nq; i++) {
         const T *qr = Q + i * p->q.rs;
-        const T f = SUF(row_factor)(p, qr, scale);
-        for (int64_t d = 0; d < D; d++) qs[i * D16 + d] = qr[d * p->q.cs] * f;
+        const double f = SUF(row_factor)(p, qr, scale);
+        for (int64_t d = 0; d < D; d++) qs[i * D16 + d] = (T)((double)qr[d * p->q.cs] * f);
     }
 
     for (int64_t j0 = js; j0 < je; j0 += DCH) {
@@ -845,11 +920,15 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             SUF(half_rows)(Kh + j0 * p->k.rs, p->k.rs, nk, D, kbuf, D16);
             Kc = kbuf; kc_rs = D16;
         }
+        const double cos_tiny = SUF(cos_tiny)(scale);
         if (score == CATTN_SCORE_COSINE)
             for (int64_t j = 0; j < nk; j++) {
                 const T *kr = Kc + j * kc_rs;
-                T nrm = (T)sqrt((double)SUF(dot)(kr, kr, D));
-                inv_k[j] = (T)1 / (nrm > (T)1e-8 ? nrm : (T)1e-8);
+                const T ss = SUF(dot)(kr, kr, D);
+                /* vector sum of squares; an overflowing one again in double */
+                double f = ss <= (T)1e30 ? 1.0 / sqrt((double)(ss > (T)1e-16 ? ss : (T)1e-16))
+                                         : SUF(inv_norm)(kr, 1, D);
+                inv_k[j] = f >= cos_tiny ? (T)f : (T)0;   /* 0: see below */
             }
         for (int64_t i = 0; i < nq; i++) {
             const int64_t pos = i + shift;
@@ -896,7 +975,18 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                     sc *= scale;
                 } else {
                     sc = s[j - jlo];
-                    if (score == CATTN_SCORE_COSINE) sc *= inv_k[j - j0];
+                    if (score == CATTN_SCORE_COSINE) {
+                        if (inv_k[j - j0] != 0) {
+                            sc *= inv_k[j - j0];
+                        } else {    /* a key too long for q . k in T */
+                            const T *kr = Kc + (j - j0) * kc_rs;
+                            const double f = SUF(inv_norm)(kr, 1, D);
+                            double acc = 0;
+                            for (int64_t d = 0; d < D; d++)
+                                acc += (double)qi[d] * ((double)kr[d] * f);
+                            sc = (T)acc;
+                        }
+                    }
                 }
                 if (softcap > 0) sc = softcap * SUF(tanh1)(sc / softcap);
                 if (!SUF(keep_pair)(p, mask, bias, qsg, kseg, i, j, &sc)) sc = -INFINITY;
@@ -906,7 +996,9 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             const int64_t n = jhi - jlo;
             T mold = mm[i];
             T mnew = mc > mold ? mc : mold;
-            T msub = mnew == -INFINITY ? (T)0 : mnew;
+            /* at a +inf max, +inf scores weigh exp(hi), not NaN (see softmax_tile) */
+            T msub = mnew == -INFINITY ? (T)0
+                     : mnew == (T)INFINITY ? (T)(CATTN_F64 ? DBL_MAX : FLT_MAX) : mnew;
             if (mnew != mold && mold != -INFINITY) {
                 T a = (T)exp((double)(mold - mnew));
                 ll[i] *= a;
@@ -951,7 +1043,8 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
     for (int64_t s = 0; s < n_split; s++) {
         T l = ll[s * Lq + i];
         if (l != l) any_nan = 1;
-        if (mm[s * Lq + i] != -INFINITY) L += l * (T)exp((double)(mm[s * Lq + i] - M));
+        const T m = mm[s * Lq + i];
+        if (m != -INFINITY) L += m == M ? l : l * (T)exp((double)(m - M));
     }
     if (any_nan) L = NAN;
     const T M0 = M;
@@ -971,19 +1064,21 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
     for (int64_t s = 0; s < nw; s++) {
         T m = mm[s * Lq + i];
         wsplit[s] = (m == -INFINITY && ll[s * Lq + i] == 0) ? (T)0           /* empty split */
-                    : (m == -INFINITY) ? (T)1 : (T)exp((double)(m - M0));
+                    : (m == -INFINITY || m == M0) ? (T)1 : (T)exp((double)(m - M0));
     }
     for (int64_t c = 0; c < Dv; c++) {
         T o = 0;
         for (int64_t s = 0; s < n_split; s++) {
             T m = mm[s * Lq + i];
             if (m == -INFINITY && ll[s * Lq + i] == 0) continue;   /* empty split */
-            T w = nw ? wsplit[s] : (m == -INFINITY) ? (T)1 : (T)exp((double)(m - M0));
+            T w = nw ? wsplit[s] : (m == -INFINITY || m == M0) ? (T)1 : (T)exp((double)(m - M0));
             o += acc[(s * Lq + i) * Dv + c] * w;
         }
-        orow[c * p->out.cs] = o * f_extra / L;
+        /* a +inf logit: NaN (inf - inf), as finish_block */
+        orow[c * p->out.cs] = M == (T)INFINITY ? (T)NAN : o * f_extra / L;
     }
-    if (lse) lse[i] = M == (T)INFINITY ? M : M + (T)log((double)L);   /* +inf logit */
+    /* a +inf logit: lse +inf, or NaN with a NaN logit too (L is NaN only then) */
+    if (lse) lse[i] = M == (T)INFINITY ? (L == L ? M : (T)NAN) : M + (T)log((double)L);
 }
 #undef DCH
 #undef PFK

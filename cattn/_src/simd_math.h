@@ -99,6 +99,10 @@ static inline V SUF(vtanh)(V x)
 }
 #define vtanh SUF(vtanh)
 
+/* min of two vectors (a NaN in `a` keeps b, as vmax) */
+static inline V SUF(vmin)(V a, V b) { return vsel(VMASK(a < b), a, b); }
+#define vmin SUF(vmin)
+
 static inline T SUF(tanh1)(T x) { V v = vset1(x); return VLANE(vtanh(v), 0); }
 static inline T SUF(exp1)(T x) { V v = vset1(x); return VLANE(vexp(v), 0); }
 

@@ -11,7 +11,12 @@ gives the same result as before.  The script prints one line,
 (Linux).
 
 Cases: prefill, prefill_2_threads, serial, masked_causal_f64, float16_kv,
-return_weights, decode, long_keys.  By hand, from the repository root, with
+return_weights, decode, long_keys, uneven_items and uneven_items_long_first
+(one long work item among short ones on two threads: the calling thread,
+the one that runs Python's signal handlers, runs out of items first when it
+gets a short one; which item a thread claims first varies, so both orders),
+busy_other_thread (one long work item while another Python thread keeps
+calling cattn).  By hand, from the repository root, with
 cattn importable (installed, or ``PYTHONPATH=.`` in a built checkout)::
 
     python tests/scripts/ctrl_c_interrupt.py prefill decode long_keys
@@ -67,6 +72,44 @@ def builder(case):
         def build(n):
             k = as_strided(row, shape=(1, n, 64), strides=(0, 0, 4), writeable=False)
             return lambda: cattn.attention(q, k, k, num_threads=1)
+        return build, 2**18, 2**34
+    if case in ("uneven_items", "uneven_items_long_first"):
+        # four work items (one query block each): a short one, a long one and
+        # two trivial ones, on two threads
+        row = rng.standard_normal(64).astype(f32)
+        q = rng.standard_normal((4, 16, 64), dtype=f32)
+        def build(n):
+            k = as_strided(row, shape=(4, n, 64), strides=(0, 0, 4), writeable=False)
+            lens = np.array([max(n // 64, 1), n, 1, 1])
+            if case == "uneven_items_long_first":
+                lens = lens[[1, 0, 2, 3]]
+            return lambda: cattn.attention(q, k, k, kv_lengths=lens, num_threads=2)
+        return build, 2**16, 2**34
+    if case == "busy_other_thread":
+        # one long work item on the main thread while other Python threads
+        # make small calls back to back (each call used to reset a shared
+        # poll clock)
+        row = rng.standard_normal(64).astype(f32)
+        q = rng.standard_normal((1, 64, 64), dtype=f32)
+        small = rng.standard_normal((2, 16, 8), dtype=f32)
+        def build(n):
+            k = as_strided(row, shape=(1, n, 64), strides=(0, 0, 4), writeable=False)
+            def call():
+                stop = threading.Event()
+                def other():
+                    while not stop.is_set():
+                        cattn.attention(small, small, small, causal=True, num_threads=1)
+                # two of them: fewer gaps between their calls
+                ts = [threading.Thread(target=other) for _ in range(2)]
+                for t in ts:
+                    t.start()
+                try:
+                    return cattn.attention(q, k, k, num_threads=1)
+                finally:
+                    stop.set()
+                    for t in ts:
+                        t.join()
+            return call
         return build, 2**18, 2**34
     raise ValueError(case)
 
