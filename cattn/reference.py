@@ -172,8 +172,10 @@ def _raw_scores(query, key, score, additive_weight):
             if w.shape != (d,):
                 raise ValueError(
                     f"additive_weight must have shape ({d},), got {w.shape}")
-        # tanh(q_i + k_j) for every pair (i, j): shape (..., Lq, Lk, D)
-        pair = np.tanh(query[..., :, None, :] + key[..., None, :, :])
+        # tanh(q_i + k_j) for every pair (i, j): shape (..., Lq, Lk, D);
+        # inf + -inf is NaN, as the kernels give
+        with np.errstate(invalid="ignore"):
+            pair = np.tanh(query[..., :, None, :] + key[..., None, :, :])
         return pair @ w
     raise ValueError(f"unknown score {score!r}; expected one of {SCORES}")
 
