@@ -144,6 +144,8 @@ def result_dtypes(*dtypes):
     result = np.result_type(*dtypes)
     if result == np.float16:
         return np.dtype(np.float32), np.dtype(np.float16)
+    if result.name == "bfloat16":      # ml_dtypes.bfloat16: float32 math
+        return np.dtype(np.float32), result
     return np.dtype(result), np.dtype(result)
 
 
