@@ -10,6 +10,7 @@ reads the capsule itself and views the memory, without a copy, as
 and everything else widens to float32.
 """
 import ctypes
+import functools
 
 import numpy as np
 
@@ -55,30 +56,35 @@ def widen(x, dtype=np.float32):
 
 
 # ---- DLPack (the legacy "dltensor" capsule every producer still offers) ----
-class _DLDevice(ctypes.Structure):
-    _fields_ = [("device_type", ctypes.c_int), ("device_id", ctypes.c_int)]
-
-
-class _DLDataType(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
-
-
-class _DLTensor(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("device", _DLDevice), ("ndim", ctypes.c_int),
-                ("dtype", _DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
-                ("strides", ctypes.POINTER(ctypes.c_int64)), ("byte_offset", ctypes.c_uint64)]
-
-
-class _DLManagedTensor(ctypes.Structure):
-    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p),
-                ("deleter", ctypes.c_void_p)]
-
-
 _KDL_CPU = 1
 _KDL_BFLOAT = 4
-_get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-_get_pointer.restype = ctypes.c_void_p
-_get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+@functools.lru_cache(maxsize=None)
+def _dl_structs():
+    """The DLManagedTensor layout (dlpack.h) and PyCapsule_GetPointer, made
+    on first use."""
+    class DLDevice(ctypes.Structure):
+        _fields_ = [("device_type", ctypes.c_int), ("device_id", ctypes.c_int)]
+
+    class DLDataType(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
+                    ("lanes", ctypes.c_uint16)]
+
+    class DLTensor(ctypes.Structure):
+        _fields_ = [("data", ctypes.c_void_p), ("device", DLDevice), ("ndim", ctypes.c_int),
+                    ("dtype", DLDataType), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                    ("strides", ctypes.POINTER(ctypes.c_int64)),
+                    ("byte_offset", ctypes.c_uint64)]
+
+    class DLManagedTensor(ctypes.Structure):
+        _fields_ = [("dl_tensor", DLTensor), ("manager_ctx", ctypes.c_void_p),
+                    ("deleter", ctypes.c_void_p)]
+
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype = ctypes.c_void_p
+    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return DLManagedTensor, get_pointer
 
 
 class _Keeper:
@@ -96,9 +102,9 @@ class _Keeper:
 def from_dlpack(obj, name):
     """A bfloat16 DLPack tensor on the CPU as an ndarray sharing its memory:
     ``ml_dtypes.bfloat16`` when installed, else ``BF16Bits``."""
+    managed, get_pointer = _dl_structs()
     capsule = obj.__dlpack__()
-    ptr = _get_pointer(capsule, b"dltensor")
-    t = _DLManagedTensor.from_address(ptr).dl_tensor
+    t = managed.from_address(get_pointer(capsule, b"dltensor")).dl_tensor
     if t.device.device_type != _KDL_CPU:
         raise TypeError(f"{name} is not in CPU memory (DLPack device {t.device.device_type})")
     if (t.dtype.code, t.dtype.bits, t.dtype.lanes) != (_KDL_BFLOAT, 16, 1):

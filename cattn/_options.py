@@ -131,6 +131,8 @@ def real_dtype(dt, name):
     dt = np.dtype(dt)
     if dt.kind in "biu":
         return np.dtype(np.float64)
+    if dt.name == "bfloat16" and dt.itemsize == 2:   # ml_dtypes.bfloat16
+        return dt
     if dt.kind != "f" or dt.itemsize > 8:
         raise TypeError(
             f"{name} must hold real numbers (float16/32/64, int or bool); got dtype {dt}"
