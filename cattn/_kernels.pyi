@@ -25,6 +25,7 @@ UNBOUNDED: int
 DECODE_MAX_LQ: int
 KV_NATIVE: int
 KV_F16: int
+KV_BF16: int
 SCORE_KINDS: dict[str, int]
 
 def isa_name() -> str: ...

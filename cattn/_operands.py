@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from . import _bf16
+
 __all__ = [
     "as_real_array", "batch_shape", "lead_offsets", "element_strides",
     "trailing_strides", "broadcast_lead",
@@ -18,18 +20,26 @@ __all__ = [
 _FLOAT_KINDS = "f"
 
 
-def as_real_array(x, name):
+def as_real_array(x, name, bf16_ok=False):
     """``np.asarray`` that rejects what attention cannot take.
 
     Bools and integers become float64; float16/32/64 are kept; complex,
     object, string and structured data raise TypeError naming ``name``.
+    bfloat16 (``ml_dtypes.bfloat16``, or a torch/DLPack bfloat16 tensor,
+    viewed without a copy) is kept as ml_dtypes' dtype; without ml_dtypes
+    it stays bits (``_bf16.BF16Bits``) where ``bf16_ok`` and is widened to
+    float32 otherwise.
     """
     if type(x).__module__.startswith("torch") and hasattr(x, "device"):
         x = _from_torch(x, name)
+    if isinstance(x, _bf16.BF16Bits):
+        return x if bf16_ok else _bf16.widen(x)
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{name} must be array-like of real numbers: {exc}") from None
+    if _bf16.is_bf16(arr):
+        return arr
     kind = arr.dtype.kind
     if kind in "biu":
         return arr.astype(np.float64)
@@ -64,8 +74,8 @@ def _from_torch(t, name):
                         f"got torch dtype {t.dtype}")
     if t.requires_grad:
         t = t.detach()
-    if str(t.dtype) == "torch.bfloat16":   # NumPy has no bfloat16
-        t = t.float()
+    if str(t.dtype) == "torch.bfloat16":   # NumPy has no bfloat16: read the DLPack capsule
+        return _bf16.from_dlpack(t, name)
     try:
         return np.from_dlpack(t)
     except (TypeError, RuntimeError, BufferError):

@@ -138,6 +138,8 @@ def real_dtype(dt, name):
     dt = np.dtype(dt)
     if dt.kind in "biu":
         return np.dtype(np.float64)
+    if dt.name == "bfloat16" and dt.itemsize == 2:   # ml_dtypes.bfloat16
+        return dt
     if dt.kind != "f" or dt.itemsize > 8:
         raise TypeError(
             f"{name} must hold real numbers (float16/32/64, int or bool); got dtype {dt}"
@@ -151,6 +153,8 @@ def result_dtypes(*dtypes):
     result = np.result_type(*dtypes)
     if result == np.float16:
         return np.dtype(np.float32), np.dtype(np.float16)
+    if result.name == "bfloat16":      # ml_dtypes.bfloat16: float32 math
+        return np.dtype(np.float32), result
     return np.dtype(result), np.dtype(result)
 
 

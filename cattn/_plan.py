@@ -11,6 +11,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 
 from . import _kernels
+from ._bf16 import is_bf16, widen
 from ._threads import threads_for
 from ._validate import AttentionCall
 
@@ -33,7 +34,7 @@ class Plan(NamedTuple):
     """How to compute ``call`` (possibly a GQA-folded form of the user's)."""
     call: AttentionCall
     cdt: np.dtype                     # the kernels' dtype
-    kv_format: int                    # _kernels.KV_NATIVE or KV_F16
+    kv_format: int                    # _kernels.KV_NATIVE, KV_F16 or KV_BF16
     path: str                         # "tile", "decode" or "empty"
     block_q: int
     block_k: int
@@ -118,6 +119,10 @@ def fold_gqa_decode(call):
                          options=options, q_pos=None, **folded), g
 
 
+def _abs_max(x):
+    return float(np.abs(widen(x) if is_bf16(x) else x).max())
+
+
 def _range_policy(call):
     """float32 kernels keep their parameters inside float32's range; a call
     whose scaled scores would overflow float32 computes in float64 (a rare,
@@ -125,7 +130,7 @@ def _range_policy(call):
     cdt, scale, smax = call.cdt, call.scale, call.scale_max
     q, k = call.q, call.k
     if (cdt == np.float32 and smax > 1e4 and q.size and k.size
-            and smax * float(np.abs(q).max()) * float(np.abs(k).max())
+            and smax * _abs_max(q) * _abs_max(k)
             * max(call.D, 1) > 1e37):
         cdt = np.dtype(np.float64)
     softcap = call.options.softcap or 0.0
@@ -150,6 +155,8 @@ def plan_attention(call):
     # bytes); the kernel widens each tile it touches.
     half = (call.k.dtype == np.float16 and call.v.dtype == np.float16
             and cdt == np.float32)
+    # a bfloat16 cache likewise (validation left K/V bfloat16 only then)
+    bf16 = is_bf16(call.k) and is_bf16(call.v) and cdt == np.float32
     n_threads = threads_for(o.num_threads,
                             call.N * call.Lq * max(call.Lk, 1) * max(call.D, 1))
     window = kernel_window(o.window)
@@ -166,7 +173,8 @@ def plan_attention(call):
     skips = (window[0] < unb or window[1] < unb or call.q_seg is not None
              or call.q_len is not None)
     bq, bk = tile_blocks(call.N, call.Lq, n_threads, cdt, call.D, skips)
-    return Plan(call=call, cdt=cdt, kv_format=_kernels.KV_F16 if half else _kernels.KV_NATIVE,
+    return Plan(call=call, cdt=cdt, kv_format=(_kernels.KV_F16 if half else
+                                           _kernels.KV_BF16 if bf16 else _kernels.KV_NATIVE),
                 path=path, block_q=bq, block_k=bk,
                 n_split=decode_splits(call.N, call.Lk, n_threads) if path == "decode" else 1,
                 n_threads=n_threads, scale=scale, softcap=softcap, sinks=sinks,

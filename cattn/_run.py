@@ -8,6 +8,7 @@ the tile or decode kernels and the weights pass, and casts the results.
 import numpy as np
 
 from . import _kernels
+from ._bf16 import bits
 from ._operands import element_strides, lead_offsets, trailing_strides
 
 __all__ = ["run_attention", "as_strided_dtype"]
@@ -73,10 +74,13 @@ def kernel_args(plan, outs):
     call, cdt = plan.call, plan.cdt
     lead = call.out_lead
     kv_dt = call.k.dtype if plan.kv_format == _kernels.KV_F16 else cdt
+    kk, vv = call.k, call.v
+    if plan.kv_format == _kernels.KV_BF16:    # the bits, read in place
+        kk, vv, kv_dt = bits(kk), bits(vv), np.dtype(np.uint16)
     # q: any strides; k, v: unit stride along their last axis
     q = as_strided_dtype(call.q, cdt)
-    k = _unit_last(call.k, kv_dt)
-    v = _unit_last(call.v, kv_dt)
+    k = _unit_last(kk, kv_dt)
+    v = _unit_last(vv, kv_dt)
     mask = bias = q_seg = kv_seg = None
     if call.mask is not None:
         mask = _pair(as_strided_dtype(call.mask, call.mask.dtype), lead, call.Lq, call.Lk)
@@ -124,6 +128,8 @@ def _results(user_call, plan, outs):
             res = outs.res.reshape(lead + (Lq, call.Dv))
             result = res if rdt == plan.cdt else res.astype(rdt)
     ret = [result]
+    if rdt.name == "bfloat16":     # bfloat16: out only; weights, key_mass, lse in float32
+        rdt = plan.cdt
     with np.errstate(over="ignore"):     # float16 results: overflow is inf, as it should be
         if o.return_weights == "key_mass":
             ret.append(outs.key_mass.reshape(lead + (Lk,)).astype(rdt, copy=False))

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from . import _bf16
 from ._operands import as_real_array, batch_shape, broadcast_lead
 from ._options import (
     check_flag,
@@ -378,7 +379,8 @@ def check_out(out, shape, dtype, inputs):
     """
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a NumPy array; got {type(out).__name__}")
-    if out.shape != shape or out.dtype != dtype:
+    if out.shape != shape or (out.dtype != dtype and not (
+            dtype.name == "bfloat16" and out.dtype == np.float32)):   # bf16: float32 on request
         raise ValueError(
             f"out must have shape {shape} and dtype {dtype}; got shape {out.shape} "
             f"and dtype {out.dtype}"
@@ -427,11 +429,12 @@ def validate_attention(query, key, value, *, score, scale, mask, bias, causal, w
                             return_weights=return_weights, return_lse=return_lse,
                             num_threads=num_threads, q_segments=q_segments,
                             kv_segments=kv_segments)
-    q = as_real_array(query, "query")
-    k = as_real_array(key, "key")
-    v = as_real_array(value, "value")
+    q = as_real_array(query, "query", bf16_ok=True)
+    k = as_real_array(key, "key", bf16_ok=True)
+    v = as_real_array(value, "value", bf16_ok=True)
     Lq, D, Lk, Dv = check_qkv_shapes(q, k, v)
-    cdt, rdt = result_dtypes(q, k, v)
+    q, k, v, bf16_dtypes = _bf16.normalize_qkv(q, k, v)
+    cdt, rdt = bf16_dtypes or result_dtypes(q, k, v)
     out_lead, groups = leading_dims([("query", q), ("key", k), ("value", v)])
     out_lead = tuple(out_lead)
     mask_a = None if mask is None else pair_operand(mask, "mask", out_lead, Lq, Lk)

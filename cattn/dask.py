@@ -260,8 +260,8 @@ def _run(q, k, v, mask, bias, qseg, kseg, qlen, kvlen, scale, spec, r0, r1,
         if qseg is not None:
             qseg = qseg[..., r0:r1]
     cdt = spec.cdt
-    if q.dtype != cdt and q.dtype == np.float16:
-        q = q.astype(cdt)
+    if q.dtype != cdt and q.dtype in (np.float16, _bf16_dtype(q.dtype)):
+        q = q.astype(cdt)      # float32 partials (bfloat16 K/V are read as they are)
     if k.dtype != cdt and k.dtype == np.float16:
         k = k.astype(cdt)
     if v.dtype != cdt and v.dtype == np.float16:
@@ -307,6 +307,10 @@ def _run(q, k, v, mask, bias, qseg, kseg, qlen, kvlen, scale, spec, r0, r1,
 def _partial(q, k, v, mask, bias, qseg, kseg, qlen, kvlen, scale, spec):
     return _run(q, k, v, mask, bias, qseg, kseg, qlen, kvlen, scale, spec,
                 0, spec.nq, False)
+
+
+def _bf16_dtype(dt):
+    return dt if dt.name == "bfloat16" else None
 
 
 def _merge(*parts):

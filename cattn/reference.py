@@ -51,7 +51,7 @@ def _to_float64(x, name):
     Parameters
     ----------
     x : array_like
-        Real numeric input (bool, int, float16/32/64 ...).
+        Real numeric input (bool, int, float16/32/64, bfloat16 ...).
     name : str
         Argument name, used in error messages.
 
@@ -60,8 +60,11 @@ def _to_float64(x, name):
     numpy.ndarray
         A float64 copy/view of ``x``.
     """
+    if type(x).__module__.startswith("torch") and str(getattr(x, "dtype", "")) == "torch.bfloat16":
+        x = x.detach().float().numpy()     # exact: bfloat16 widens to float32
     arr = np.asarray(x)
-    if arr.dtype.kind not in "biuf":
+    # bfloat16 (ml_dtypes) converts to float64 exactly
+    if arr.dtype.kind not in "biuf" and arr.dtype.name != "bfloat16":
         raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     if arr.ndim < 2:
         raise ValueError(f"{name} must have at least 2 dimensions, got {arr.ndim}")

@@ -128,11 +128,12 @@ def test_kernel_args_run_and_match_the_public_call():
 _ALLOWED = {
     "_options": set(),
     "_version": set(),
-    "_operands": set(),
-    "_validate": {"_operands", "_options"},
+    "_bf16": set(),
+    "_operands": {"_bf16"},
+    "_validate": {"_bf16", "_operands", "_options"},
     "_threads": {"_openmp_helpers", "_options"},
-    "_plan": {"_kernels", "_threads", "_validate"},
-    "_run": {"_kernels", "_operands"},
+    "_plan": {"_bf16", "_kernels", "_threads", "_validate"},
+    "_run": {"_bf16", "_kernels", "_operands"},
     "_stages": {"_kernels", "_operands", "_options", "_plan", "_run", "_threads", "_validate"},
     "reference": {"_options"},
 }

@@ -3,8 +3,9 @@
  * resolved from the CPU's capabilities (SimSIMD's c/lib.c in spirit).  The
  * default build carries no -march flag: the Haswell (AVX2+FMA+F16C) and
  * Skylake-X (AVX-512) variants are compiled inside target regions and only
- * called when the CPU reports the features.  CATTN_ISA=generic|haswell
- * caps the choice (the tests use it to cover every variant on one
+ * called when the CPU reports the features (Cooper Lake: AVX512_BF16 for
+ * a bfloat16 cache).  CATTN_ISA=generic|haswell|skylake caps the choice
+ * (the tests use it to cover every variant on one
  * machine).
  *
  * A new ISA: a simd_<isa>.h of primitives, one CATTN_VARIANT block below
@@ -138,6 +139,26 @@ static inline float cattn_half_to_float(uint16_t h)
 #else
 #pragma GCC pop_options
 #endif
+/* Cooper Lake: the Skylake-X kernels plus VDPBF16PS for a bfloat16 cache
+   (only the bfloat16 kernels are instantiated again) */
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma,f16c")
+#endif
+#define CATTN_ISA cooperlake
+#define CATTN_SIMD "simd_avx512bf16.h"
+#define CATTN_VBYTES 64
+#include "instantiate_bf16.h"
+#undef CATTN_ISA
+#undef CATTN_SIMD
+#undef CATTN_VBYTES
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
 #endif /* CATTN_X86_DISPATCH */
 
 /* ---- the kernel tables, one per (ISA, compute type) ---- */
@@ -147,30 +168,50 @@ static inline float cattn_half_to_float(uint16_t h)
     decode_finish_##ty##_##isa,                                             \
     bwd_scratch_bytes_##ty##_##isa, bwd_kv_##ty##_##isa, bwd_q_##ty##_##isa }
 
-enum { ISA_BASE = 0, ISA_HASWELL = 1, ISA_SKYLAKE = 2, ISA_COUNT = 3 };
+enum { ISA_BASE = 0, ISA_HASWELL = 1, ISA_SKYLAKE = 2, ISA_COOPERLAKE = 3, ISA_COUNT = 4 };
+
+/* the bfloat16-cache kernels: widening (b16) everywhere, VDPBF16PS tiles
+   on Cooper Lake */
+#define CATTN_TABLE_BF16(name, isa, tile_scratch, tile) {                   \
+    #name, tile_scratch##_b16_##isa, tile##_b16_##isa,                      \
+    decode_scratch_bytes_b16_##isa, decode_block_b16_##isa,                 \
+    decode_finish_b16_##isa }
 
 #if CATTN_PORTABLE
 static const cattn_kernels tables[1][2] = {
     {CATTN_TABLE(portable, f32), CATTN_TABLE(portable, f64)}};
+static const cattn_kernels tables_bf16[1] = {
+    CATTN_TABLE_BF16(portable, portable, scratch_bytes, flash_block)};
 #elif CATTN_X86_DISPATCH
+/* Cooper Lake runs the Skylake-X float32/64 kernels */
 static const cattn_kernels tables[ISA_COUNT][2] = {
     {CATTN_TABLE(generic, f32), CATTN_TABLE(generic, f64)},
     {CATTN_TABLE(haswell, f32), CATTN_TABLE(haswell, f64)},
+    {CATTN_TABLE(skylake, f32), CATTN_TABLE(skylake, f64)},
     {CATTN_TABLE(skylake, f32), CATTN_TABLE(skylake, f64)}};
+static const cattn_kernels tables_bf16[ISA_COUNT] = {
+    CATTN_TABLE_BF16(generic, generic, scratch_bytes, flash_block),
+    CATTN_TABLE_BF16(haswell, haswell, scratch_bytes, flash_block),
+    CATTN_TABLE_BF16(skylake, skylake, scratch_bytes, flash_block),
+    CATTN_TABLE_BF16(cooperlake, cooperlake, scratch_bytes_dp, flash_block)};
 #else
 static const cattn_kernels tables[1][2] = {
     {CATTN_TABLE(generic, f32), CATTN_TABLE(generic, f64)}};
+static const cattn_kernels tables_bf16[1] = {
+    CATTN_TABLE_BF16(generic, generic, scratch_bytes, flash_block)};
 #endif
 
 static int isa_level = -1;   /* an index into tables */
 
-/* The best variant this CPU runs; CATTN_ISA=generic|haswell|skylake caps it. */
+/* The best variant this CPU runs; CATTN_ISA=generic|haswell|skylake|cooperlake
+   caps it. */
 static int detect_isa(void)
 {
-    int level = ISA_BASE, cap = ISA_SKYLAKE;
+    int level = ISA_BASE, cap = ISA_COOPERLAKE;
     const char *force = getenv("CATTN_ISA");
     if (force && strcmp(force, "generic") == 0) cap = ISA_BASE;
     if (force && strcmp(force, "haswell") == 0) cap = ISA_HASWELL;
+    if (force && strcmp(force, "skylake") == 0) cap = ISA_SKYLAKE;
 #if CATTN_X86_DISPATCH
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
@@ -179,6 +220,8 @@ static int detect_isa(void)
         if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
             && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
             level = ISA_SKYLAKE;
+        if (level == ISA_SKYLAKE && __builtin_cpu_supports("avx512bf16"))
+            level = ISA_COOPERLAKE;
     }
 #endif
     return level < cap ? level : cap;
@@ -198,13 +241,16 @@ static int get_isa(void)
 cattn_kernels cattn_kernels_for(int is_double, int kv_format)
 {
     const int isa = get_isa();
+    /* a bfloat16 cache: float32 math; decode widens in registers with the
+       variant's own vectors (as a float16 cache does, below) */
+    if (kv_format == CATTN_KV_BF16 && !is_double) return tables_bf16[isa];
     cattn_kernels k = tables[isa][is_double ? 1 : 0];
     /* Decode streams memory.  A float32/64 cache uses the 32-byte (Haswell)
        variant on AVX-512 CPUs too (measured no slower, and no AVX-512 clock
        drop on older Intel parts); a float16 cache uses AVX-512 where
        present: widening 16 halves per instruction instead of 8 made it
        1.2x faster (float16 decode is compute-bound on one core). */
-    if (isa == ISA_SKYLAKE && kv_format != CATTN_KV_F16) {
+    if (isa >= ISA_SKYLAKE && kv_format != CATTN_KV_F16) {
         const cattn_kernels *hw = &tables[ISA_HASWELL][is_double ? 1 : 0];
         k.decode_scratch = hw->decode_scratch;
         k.decode = hw->decode;
@@ -214,7 +260,7 @@ cattn_kernels cattn_kernels_for(int is_double, int kv_format)
 
 const char *cattn_isa_name(void)
 {
-    return tables[get_isa()][0].isa;
+    return tables_bf16[get_isa()].isa;   /* Cooper Lake differs in bfloat16 only */
 }
 
 int cattn_isa_dispatch_available(void) { return CATTN_X86_DISPATCH; }

@@ -46,8 +46,10 @@ enum { CATTN_MODE_ATTENTION = 0, CATTN_MODE_WEIGHTS = 1, CATTN_MODE_KEY_MASS = 2
 /* K/V storage formats (compute in the call's float type). */
 typedef enum cattn_kv_format {
     CATTN_KV_NATIVE = 0,       /* the compute type itself */
-    CATTN_KV_F16 = 1           /* IEEE float16 (uint16 bits), float32 math */
-    /* next: CATTN_KV_BF16, CATTN_KV_I8 (with a scales operand) */
+    CATTN_KV_F16 = 1,          /* IEEE float16 (uint16 bits), float32 math */
+    CATTN_KV_BF16 = 2          /* bfloat16 (uint16 bits), float32 math; products in
+                                  bfloat16 (VDPBF16PS) where the CPU has them */
+    /* next: CATTN_KV_I8 (with a scales operand) */
 } cattn_kv_format;
 
 /* One operand: the base pointer (element type per the call), one element
@@ -155,8 +157,8 @@ typedef struct cattn_kernels {
    format, on this CPU. */
 cattn_kernels cattn_kernels_for(int is_double, int kv_format);
 
-/* Name of the best kernel variant this CPU runs ("skylake", "haswell", "generic"
-   or "portable"). */
+/* Name of the best kernel variant this CPU runs ("cooperlake", "skylake",
+   "haswell", "generic" or "portable"). */
 const char *cattn_isa_name(void);
 /* 1 when the compiler supports run-time ISA dispatch here. */
 int cattn_isa_dispatch_available(void);

@@ -25,6 +25,15 @@
  * in the kernel table of flash.c.
  */
 
+/* The tile path's product steps; an instantiation may route them
+   elsewhere (flash_bf16_hooks.h: bfloat16 dot products). */
+#ifndef CATTN_TILE_PACK_Q
+#define CATTN_TILE_PACK_Q SUF(pack_q)
+#define CATTN_TILE_LOAD_KV SUF(load_kv_tile)
+#define CATTN_TILE_SCORES SUF(tile_scores)
+#define CATTN_TILE_PV SUF(pv_tile)
+#endif
+
 /* query columns per micro-tile: two vectors */
 #define NQ (2 * VL)
 /* key rows per S micro-tile, query rows per P.V micro-tile */
@@ -730,7 +739,7 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
 {
     SUF(blk) k;
     SUF(blk_init)(&k, p, b, qb, scratch);
-    SUF(pack_q)(&k);
+    CATTN_TILE_PACK_Q(&k);
 
     /* the keys any query of this block may see: [k_lo, k_hi) */
     const int64_t wl = p->win_left, wr = p->win_right;
@@ -754,8 +763,8 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
         if (k.qseg && SUF(segments_disjoint)(&k, j0, nk)) continue;
         const T *Kt, *Vt;
         int64_t kt_rs, vt_rs;
-        SUF(load_kv_tile)(&k, j0, nk, &Kt, &kt_rs, &Vt, &vt_rs);
-        SUF(tile_scores)(&k, Kt, kt_rs, nk);
+        CATTN_TILE_LOAD_KV(&k, j0, nk, &Kt, &kt_rs, &Vt, &vt_rs);
+        CATTN_TILE_SCORES(&k, Kt, kt_rs, nk);
         /* masking: only tiles that need it pay for it */
         const int partial = elementwise || j0 < full_lo || j0 + nk > full_hi;
         if (partial) SUF(mask_tile)(&k, j0, nk);
@@ -764,7 +773,7 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
             continue;
         }
         const int flagged = SUF(softmax_tile)(&k, nk, partial);
-        SUF(pv_tile)(&k, Vt, vt_rs, nk, flagged);
+        CATTN_TILE_PV(&k, Vt, vt_rs, nk, flagged);
     }
     if (p->mode == CATTN_MODE_ATTENTION) SUF(finish_block)(&k);
 }
@@ -1087,3 +1096,7 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
 #undef MR_O
 #undef RUP16
 #undef RUPQ
+#undef CATTN_TILE_PACK_Q
+#undef CATTN_TILE_LOAD_KV
+#undef CATTN_TILE_SCORES
+#undef CATTN_TILE_PV

@@ -30,3 +30,6 @@
 #undef T
 #undef CATTN_F64
 #undef SUF
+
+/* and the bfloat16-cache kernels (float32 math) */
+#include "instantiate_bf16.h"
