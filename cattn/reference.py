@@ -51,7 +51,8 @@ def _to_float64(x, name):
     Parameters
     ----------
     x : array_like
-        Real numeric input (bool, int, float16/32/64 ...).
+        Real numeric input (bool, int, float16/32/64 ...), or an int8
+        cache (``cattn.QuantizedKV``), dequantized.
     name : str
         Argument name, used in error messages.
 
@@ -60,6 +61,10 @@ def _to_float64(x, name):
     numpy.ndarray
         A float64 copy/view of ``x``.
     """
+    if hasattr(x, "dequantize") and hasattr(x, "scales"):
+        # an int8 cache (cattn.QuantizedKV): its values int8 x scale, exact
+        # in float64
+        x = x.dequantize(np.float64)
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
