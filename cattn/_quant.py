@@ -52,6 +52,8 @@ class QuantizedKV:
             raise ValueError(
                 f"QuantizedKV scales must have shape {data.shape[:-1] + (nb,)} for data "
                 f"{data.shape}; got {scales.shape}")
+        if scales.size and not np.isfinite(scales).all():
+            raise ValueError("QuantizedKV scales must be finite")
         self.data = data
         self.scales = scales
 
@@ -61,6 +63,10 @@ class QuantizedKV:
     @property
     def shape(self):
         return self.data.shape
+
+    @property
+    def size(self):
+        return self.data.size
 
     @property
     def ndim(self):
