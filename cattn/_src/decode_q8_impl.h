@@ -13,8 +13,8 @@
 
 static size_t SUF(decode_scratch_bytes_q8)(const cattn_params *p)
 {
-    return (size_t)(CATTN_DECODE_MAX_LQ * RUP16(p->D) + 3 * DCH
-                    + DCH * (RUP16(p->D) + RUP16(p->Dv))) * sizeof(T)
+    return (size_t)(CATTN_DECODE_MAX_LQ * RUP16(p->D) + (2 * CATTN_DECODE_MAX_LQ + 1) * DCH
+                    + DCH * RUP16(p->D)) * sizeof(T)
            + DCH * sizeof(int64_t) + 64;
 }
 
@@ -23,14 +23,13 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
 {
     T *acc = (T *)acc_, *mm = (T *)mm_, *ll = (T *)ll_;
     const int64_t D = p->D, Dv = p->Dv, Lq = p->Lq, Lk = p->Lk;
-    const int64_t D16 = RUP16(D), Dv16 = RUP16(Dv);
+    const int64_t D16 = RUP16(D);
     T *qs = (T *)scratch;                          /* Lq x D16 */
-    T *s = qs + CATTN_DECODE_MAX_LQ * D16;         /* DCH */
-    T *inv_k = s + DCH;                            /* DCH */
-    T *e = inv_k + DCH;                            /* DCH */
-    T *kbuf = e + DCH;                             /* DCH x D16 */
-    T *vbuf = kbuf + DCH * D16;                    /* DCH x Dv16 */
-    int64_t *keys = (int64_t *)(vbuf + DCH * Dv16);   /* DCH (8-byte aligned: 16-multiple offsets) */
+    T *S = qs + CATTN_DECODE_MAX_LQ * D16;         /* Lq x DCH: scores per query */
+    T *E = S + CATTN_DECODE_MAX_LQ * DCH;          /* Lq x DCH: weights per query */
+    T *inv_k = E + CATTN_DECODE_MAX_LQ * DCH;      /* DCH */
+    T *kbuf = inv_k + DCH;                         /* DCH x D16 */
+    int64_t *keys = (int64_t *)(kbuf + DCH * D16);    /* DCH (8-byte aligned: 16-multiple offsets) */
     const int kq = p->k_scale.base != NULL, vq = p->v_scale.base != NULL;
     const int8_t *K8 = (const int8_t *)p->k.base + p->k.off[b];
     const int8_t *V8 = (const int8_t *)p->v.base + p->v.off[b];
@@ -53,10 +52,12 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
     const int64_t *qseg = p->q_seg.base ? (const int64_t *)p->q_seg.base + p->q_seg.off[b] : NULL;
     const int64_t *kseg = p->kv_seg.base ? (const int64_t *)p->kv_seg.base + p->kv_seg.off[b] : NULL;
     const T *addw = (const T *)p->add_w;
-    /* int8 rows read in place (one query, dot scores) or a chunk
-       dequantised once into scratch */
-    const int k_direct = kq && nq == 1 && score == CATTN_SCORE_DOT;
-    const int v_direct = vq && nq == 1;
+    /* int8 rows read in place: one query (dot_q8, pv_rows_q8), or all the
+       queries at once (scores_mq_q8, pv_mq_q8); cosine and additive scores
+       read a chunk of K dequantised once into scratch */
+    const int k_direct = kq && score == CATTN_SCORE_DOT && nq == 1;
+    const int k_mq = kq && score == CATTN_SCORE_DOT && nq > 1;
+    const int v_direct = vq && nq == 1, v_mq = vq && nq > 1;
 
     for (int64_t i = 0; i < Lq; i++) {
         mm[i] = -INFINITY; ll[i] = 0;
@@ -77,16 +78,15 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
         const int64_t nk = imin(DCH, je - j0);
         const T *Kc = K + j0 * p->k.rs;
         int64_t kc_rs = p->k.rs;
-        if (kq && !k_direct) {
+        if (kq && !k_direct && !k_mq) {
             SUF(q8_rows)(K8 + j0 * p->k.rs, p->k.rs, Ks + j0 * ks_rs, ks_rs, nk, D, kbuf, D16);
             Kc = kbuf; kc_rs = D16;
         }
-        const T *Vc = Vm + j0 * p->v.rs;
-        int64_t vc_rs = p->v.rs;
-        if (vq && !v_direct) {
-            SUF(q8_rows)(V8 + j0 * p->v.rs, p->v.rs, Vs + j0 * vs_rs, vs_rs, nk, Dv, vbuf, Dv16);
-            Vc = vbuf; vc_rs = Dv16;
-        }
+        if (k_mq)
+            SUF(scores_mq_q8)(qs, D16, nq, K8 + j0 * p->k.rs, p->k.rs, Ks + j0 * ks_rs, ks_rs,
+                              nk, D, S, DCH);
+        if (v_mq)
+            for (int64_t t = 0; t < nq * DCH; t++) E[t] = 0;
         if (score == CATTN_SCORE_COSINE)
             for (int64_t j = 0; j < nk; j++) {
                 const T *kr = Kc + j * kc_rs;
@@ -102,7 +102,9 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
             const T *qi = qs + i * D16;
             const int64_t qsg = qseg ? qseg[i * p->q_seg.rs] : 0;
             T mc = -INFINITY;
-            if (score != CATTN_SCORE_ADDITIVE) {
+            T *s = S + i * DCH + (k_mq ? jlo - j0 : 0);
+            T *e = v_mq ? E + i * DCH + (jlo - j0) : E + i * DCH;
+            if (score != CATTN_SCORE_ADDITIVE && !k_mq) {
                 if (k_direct)
                     for (int64_t j = jlo; j < jhi; j++)
                         s[j - jlo] = SUF(dot_q8)(qi, K8 + j * p->k.rs, Ks + j * ks_rs, D);
@@ -145,24 +147,33 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
             int64_t j = 0;
             for (; j + VL <= n; j += VL) vstore(e + j, vexp(vload(s + j) - msub));
             for (; j < n; j++) e[j] = SUF(exp1)(s[j] - msub);
-            /* the chunk's kept keys, compacted: masked ones are never
-               multiplied (NaN or inf in a masked value cannot leak) */
             T lsum = 0;
-            int64_t nk2 = 0;
-            for (j = 0; j < n; j++) {
-                if (s[j] == -INFINITY) continue;
-                lsum += e[j];
-                e[nk2] = e[j];
-                keys[nk2++] = jlo + j;
+            if (v_mq) {
+                /* int8 V: weights left in place, a masked key's is exp(-inf)
+                   = 0 and 0 x a finite int8 row adds nothing */
+                for (j = 0; j < n; j++) lsum += e[j];
+            } else {
+                /* the chunk's kept keys, compacted: masked ones are never
+                   multiplied (NaN or inf in a masked value cannot leak) */
+                int64_t nk2 = 0;
+                for (j = 0; j < n; j++) {
+                    if (s[j] == -INFINITY) continue;
+                    lsum += e[j];
+                    e[nk2] = e[j];
+                    keys[nk2++] = jlo + j;
+                }
+                if (v_direct)
+                    SUF(pv_rows_q8)(e, keys, nk2, V8, p->v.rs, Vs, vs_rs, acc + i * Dv, Dv);
+                else
+                    for (j = 0; j < nk2; j++)
+                        SUF(axpy)(e[j], Vm + keys[j] * p->v.rs, acc + i * Dv, Dv);
             }
-            if (v_direct)
-                SUF(pv_rows_q8)(e, keys, nk2, V8, p->v.rs, Vs, vs_rs, acc + i * Dv, Dv);
-            else
-                for (j = 0; j < nk2; j++)
-                    SUF(axpy)(e[j], Vc + (keys[j] - j0) * vc_rs, acc + i * Dv, Dv);
             ll[i] += lsum;
             mm[i] = mnew;
         }
+        if (v_mq)
+            SUF(pv_mq_q8)(E, DCH, nq, V8 + j0 * p->v.rs, p->v.rs, Vs + j0 * vs_rs, vs_rs, nk,
+                          acc, Dv, Dv);
     }
 }
 #undef DCH
