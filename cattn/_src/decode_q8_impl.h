@@ -7,10 +7,11 @@
  * each chunk of DCH rows is dequantised once into scratch (L1/L2) and the
  * float code runs over it, so the rows are still read from memory once.
  * The partials are those of decode_block; decode_finish merges them.
- * Software prefetch: the several-query path prefetches CATTN_Q8_PF rows
- * ahead (min of 30 calls, (1,32,1,4096,128) over 8 kv heads, 1 thread, on
- * a loaded host: 2.00-2.09 ms with, 2.04-2.28 without); the one-query path
- * does not (2.63-2.82 ms without, 3.06-3.59 with).
+ * No software prefetch (float16 decode has one): prefetching 32 rows
+ * ahead measured slower on the one-query path (min of 30 calls at
+ * (1,32,1,4096,128), 1 thread, loaded host: 2.63-2.82 ms without, 3.06-3.59
+ * with) and no consistent gain with 8 kv heads (4096 keys: 2.00-2.09 ms
+ * with, 2.04-2.28 without; 32768 keys: 23.1-28.2 without, 25.8-26.2 with).
  */
 #define DCH 64   /* keys per chunk: their scores stay in L1 */
 #define RUP16(x) ((((x) + 15) / 16) * 16)
@@ -88,7 +89,7 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
         }
         if (k_mq)
             SUF(scores_mq_q8)(qs, D16, nq, K8 + j0 * p->k.rs, p->k.rs, Ks + j0 * ks_rs, ks_rs,
-                              nk, je - j0, D, S, DCH);
+                              nk, D, S, DCH);
         if (v_mq)
             for (int64_t t = 0; t < nq * DCH; t++) E[t] = 0;
         if (score == CATTN_SCORE_COSINE)
@@ -177,7 +178,7 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
         }
         if (v_mq)
             SUF(pv_mq_q8)(E, DCH, nq, V8 + j0 * p->v.rs, p->v.rs, Vs + j0 * vs_rs, vs_rs, nk,
-                          je - j0, acc, Dv, Dv);
+                          acc, Dv, Dv);
     }
 }
 #undef DCH

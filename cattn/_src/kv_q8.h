@@ -6,17 +6,6 @@
  */
 #define QB CATTN_QBLOCK
 
-/* int8 rows are prefetched this many rows ahead on the decode path (as
-   float16 rows are: one core keeps too few misses in flight on its own) */
-#define CATTN_Q8_PF 32
-static inline void SUF(q8_prefetch)(const int8_t *xb, int64_t rs, const float *sb, int64_t srs,
-                                    int64_t j, int64_t n)
-{
-    const char *row = (const char *)(xb + j * rs);
-    for (int64_t o = 0; o < n; o += 64) CATTN_PREFETCH(row + o);
-    CATTN_PREFETCH(sb + j * srs);
-}
-
 /* one row's n values dequantised into dst (value = int8 * scale) */
 static inline void SUF(q8_row)(const int8_t *x, const float *xs, int64_t n, T *dst)
 {
@@ -113,13 +102,12 @@ static inline void SUF(pv_rows_q8)(const T *e, const int64_t *keys, int64_t nk,
 
 /* S[i * sld + j] = q_i . row_j for the nk rows of a chunk, i < NQC */
 CATTN_STEP void SUF(scores_mq_q8_n)(const T *qs, int64_t qld, const int8_t *kb, int64_t rs,
-                                    const float *sb, int64_t srs, int64_t nk, int64_t npf,
-                                    int64_t D, T *S, int64_t sld, const int NQC)
+                                    const float *sb, int64_t srs, int64_t nk, int64_t D,
+                                    T *S, int64_t sld, const int NQC)
 {
     for (int64_t j = 0; j < nk; j++) {
         const int8_t *x = kb + j * rs;
         const float *xs = sb + j * srs;
-        SUF(q8_prefetch)(kb, rs, sb, srs, imin(j + CATTN_Q8_PF, npf - 1), D);
         V a[CATTN_DECODE_MAX_LQ];
         for (int i = 0; i < NQC; i++) a[i] = vset1(0);
         int64_t c = 0;
@@ -145,8 +133,8 @@ CATTN_STEP void SUF(scores_mq_q8_n)(const T *qs, int64_t qld, const int8_t *kb, 
 /* acc_i[0:n] += sum_t E[i * eld + t] row_t for the nk rows of a chunk (a
    zero weight for a masked key: int8 rows are finite, so 0 x row is 0) */
 CATTN_STEP void SUF(pv_mq_q8_n)(const T *E, int64_t eld, const int8_t *xb, int64_t rs,
-                                const float *sb, int64_t srs, int64_t nk, int64_t npf,
-                                T *acc, int64_t ald, int64_t n, const int NQC)
+                                const float *sb, int64_t srs, int64_t nk, T *acc,
+                                int64_t ald, int64_t n, const int NQC)
 {
 
     int64_t c = 0;
@@ -157,8 +145,6 @@ CATTN_STEP void SUF(pv_mq_q8_n)(const T *E, int64_t eld, const int8_t *xb, int64
             a[i][1] = vload(acc + i * ald + c + VL);
         }
         for (int64_t t = 0; t < nk; t++) {
-            /* the first column block reads the rows from memory */
-            if (c == 0) SUF(q8_prefetch)(xb, rs, sb, srs, imin(t + CATTN_Q8_PF, npf - 1), n);
             const int8_t *x = xb + t * rs + c;
             const V sg = vset1((T)sb[t * srs + c / QB]);
             const V v0 = vload_i8(x) * sg, v1 = vload_i8(x + VL) * sg;
@@ -189,19 +175,19 @@ CATTN_STEP void SUF(pv_mq_q8_n)(const T *E, int64_t eld, const int8_t *xb, int64
     default: call(8); break; }
 
 static void SUF(scores_mq_q8)(const T *qs, int64_t qld, int64_t nq, const int8_t *kb, int64_t rs,
-                              const float *sb, int64_t srs, int64_t nk, int64_t npf, int64_t D,
+                              const float *sb, int64_t srs, int64_t nk, int64_t D,
                               T *S, int64_t sld)
 {
-#define CATTN_MQ_CALL(n) SUF(scores_mq_q8_n)(qs, qld, kb, rs, sb, srs, nk, npf, D, S, sld, n)
+#define CATTN_MQ_CALL(n) SUF(scores_mq_q8_n)(qs, qld, kb, rs, sb, srs, nk, D, S, sld, n)
     CATTN_MQ_SWITCH(nq, CATTN_MQ_CALL)
 #undef CATTN_MQ_CALL
 }
 
 static void SUF(pv_mq_q8)(const T *E, int64_t eld, int64_t nq, const int8_t *xb, int64_t rs,
-                          const float *sb, int64_t srs, int64_t nk, int64_t npf, T *acc,
+                          const float *sb, int64_t srs, int64_t nk, T *acc,
                           int64_t ald, int64_t n)
 {
-#define CATTN_MQ_CALL(m) SUF(pv_mq_q8_n)(E, eld, xb, rs, sb, srs, nk, npf, acc, ald, n, m)
+#define CATTN_MQ_CALL(m) SUF(pv_mq_q8_n)(E, eld, xb, rs, sb, srs, nk, acc, ald, n, m)
     CATTN_MQ_SWITCH(nq, CATTN_MQ_CALL)
 #undef CATTN_MQ_CALL
 }
