@@ -85,6 +85,11 @@ class QuantizedKV:
         s = np.repeat(self.scales, QBLOCK, axis=-1)[..., :d]
         return (self.data.astype(dtype) * s.astype(dtype)).astype(dtype, copy=False)
 
+    def __array__(self, dtype=None, copy=None):
+        # not an array: NumPy must not read it as a sequence of rows
+        raise TypeError("a QuantizedKV is an int8 cache that cattn.attention reads as key/value; "
+                        "use .dequantize() for a float array")
+
     def __getitem__(self, key):
         """Views along the leading dims and L; the D axis stays whole."""
         if not isinstance(key, tuple):

@@ -105,6 +105,14 @@ def test_constructor_checks_and_repr_and_slicing():
         cattn.QuantizedKV(qx.data, bad)
 
 
+def test_elsewhere_a_clear_typeerror():
+    kq = cattn.quantize_kv(np.ones((2, 4, 8)))
+    for f in (lambda: np.asarray(kq), lambda: cattn.scores(np.ones((2, 4, 8)), kq),
+              lambda: cattn.aggregate(np.ones((2, 4, 4)), kq)):
+        with pytest.raises(TypeError, match="dequantize"):
+            f()
+
+
 def test_validation_names_key_and_value():
     rng = np.random.default_rng(2)
     q, k, v = _qkv(rng, (1, 4), (1, 4), 1, 30, 64, 64)
