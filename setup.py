@@ -84,6 +84,9 @@ class BuildExt(build_ext):
             opt = (["-O1", "-g"] if DEBUG else ["-O3"]) + [
                 "-fno-strict-aliasing", "-Wno-psabi", "-Wno-unused-function",
                 "-Wno-unreachable-code",
+                # a kernel calling a step its instantiation lacks must not
+                # build (it would fail at import as an undefined symbol)
+                "-Werror=implicit-function-declaration",
             ]
         build_info = {"openmp": bool(flags[0]), "cflags": opt + flags[0],
                       "ldflags": flags[1], "debug": DEBUG, "compiler": ctype,

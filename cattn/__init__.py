@@ -46,6 +46,7 @@ from ._api import (  # noqa: E402
 )
 from ._backward import Gradients, attention_backward  # noqa: E402
 from ._config import show_config  # noqa: E402
+from ._quant import QuantizedKV, quantize_kv  # noqa: E402
 from . import reference  # noqa: E402
 from .explain import Explanation, explain  # noqa: E402
 
@@ -62,6 +63,6 @@ def __getattr__(name: str) -> "_types.ModuleType":
 __all__ = [
     "attention", "attention_backward", "Gradients", "scores", "softmax", "aggregate", "merge",
     "get_num_threads", "set_num_threads", "show_config", "reference",
-    "explain", "Explanation", "__version__",
+    "explain", "Explanation", "__version__", "quantize_kv", "QuantizedKV",
 ]
 

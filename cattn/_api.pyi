@@ -8,6 +8,8 @@ from typing import Any, Literal, TypeVar, Union, overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._quant import QuantizedKV
+
 __all__ = ["attention", "scores", "softmax", "aggregate", "merge",
            "get_num_threads", "set_num_threads"]
 
@@ -17,6 +19,8 @@ _F = TypeVar("_F", bound=np.floating[Any])
 _Array = NDArray[np.floating[Any]]
 _Score = Literal["scaled_dot", "dot", "cosine", "additive"]
 _Int = Union[int, np.integer[Any]]
+# key/value: a float array, or an int8 cache (cattn.quantize_kv)
+_KV = Union[ArrayLike, QuantizedKV]
 _Window = Union[tuple[Union[_Int, None], Union[_Int, None]], Sequence[Union[_Int, None]]]
 _KeyMass = Literal["key_mass"]
 
@@ -94,7 +98,7 @@ def attention(
       | tuple[NDArray[_F], NDArray[_F], NDArray[_F]]): ...
 @overload
 def attention(
-    query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
+    query: ArrayLike, key: _KV, value: _KV, *,
     score: _Score = "scaled_dot", scale: ArrayLike | None = None,
     mask: ArrayLike | None = None, bias: ArrayLike | None = None,
     causal: bool = False, window: _Window | None = None,
@@ -107,7 +111,7 @@ def attention(
 ) -> _Array: ...
 @overload
 def attention(
-    query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
+    query: ArrayLike, key: _KV, value: _KV, *,
     score: _Score = "scaled_dot", scale: ArrayLike | None = None,
     mask: ArrayLike | None = None, bias: ArrayLike | None = None,
     causal: bool = False, window: _Window | None = None,
@@ -120,7 +124,7 @@ def attention(
 ) -> tuple[_Array, _Array]: ...
 @overload
 def attention(
-    query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
+    query: ArrayLike, key: _KV, value: _KV, *,
     score: _Score = "scaled_dot", scale: ArrayLike | None = None,
     mask: ArrayLike | None = None, bias: ArrayLike | None = None,
     causal: bool = False, window: _Window | None = None,
@@ -133,7 +137,7 @@ def attention(
 ) -> tuple[_Array, _Array]: ...
 @overload
 def attention(
-    query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
+    query: ArrayLike, key: _KV, value: _KV, *,
     score: _Score = "scaled_dot", scale: ArrayLike | None = None,
     mask: ArrayLike | None = None, bias: ArrayLike | None = None,
     causal: bool = False, window: _Window | None = None,
@@ -146,7 +150,7 @@ def attention(
 ) -> tuple[_Array, _Array, _Array]: ...
 @overload
 def attention(
-    query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
+    query: ArrayLike, key: _KV, value: _KV, *,
     score: _Score = "scaled_dot", scale: ArrayLike | None = None,
     mask: ArrayLike | None = None, bias: ArrayLike | None = None,
     causal: bool = False, window: _Window | None = None,

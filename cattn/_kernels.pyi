@@ -26,6 +26,8 @@ DECODE_MAX_LQ: int
 KV_NATIVE: int
 KV_F16: int
 KV_BF16: int
+KV_I8: int
+QBLOCK: int
 SCORE_KINDS: dict[str, int]
 
 def isa_name() -> str: ...
@@ -78,10 +80,13 @@ class KernelArgs:
     softcap: float
     win_left: int
     win_right: int
+    k_scale: Operand | None
+    v_scale: Operand | None
     # keyword-only: n_batch, Lq, Lk, D, Dv, block_q, block_k, score_kind,
     # scale, q, k, v (required); out, kv_format, mask, bias, q_seg, kv_seg,
     # lse, lse_m, lse_logl, weights, key_mass, add_w, kv_len, q_len, q_pos,
-    # sinks, softcap, win_left, win_right (optional), as the fields above.
+    # sinks, softcap, win_left, win_right, k_scale, v_scale (optional), as
+    # the fields above.
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...
 
 # Results are written into the arrays of ``a``.

@@ -45,7 +45,9 @@ cdef extern from "_src/flash.h" nogil:
         CATTN_KV_NATIVE
         CATTN_KV_F16
         CATTN_KV_BF16
+        CATTN_KV_I8
     int64_t CATTN_UNBOUNDED
+    int64_t CATTN_QBLOCK
     int64_t CATTN_DECODE_MAX_LQ
     ctypedef struct cattn_operand:
         const void *base
@@ -58,6 +60,7 @@ cdef extern from "_src/flash.h" nogil:
         int mode
         int kv_format
         cattn_operand q, k, v, out, mask, bias, q_seg, kv_seg
+        cattn_operand k_scale, v_scale
         void *lse
         void *lse_m
         void *lse_logl
@@ -113,6 +116,8 @@ MODE_SCORES = CATTN_MODE_SCORES
 KV_NATIVE = CATTN_KV_NATIVE
 KV_F16 = CATTN_KV_F16
 KV_BF16 = CATTN_KV_BF16
+KV_I8 = CATTN_KV_I8
+QBLOCK = CATTN_QBLOCK
 UNBOUNDED = CATTN_UNBOUNDED
 DECODE_MAX_LQ = CATTN_DECODE_MAX_LQ
 SCORE_KINDS = {"dot": CATTN_SCORE_DOT, "scaled_dot": CATTN_SCORE_DOT,
@@ -155,6 +160,7 @@ cdef class KernelArgs:
     cdef readonly int64_t n_batch, Lq, Lk, D, Dv, block_q, block_k
     cdef readonly int score_kind, kv_format
     cdef readonly Operand q, k, v, out, mask, bias, q_seg, kv_seg
+    cdef readonly Operand k_scale, v_scale
     cdef readonly object lse, lse_m, lse_logl, weights, key_mass
     cdef readonly object scale, add_w, kv_len, q_len, q_pos, sinks
     cdef readonly double softcap
@@ -167,12 +173,14 @@ cdef class KernelArgs:
                  Operand q_seg=None, Operand kv_seg=None, lse=None, lse_m=None,
                  lse_logl=None, weights=None, key_mass=None, add_w=None, kv_len=None,
                  q_len=None, q_pos=None, sinks=None, double softcap=0.0,
-                 int64_t win_left=CATTN_UNBOUNDED, int64_t win_right=CATTN_UNBOUNDED):
+                 int64_t win_left=CATTN_UNBOUNDED, int64_t win_right=CATTN_UNBOUNDED,
+                 Operand k_scale=None, Operand v_scale=None):
         self.n_batch = n_batch; self.Lq = Lq; self.Lk = Lk; self.D = D; self.Dv = Dv
         self.block_q = block_q; self.block_k = block_k
         self.score_kind = score_kind; self.kv_format = kv_format
         self.q = q; self.k = k; self.v = v; self.out = out
         self.mask = mask; self.bias = bias; self.q_seg = q_seg; self.kv_seg = kv_seg
+        self.k_scale = k_scale; self.v_scale = v_scale
         self.lse = lse; self.lse_m = lse_m; self.lse_logl = lse_logl
         self.weights = weights; self.key_mass = key_mass
         self.scale = _checked(scale, np.float64, n_batch, "scale")
@@ -183,7 +191,7 @@ cdef class KernelArgs:
         self.sinks = _checked(sinks, np.float64, n_batch, "sinks")
         self.softcap = softcap
         self.win_left = win_left; self.win_right = win_right
-        for op in (q, k, v, out, mask, bias, q_seg, kv_seg):
+        for op in (q, k, v, out, mask, bias, q_seg, kv_seg, k_scale, v_scale):
             if op is not None and (<Operand>op).offsets.shape[0] != n_batch:
                 raise ValueError("an operand has the wrong number of batch offsets")
 
@@ -224,6 +232,7 @@ cdef void _fill_params(cattn_params *p, KernelArgs a, int mode):
     _operand(&p.q, a.q); _operand(&p.k, a.k); _operand(&p.v, a.v)
     _operand(&p.out, a.out); _operand(&p.mask, a.mask); _operand(&p.bias, a.bias)
     _operand(&p.q_seg, a.q_seg); _operand(&p.kv_seg, a.kv_seg)
+    _operand(&p.k_scale, a.k_scale); _operand(&p.v_scale, a.v_scale)
     p.lse = <void *>_ptr(a.lse)
     p.lse_m = <void *>_ptr(a.lse_m)
     p.lse_logl = <void *>_ptr(a.lse_logl)

@@ -34,7 +34,7 @@ class Plan(NamedTuple):
     """How to compute ``call`` (possibly a GQA-folded form of the user's)."""
     call: AttentionCall
     cdt: np.dtype                     # the kernels' dtype
-    kv_format: int                    # _kernels.KV_NATIVE, KV_F16 or KV_BF16
+    kv_format: int                    # _kernels.KV_NATIVE, KV_F16, KV_BF16 or KV_I8
     path: str                         # "tile", "decode" or "empty"
     block_q: int
     block_k: int
@@ -123,6 +123,13 @@ def _abs_max(x):
     return float(np.abs(widen(x) if is_bf16(x) else x).max())
 
 
+def _abs_max_kv(k):
+    """max |k| (an int8 cache: bounded by 127 x its largest scale)."""
+    if hasattr(k, "scales"):
+        return 127.0 * float(np.abs(k.scales).max()) if k.scales.size else 0.0
+    return _abs_max(k)
+
+
 def _range_policy(call):
     """float32 kernels keep their parameters inside float32's range; a call
     whose scaled scores would overflow float32 computes in float64 (a rare,
@@ -130,7 +137,7 @@ def _range_policy(call):
     cdt, scale, smax = call.cdt, call.scale, call.scale_max
     q, k = call.q, call.k
     if (cdt == np.float32 and smax > 1e4 and q.size and k.size
-            and smax * _abs_max(q) * _abs_max(k)
+            and smax * _abs_max(q) * _abs_max_kv(k)
             * max(call.D, 1) > 1e37):
         cdt = np.dtype(np.float64)
     softcap = call.options.softcap or 0.0
@@ -157,6 +164,11 @@ def plan_attention(call):
             and cdt == np.float32)
     # a bfloat16 cache likewise (validation left K/V bfloat16 only then)
     bf16 = is_bf16(call.k) and is_bf16(call.v) and cdt == np.float32
+    # An int8 cache (QuantizedKV key and/or value) is read as int8 with its
+    # scales; a float operand beside it is read in the compute type.
+    int8 = call.k.dtype == np.int8 or call.v.dtype == np.int8
+    kv_format = (_kernels.KV_I8 if int8 else _kernels.KV_F16 if half
+                 else _kernels.KV_BF16 if bf16 else _kernels.KV_NATIVE)
     n_threads = threads_for(o.num_threads,
                             call.N * call.Lq * max(call.Lk, 1) * max(call.D, 1))
     window = kernel_window(o.window)
@@ -173,8 +185,7 @@ def plan_attention(call):
     skips = (window[0] < unb or window[1] < unb or call.q_seg is not None
              or call.q_len is not None)
     bq, bk = tile_blocks(call.N, call.Lq, n_threads, cdt, call.D, skips)
-    return Plan(call=call, cdt=cdt, kv_format=(_kernels.KV_F16 if half else
-                                           _kernels.KV_BF16 if bf16 else _kernels.KV_NATIVE),
+    return Plan(call=call, cdt=cdt, kv_format=kv_format,
                 path=path, block_q=bq, block_k=bk,
                 n_split=decode_splits(call.N, call.Lk, n_threads) if path == "decode" else 1,
                 n_threads=n_threads, scale=scale, softcap=softcap, sinks=sinks,

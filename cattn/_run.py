@@ -35,6 +35,18 @@ def _matrix(x, out_lead, group=(None, 1)):
     return _kernels.Operand(x, lead_offsets(x, 2, out_lead, *group, strides=st), st[-2], st[-1])
 
 
+def _kv_operand(x, dtype, out_lead, group):
+    """A key/value operand and its scales operand: an int8 cache
+    (QuantizedKV) as its int8 rows and float32 block scales, read in place
+    (copied only if a row is not unit-stride); a float array in ``dtype``
+    with no scales."""
+    if hasattr(x, "scales"):
+        data = _unit_last(x.data, np.int8)
+        scales = _unit_last(x.scales, np.float32)
+        return _matrix(data, out_lead, group), _matrix(scales, out_lead, group)
+    return _matrix(_unit_last(x, dtype), out_lead, group), None
+
+
 def _pair(x, out_lead, Lq, Lk):
     """A mask/bias broadcastable to (..., Lq, Lk): broadcast axes stride 0."""
     rs, cs = trailing_strides(x, (Lq, Lk))
@@ -79,8 +91,8 @@ def kernel_args(plan, outs):
         kk, vv, kv_dt = bits(kk), bits(vv), np.dtype(np.uint16)
     # q: any strides; k, v: unit stride along their last axis
     q = as_strided_dtype(call.q, cdt)
-    k = _unit_last(kk, kv_dt)
-    v = _unit_last(vv, kv_dt)
+    k, k_scale = _kv_operand(kk, kv_dt, lead, call.groups.get("key", (None, 1)))
+    v, v_scale = _kv_operand(vv, kv_dt, lead, call.groups.get("value", (None, 1)))
     mask = bias = q_seg = kv_seg = None
     if call.mask is not None:
         mask = _pair(as_strided_dtype(call.mask, call.mask.dtype), lead, call.Lq, call.Lk)
@@ -93,8 +105,7 @@ def kernel_args(plan, outs):
         n_batch=call.N, Lq=call.Lq, Lk=call.Lk, D=call.D, Dv=call.Dv,
         block_q=plan.block_q, block_k=plan.block_k,
         score_kind=_kernels.SCORE_KINDS[call.options.score], scale=plan.scale,
-        q=_matrix(q, lead), k=_matrix(k, lead, call.groups.get("key", (None, 1))),
-        v=_matrix(v, lead, call.groups.get("value", (None, 1))),
+        q=_matrix(q, lead), k=k, v=v, k_scale=k_scale, v_scale=v_scale,
         out=_matrix(outs.res, lead), kv_format=plan.kv_format,
         mask=mask, bias=bias, q_seg=q_seg, kv_seg=kv_seg,
         lse=outs.lse, lse_m=outs.lse_m, lse_logl=outs.lse_logl,

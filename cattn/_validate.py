@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _bf16
 from ._operands import as_real_array, batch_shape, broadcast_lead
+from ._quant import QuantizedKV
 from ._options import (
     check_flag,
     check_ndim,
@@ -45,8 +46,8 @@ class Options(NamedTuple):
 class AttentionCall(NamedTuple):
     """A validated attention call (see ``validate_attention``)."""
     q: np.ndarray                 # (..., Lq, D), real, not yet cast
-    k: np.ndarray                 # (..., Lk, D)
-    v: np.ndarray                 # (..., Lk, Dv)
+    k: np.ndarray                 # (..., Lk, D), or a QuantizedKV (int8 cache)
+    v: np.ndarray                 # (..., Lk, Dv), or a QuantizedKV
     options: Options
     Lq: int
     Lk: int
@@ -430,11 +431,19 @@ def validate_attention(query, key, value, *, score, scale, mask, bias, causal, w
                             num_threads=num_threads, q_segments=q_segments,
                             kv_segments=kv_segments)
     q = as_real_array(query, "query", bf16_ok=True)
-    k = as_real_array(key, "key", bf16_ok=True)
-    v = as_real_array(value, "value", bf16_ok=True)
+    k = key if isinstance(key, QuantizedKV) else as_real_array(key, "key", bf16_ok=True)
+    v = value if isinstance(value, QuantizedKV) else as_real_array(value, "value", bf16_ok=True)
     Lq, D, Lk, Dv = check_qkv_shapes(q, k, v)
-    q, k, v, bf16_dtypes = _bf16.normalize_qkv(q, k, v)
-    cdt, rdt = bf16_dtypes or result_dtypes(q, k, v)
+    if isinstance(k, QuantizedKV) or isinstance(v, QuantizedKV):
+        # an int8 cache promotes as float32 (its values are int8 x float32
+        # scale); a bfloat16 operand beside it is computed from float32
+        q, k, v = (x if isinstance(x, QuantizedKV) else _bf16.widen(x) if _bf16.is_bf16(x)
+                   else x for x in (q, k, v))
+        cdt, rdt = result_dtypes(*(np.dtype(np.float32) if isinstance(x, QuantizedKV) else x
+                                   for x in (q, k, v)))
+    else:
+        q, k, v, bf16_dtypes = _bf16.normalize_qkv(q, k, v)
+        cdt, rdt = bf16_dtypes or result_dtypes(q, k, v)
     out_lead, groups = leading_dims([("query", q), ("key", k), ("value", v)])
     out_lead = tuple(out_lead)
     mask_a = None if mask is None else pair_operand(mask, "mask", out_lead, Lq, Lk)
@@ -464,5 +473,7 @@ def validate_attention(query, key, value, *, score, scale, mask, bias, causal, w
     if out is not None:
         check_out(out, out_lead + (Lq, Dv), rdt,
                   (q, k, v, mask_a, bias_a, kv_len, q_len, q_seg, kv_seg, call.add_w,
-                   call.scale, call.sinks) + given_seg)
+                   call.scale, call.sinks) + given_seg
+                  + tuple(a for x in (k, v) if isinstance(x, QuantizedKV)
+                          for a in (x.data, x.scales)))
     return call

@@ -51,7 +51,8 @@ def _to_float64(x, name):
     Parameters
     ----------
     x : array_like
-        Real numeric input (bool, int, float16/32/64, bfloat16 ...).
+        Real numeric input (bool, int, float16/32/64, bfloat16 ...), or an
+        int8 cache (``cattn.QuantizedKV``), dequantized.
     name : str
         Argument name, used in error messages.
 
@@ -62,6 +63,10 @@ def _to_float64(x, name):
     """
     if type(x).__module__.startswith("torch") and str(getattr(x, "dtype", "")) == "torch.bfloat16":
         x = x.detach().float().numpy()     # exact: bfloat16 widens to float32
+    if hasattr(x, "dequantize") and hasattr(x, "scales"):
+        # an int8 cache (cattn.QuantizedKV): its values int8 x scale, exact
+        # in float64
+        x = x.dequantize(np.float64)
     arr = np.asarray(x)
     # bfloat16 (ml_dtypes) converts to float64 exactly
     if arr.dtype.kind not in "biuf" and arr.dtype.name != "bfloat16":

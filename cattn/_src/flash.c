@@ -201,6 +201,23 @@ static const cattn_kernels tables_bf16[1] = {
     CATTN_TABLE_BF16(generic, generic, scratch_bytes, flash_block)};
 #endif
 
+/* int8 K/V decode (decode_q8_impl.h), per (ISA, compute type) */
+typedef struct { size_t (*scratch)(const cattn_params *); void (*decode)(const cattn_params *,
+    int64_t, int64_t, int64_t, void *, void *, void *, void *); } cattn_q8_decode;
+#define CATTN_Q8(isa, ty) {decode_scratch_bytes_q8_##ty##_##isa, decode_block_q8_##ty##_##isa}
+#if CATTN_PORTABLE
+static const cattn_q8_decode q8_decode[1][2] = {{CATTN_Q8(portable, f32), CATTN_Q8(portable, f64)}};
+#elif CATTN_X86_DISPATCH
+static const cattn_q8_decode q8_decode[ISA_COUNT][2] = {
+    {CATTN_Q8(generic, f32), CATTN_Q8(generic, f64)},
+    {CATTN_Q8(haswell, f32), CATTN_Q8(haswell, f64)},
+    {CATTN_Q8(skylake, f32), CATTN_Q8(skylake, f64)},
+    /* Cooper Lake differs from Skylake-X in bfloat16 only */
+    {CATTN_Q8(skylake, f32), CATTN_Q8(skylake, f64)}};
+#else
+static const cattn_q8_decode q8_decode[1][2] = {{CATTN_Q8(generic, f32), CATTN_Q8(generic, f64)}};
+#endif
+
 static int isa_level = -1;   /* an index into tables */
 
 /* The best variant this CPU runs; CATTN_ISA=generic|haswell|skylake|cooperlake
@@ -250,11 +267,19 @@ cattn_kernels cattn_kernels_for(int is_double, int kv_format)
        drop on older Intel parts); a float16 cache uses AVX-512 where
        present: widening 16 halves per instruction instead of 8 made it
        1.2x faster (float16 decode is compute-bound on one core). */
+    if (kv_format == CATTN_KV_I8) {
+        const cattn_q8_decode *q8 = &q8_decode[isa][is_double ? 1 : 0];
+        k.decode_scratch = q8->scratch;
+        k.decode = q8->decode;
+        return k;
+    }
+#if CATTN_X86_DISPATCH
     if (isa >= ISA_SKYLAKE && kv_format != CATTN_KV_F16) {
         const cattn_kernels *hw = &tables[ISA_HASWELL][is_double ? 1 : 0];
         k.decode_scratch = hw->decode_scratch;
         k.decode = hw->decode;
     }
+#endif
     return k;
 }
 

@@ -47,10 +47,16 @@ enum { CATTN_MODE_ATTENTION = 0, CATTN_MODE_WEIGHTS = 1, CATTN_MODE_KEY_MASS = 2
 typedef enum cattn_kv_format {
     CATTN_KV_NATIVE = 0,       /* the compute type itself */
     CATTN_KV_F16 = 1,          /* IEEE float16 (uint16 bits), float32 math */
-    CATTN_KV_BF16 = 2          /* bfloat16 (uint16 bits), float32 math; products in
+    CATTN_KV_BF16 = 2,         /* bfloat16 (uint16 bits), float32 math; products in
                                   bfloat16 (VDPBF16PS) where the CPU has them */
-    /* next: CATTN_KV_I8 (with a scales operand) */
+    CATTN_KV_I8 = 3            /* int8 with float32 scales per CATTN_QBLOCK values
+                                  (q8_0): K is int8 where k_scale.base != NULL,
+                                  V where v_scale.base != NULL, else the compute type */
 } cattn_kv_format;
+
+/* int8 K/V: one float32 scale per this many values along D (the last
+   block of a row may be shorter); value = int8 * scale. */
+#define CATTN_QBLOCK 32
 
 /* One operand: the base pointer (element type per the call), one element
    offset per batch item, row and column strides in elements.  Broadcast
@@ -71,6 +77,9 @@ typedef struct cattn_params {
     int kv_format;             /* cattn_kv_format of K and V */
     /* K and V have unit stride along their last axis (cs = 1). */
     cattn_operand q, k, v, out, mask, bias, q_seg, kv_seg;
+    /* CATTN_KV_I8: the float32 scales of K and V, (.., L, ceil(D / 32)) rows
+       (cs = 1), offsets in float32 elements; base == NULL: not quantized */
+    cattn_operand k_scale, v_scale;
     void *lse;                 /* (n_batch, Lq) contiguous, or NULL */
     void *lse_m, *lse_logl;    /* lse = lse_m + lse_logl, kept apart for the weights
                                   pass (exact at huge logits); NULL if unused */

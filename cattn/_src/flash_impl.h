@@ -343,8 +343,8 @@ static void SUF(scratch_layout)(const cattn_params *p, int64_t *bqp, int64_t off
     off[3] = off[2] + BQP * RUP16(p->Dv);            /* m     BQP */
     off[4] = off[3] + BQP;                           /* l     BQP */
     off[5] = off[4] + BQP;                           /* alpha BQP */
-    off[6] = off[5] + BQP;                           /* K, V tile (float16 K/V) */
-    off[7] = off[6] + (p->kv_format == CATTN_KV_F16 ? BK * (RUP16(p->D) + RUP16(p->Dv)) : 0);
+    off[6] = off[5] + BQP;                           /* K, V tile (float16, int8 K/V) */
+    off[7] = off[6] + (p->kv_format != CATTN_KV_NATIVE ? BK * (RUP16(p->D) + RUP16(p->Dv)) : 0);
 }
 
 static size_t SUF(scratch_bytes)(const cattn_params *p)
@@ -455,7 +455,7 @@ CATTN_STEP int SUF(segments_disjoint)(const SUF(blk) *k, int64_t j0, int64_t nk)
 }
 
 /* The K (and, for attention, V) rows of a tile in the compute type: in
-   place, or widened from float16 into scratch once. */
+   place, or widened from float16 / dequantised from int8 into scratch once. */
 CATTN_STEP void SUF(load_kv_tile)(const SUF(blk) *k, int64_t j0, int64_t nk,
                               const T **Kt, int64_t *kt_rs, const T **Vt, int64_t *vt_rs)
 {
@@ -468,6 +468,20 @@ CATTN_STEP void SUF(load_kv_tile)(const SUF(blk) *k, int64_t j0, int64_t nk,
             SUF(half_rows)(k->Vh + j0 * p->v.rs, p->v.rs, nk, p->Dv, k->vbuf, RUP16(p->Dv));
         *Kt = k->kbuf; *kt_rs = RUP16(p->D);
         *Vt = k->vbuf; *vt_rs = RUP16(p->Dv);
+    }
+    if (p->kv_format == CATTN_KV_I8) {   /* int8 K and/or V: dequantised once (kv_q8.h) */
+        if (p->k_scale.base) {
+            SUF(q8_rows)((const int8_t *)p->k.base + p->k.off[k->b] + j0 * p->k.rs, p->k.rs,
+                         (const float *)p->k_scale.base + p->k_scale.off[k->b] + j0 * p->k_scale.rs,
+                         p->k_scale.rs, nk, p->D, k->kbuf, RUP16(p->D));
+            *Kt = k->kbuf; *kt_rs = RUP16(p->D);
+        }
+        if (p->v_scale.base && p->mode == CATTN_MODE_ATTENTION) {
+            SUF(q8_rows)((const int8_t *)p->v.base + p->v.off[k->b] + j0 * p->v.rs, p->v.rs,
+                         (const float *)p->v_scale.base + p->v_scale.off[k->b] + j0 * p->v_scale.rs,
+                         p->v_scale.rs, nk, p->Dv, k->vbuf, RUP16(p->Dv));
+            *Vt = k->vbuf; *vt_rs = RUP16(p->Dv);
+        }
     }
 }
 

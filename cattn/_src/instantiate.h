@@ -12,8 +12,10 @@
 #define SUF(name) CATTN_CAT3(name, _f32_, CATTN_ISA)
 #include CATTN_SIMD
 #include "simd_math.h"
+#include "kv_q8.h"
 #include "flash_impl.h"
 #include "flash_bwd_impl.h"
+#include "decode_q8_impl.h"
 #include "simd_undef.h"
 #undef T
 #undef CATTN_F64
@@ -24,8 +26,10 @@
 #define SUF(name) CATTN_CAT3(name, _f64_, CATTN_ISA)
 #include CATTN_SIMD
 #include "simd_math.h"
+#include "kv_q8.h"
 #include "flash_impl.h"
 #include "flash_bwd_impl.h"
+#include "decode_q8_impl.h"
 #include "simd_undef.h"
 #undef T
 #undef CATTN_F64

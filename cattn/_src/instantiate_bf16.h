@@ -26,6 +26,7 @@
    it": here that 16-bit cache is bfloat16 */
 #define CATTN_KV_F16 CATTN_KV_BF16
 #include "simd_math.h"
+#include "kv_q8.h"       /* load_kv_tile's int8 step (unused for bfloat16) */
 #ifndef CATTN_DPBF16
 #define CATTN_DPBF16 0
 #endif

@@ -18,6 +18,13 @@ static inline V SUF(vload_h)(const uint16_t *p)
 {
     return (V)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p)));
 }
+/* 4 int8 -> double: vpmovsxbd + vcvtdq2pd */
+static inline V SUF(vload_i8)(const int8_t *p)
+{
+    int32_t w;
+    memcpy(&w, p, 4);
+    return (V)_mm256_cvtepi32_pd(_mm_cvtepi8_epi32(_mm_cvtsi32_si128(w)));
+}
 #else
 /* maxps(a, b) / minps(a, b): b where either is NaN, one instruction where
    a select is three */
@@ -34,5 +41,10 @@ static inline T SUF(hsum)(V x)
 static inline V SUF(vload_h)(const uint16_t *p)
 {
     return (V)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+/* 8 int8 -> float: vpmovsxbd + vcvtdq2ps */
+static inline V SUF(vload_i8)(const int8_t *p)
+{
+    return (V)_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
 }
 #endif

@@ -36,3 +36,12 @@ static inline V SUF(vload_h)(const uint16_t *p)
     for (int v = 0; v < VL; v++) r[v] = (T)cattn_half_to_float(p[v]);
     return r;
 }
+
+/* VL int8 values widened to T (exact): a vector-extension conversion */
+typedef int8_t SUF(VB) __attribute__((vector_size(VL)));
+static inline V SUF(vload_i8)(const int8_t *p)
+{
+    SUF(VB) b;
+    memcpy(&b, p, sizeof b);
+    return __builtin_convertvector(b, V);
+}

@@ -30,3 +30,4 @@ static inline V SUF(vmax)(V a, V b) { return a > b ? a : b; }
 static inline V SUF(vmin)(V a, V b) { return a < b ? a : b; }
 static inline T SUF(hsum)(V x) { return x; }
 static inline V SUF(vload_h)(const uint16_t *p) { return (T)cattn_half_to_float(p[0]); }
+static inline V SUF(vload_i8)(const int8_t *p) { return (T)p[0]; }

@@ -17,6 +17,7 @@
 #undef vclamp
 #undef hsum
 #undef vload_h
+#undef vload_i8
 #undef vexp
 #undef vtanh
 #undef imax
