@@ -45,6 +45,7 @@ from ._api import (  # noqa: E402
     softmax,
 )
 from ._config import show_config  # noqa: E402
+from ._paged import cache_write, paged_attention  # noqa: E402
 from . import reference  # noqa: E402
 from .explain import Explanation, explain  # noqa: E402
 
@@ -61,6 +62,7 @@ def __getattr__(name: str) -> "_types.ModuleType":
 __all__ = [
     "attention", "scores", "softmax", "aggregate", "merge",
     "get_num_threads", "set_num_threads", "show_config", "reference",
+    "paged_attention", "cache_write",
     "explain", "Explanation", "__version__",
 ]
 

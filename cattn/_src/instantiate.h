@@ -13,6 +13,7 @@
 #include CATTN_SIMD
 #include "simd_math.h"
 #include "flash_impl.h"
+#include "paged_impl.h"
 #include "simd_undef.h"
 #undef T
 #undef CATTN_F64
@@ -24,6 +25,7 @@
 #include CATTN_SIMD
 #include "simd_math.h"
 #include "flash_impl.h"
+#include "paged_impl.h"
 #include "simd_undef.h"
 #undef T
 #undef CATTN_F64
