@@ -49,7 +49,7 @@ def _array(x, name):
 
 def _ints(x, name, ndim):
     a = _array(x, name)
-    if a.dtype.kind not in "iu":
+    if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
         raise TypeError(f"{name} must hold integers; got dtype {a.dtype}")
     if a.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dim(s); got shape {a.shape}")
