@@ -47,6 +47,7 @@ from ._api import (  # noqa: E402
 from ._backward import Gradients, attention_backward  # noqa: E402
 from ._config import show_config  # noqa: E402
 from ._quant import QuantizedKV, quantize_kv  # noqa: E402
+from ._paged import cache_write, paged_attention  # noqa: E402
 from . import reference  # noqa: E402
 from .explain import Explanation, explain  # noqa: E402
 
@@ -64,5 +65,6 @@ __all__ = [
     "attention", "attention_backward", "Gradients", "scores", "softmax", "aggregate", "merge",
     "get_num_threads", "set_num_threads", "show_config", "reference",
     "explain", "Explanation", "__version__", "quantize_kv", "QuantizedKV",
+    "paged_attention", "cache_write",
 ]
 

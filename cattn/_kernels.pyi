@@ -143,3 +143,14 @@ def flash_backward(a: KernelArgs, dout: Operand, delta: _FloatArray, dk: _FloatA
                    num_threads: int, dq_pass: bool, dbias: _FloatArray | None = None,
                    dscore: _FloatArray | None = None,
                    shift: _Offsets | None = None) -> _FloatArray: ...
+
+PAGED_MAX_ROWS: int
+PAGED_DECODE: int
+PAGED_TILE: int
+
+def paged(q: npt.NDArray[Any], k_cache: npt.NDArray[Any], v_cache: npt.NDArray[Any],
+          block_table: npt.NDArray[np.int64], seq_lens: npt.NDArray[np.int64],
+          q_start: npt.NDArray[np.int64], out: npt.NDArray[Any], lse: Any, scale: float,
+          softcap: float, sinks: Any, slopes: Any, win_left: int, win_right: int,
+          kv_format: int, block_q: int, block_k: int, work: npt.NDArray[np.int64],
+          finish: npt.NDArray[np.int64], acc_rows: int, num_threads: int) -> None: ...

@@ -871,3 +871,184 @@ def flash_backward(KernelArgs a, Operand dout not None, delta, dk, dv, group_sta
     if N * n_qblocks > 0 and D > 0:
         _run_bwd(&bp, &kern, N * n_qblocks, True, n_qblocks, NULL, 0, max(nt, 1), poll)
     return dq
+
+
+# ------------------------------------------------------------ paged K/V
+cdef extern from "_src/paged.h" nogil:
+    int64_t CATTN_PAGED_MAX_ROWS
+    ctypedef struct cattn_paged_params:
+        int64_t num_seqs, tokens, H, Hkv, D, Dv
+        int64_t num_pages, page_size, max_pages
+        int64_t block_q, block_k
+        int kv_format
+        const void *q
+        const void *k_cache
+        const void *v_cache
+        const int64_t *block_table
+        const int64_t *seq_lens
+        const int64_t *q_start
+        void *out
+        void *lse
+        double scale, softcap
+        const double *sinks
+        const double *slopes
+        int64_t win_left, win_right
+        int (*poll)(void *ctx) noexcept nogil
+        void *poll_ctx
+        int *stop
+    ctypedef struct cattn_paged_kernels:
+        const char *isa
+        size_t (*decode_scratch)(const cattn_paged_params *pp) noexcept nogil
+        void (*decode)(const cattn_paged_params *pp, int64_t s, int64_t h0, int64_t nh,
+                       int64_t js, int64_t je, void *acc, void *mm, void *ll,
+                       void *scratch) noexcept nogil
+        void (*decode_finish)(const cattn_paged_params *pp, int64_t s, int64_t h0, int64_t nh,
+                              int64_t n_split, const void *acc, const void *mm,
+                              const void *ll) noexcept nogil
+        size_t (*tile_scratch)(const cattn_paged_params *pp) noexcept nogil
+        void (*tile)(const cattn_paged_params *pp, int64_t s, int64_t h, int64_t qb,
+                     void *scratch) noexcept nogil
+    cattn_paged_kernels cattn_paged_kernels_for(int is_double, int kv_format)
+
+PAGED_MAX_ROWS = CATTN_PAGED_MAX_ROWS
+
+# A paged work item: (kind, s, h, arg, js, je, acc_row); kind PAGED_DECODE
+# streams keys [js, je) of sequence s for heads h .. h + arg - 1 into the
+# partials at acc_row; kind PAGED_TILE is query block arg of (s, h).
+cdef enum:
+    _PAGED_DECODE = 0
+    _PAGED_TILE = 1
+PAGED_DECODE = _PAGED_DECODE
+PAGED_TILE = _PAGED_TILE
+
+
+cdef void _paged_item(cattn_paged_params *pp, cattn_paged_kernels *kern,
+                      const int64_t *wk, char *acc, char *mm, char *ll, size_t isz,
+                      void *scratch) noexcept nogil:
+    cdef int64_t row = wk[6]
+    if wk[0] == _PAGED_TILE:
+        kern.tile(pp, wk[1], wk[2], wk[3], scratch)
+    else:
+        kern.decode(pp, wk[1], wk[2], wk[3], wk[4], wk[5], acc + row * pp.Dv * isz,
+                    mm + row * isz, ll + row * isz, scratch)
+
+
+cdef int _paged_run(cattn_paged_params *pp, cattn_paged_kernels *kern, const int64_t *wk,
+                    int64_t n_work, char *acc, char *mm, char *ll, size_t isz,
+                    size_t scratch_bytes, int n_threads, bint poll) except -1:
+    """The driver of _run, on the paged contract."""
+    cdef int status[2]      # [0] scratch allocation failed, [1] interrupted
+    cdef double last[1]
+    cdef void *raw = NULL
+    cdef void *scratch = NULL
+    cdef int64_t w
+    status[0] = 0
+    status[1] = 0
+    last[0] = omp_get_wtime()
+    pp.stop = &status[1]
+    pp.poll = NULL
+    pp.poll_ctx = <void *>last       # this call's own poll clock
+    if poll:
+        pp.poll = _poll_cb
+    if n_threads > n_work:
+        n_threads = <int>n_work
+    if n_threads > 1:
+        n_threads = cattn_usable_team(n_threads)
+    if n_threads <= 1:
+        raw = malloc(scratch_bytes + 64)
+        if raw == NULL:
+            raise MemoryError("cattn: cannot allocate %d bytes of scratch" % scratch_bytes)
+        scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
+        with nogil:
+            for w in range(n_work):
+                if poll and _interrupted(last):
+                    status[1] = 1
+                    break
+                _paged_item(pp, kern, wk + 7 * w, acc, mm, ll, isz, scratch)
+        free(raw)
+    else:
+        with nogil, parallel(num_threads=n_threads):
+            raw = malloc(scratch_bytes + 64)
+            if raw == NULL:
+                status[0] = 1
+            scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
+            for w in prange(n_work, schedule="dynamic"):
+                if raw == NULL or status[1]:
+                    continue
+                if poll and omp_get_thread_num() == 0 and _interrupted(last):
+                    status[1] = 1
+                    continue
+                _paged_item(pp, kern, wk + 7 * w, acc, mm, ll, isz, scratch)
+            free(raw)
+    if status[1]:
+        return -1           # the signal handler's exception is set
+    if status[0]:
+        raise MemoryError("cattn: cannot allocate %d bytes of per-thread scratch"
+                          % scratch_bytes)
+    return 0
+
+
+def paged(cnp.ndarray q, cnp.ndarray k_cache, cnp.ndarray v_cache,
+          cnp.ndarray block_table, cnp.ndarray seq_lens, cnp.ndarray q_start,
+          cnp.ndarray out, lse, double scale, double softcap, sinks, slopes,
+          int64_t win_left, int64_t win_right, int kv_format, int64_t block_q,
+          int64_t block_k, cnp.ndarray work, cnp.ndarray finish, int64_t acc_rows,
+          int num_threads):
+    """Run the paged kernels over the work items ``work`` (int64 (n, 7), in
+    the order given: the caller sorts them by cost) and merge the decode
+    partials per ``finish`` row (s, h0, nh, n_split, acc_row).  Every array
+    is validated and contiguous (cattn._paged); shapes are read from them."""
+    cdef cattn_paged_params pp
+    memset(&pp, 0, sizeof(cattn_paged_params))
+    cdef bint is_double = q.dtype == np.float64
+    for a in (q, k_cache, v_cache, block_table, seq_lens, q_start, out, work, finish):
+        if not a.flags.c_contiguous:
+            raise TypeError("paged: every array must be C-contiguous")
+    if (block_table.dtype != np.int64 or seq_lens.dtype != np.int64
+            or q_start.dtype != np.int64 or work.dtype != np.int64
+            or finish.dtype != np.int64 or out.dtype != q.dtype
+            or work.shape[1] != 7 or finish.shape[1] != 5):
+        raise TypeError("paged: wrong array types")
+    pp.num_seqs = seq_lens.shape[0]
+    pp.tokens = q.shape[0]; pp.H = q.shape[1]; pp.D = q.shape[2]
+    pp.num_pages = k_cache.shape[0]; pp.Hkv = k_cache.shape[1]
+    pp.page_size = k_cache.shape[2]; pp.Dv = v_cache.shape[3]
+    pp.max_pages = block_table.shape[1]
+    pp.block_q = block_q; pp.block_k = block_k
+    pp.kv_format = kv_format
+    pp.q = cnp.PyArray_DATA(q)
+    pp.k_cache = cnp.PyArray_DATA(k_cache)
+    pp.v_cache = cnp.PyArray_DATA(v_cache)
+    pp.block_table = <const int64_t *>cnp.PyArray_DATA(block_table)
+    pp.seq_lens = <const int64_t *>cnp.PyArray_DATA(seq_lens)
+    pp.q_start = <const int64_t *>cnp.PyArray_DATA(q_start)
+    pp.out = cnp.PyArray_DATA(out)
+    pp.lse = <void *>_ptr(lse)
+    pp.scale = scale; pp.softcap = softcap
+    pp.sinks = <const double *>_ptr(sinks)
+    pp.slopes = <const double *>_ptr(slopes)
+    pp.win_left = win_left; pp.win_right = win_right
+    cdef cattn_paged_kernels kern = cattn_paged_kernels_for(is_double, kv_format)
+    cdef int64_t n_work = work.shape[0], n_fin = finish.shape[0], w
+    if n_work == 0:
+        return
+    dt = np.float64 if is_double else np.float32
+    part_acc = np.empty((max(acc_rows, 1), max(pp.Dv, 1)), dtype=dt)
+    part_m = np.empty(max(acc_rows, 1), dtype=dt)
+    part_l = np.empty(max(acc_rows, 1), dtype=dt)
+    cdef char *acc = <char *>cnp.PyArray_DATA(part_acc)
+    cdef char *mm = <char *>cnp.PyArray_DATA(part_m)
+    cdef char *ll = <char *>cnp.PyArray_DATA(part_l)
+    cdef size_t isz = 8 if is_double else 4
+    cdef const int64_t *wk = <const int64_t *>cnp.PyArray_DATA(work)
+    cdef const int64_t *fin = <const int64_t *>cnp.PyArray_DATA(finish)
+    cdef size_t scratch_bytes = kern.decode_scratch(&pp)
+    if kern.tile_scratch(&pp) > scratch_bytes:
+        scratch_bytes = kern.tile_scratch(&pp)
+    _paged_run(&pp, &kern, wk, n_work, acc, mm, ll, isz, scratch_bytes, num_threads,
+               _poll_signals())
+    with nogil:
+        for w in range(n_fin):
+            kern.decode_finish(&pp, fin[5 * w], fin[5 * w + 1], fin[5 * w + 2],
+                               fin[5 * w + 3], acc + fin[5 * w + 4] * pp.Dv * isz,
+                               mm + fin[5 * w + 4] * isz, ll + fin[5 * w + 4] * isz)

@@ -596,3 +596,56 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     if return_lse:
         results.append(np.array(lse, dtype=np.float64))
     return results[0] if len(results) == 1 else tuple(results)
+
+
+def gather_pages(cache, block_table, seq_len):
+    """The first ``seq_len`` rows of one sequence from a page pool
+    ``(num_pages, Hkv, page_size, C)``: ``(Hkv, seq_len, C)``."""
+    cache = np.asarray(cache)
+    ps = cache.shape[2]
+    n = -(-int(seq_len) // ps)
+    pages = cache[np.asarray(block_table[:n], dtype=np.int64)]       # (n, Hkv, ps, C)
+    return pages.transpose(1, 0, 2, 3).reshape(cache.shape[1], n * ps, cache.shape[3])[:, :seq_len]
+
+
+def paged_attention(query, key_cache, value_cache, block_table, seq_lens, query_start_loc, *,
+                    scale=None, causal=False, window=None, softcap=None, sinks=None,
+                    alibi_slopes=None, return_lse=False):
+    """The paged form of :func:`attention`, in float64: each sequence's
+    pages are gathered into contiguous keys/values, then the plain
+    reference runs on them (token t of a sequence at key position
+    ``t + seq_len - q_len``; ALiBi as the bias ``-slope * |p - j|``).
+    Shapes as ``cattn.paged_attention``; returns out (total_tokens, H, Dv)
+    and, if asked, lse (total_tokens, H)."""
+    q = _to_float64(query, "query")
+    T, H, D = q.shape
+    Dv = np.asarray(value_cache).shape[3]
+    out = np.zeros((T, H, Dv))
+    lse = np.full((T, H), -np.inf)
+    qs = np.asarray(query_start_loc, dtype=np.int64)
+    bt = np.asarray(block_table)
+    for s, sl in enumerate(np.asarray(seq_lens, dtype=np.int64)):
+        a, b = int(qs[s]), int(qs[s + 1])
+        if b == a:
+            continue
+        k = gather_pages(key_cache, bt[s], sl).astype(np.float64)
+        v = gather_pages(value_cache, bt[s], sl).astype(np.float64)
+        qq = q[a:b].transpose(1, 0, 2)                                # (H, q_len, D)
+        bias = None
+        if alibi_slopes is not None:
+            pos = np.arange(b - a)[:, None] + int(sl) - (b - a)
+            dist = np.abs(pos - np.arange(int(sl))[None, :])
+            slopes = np.broadcast_to(np.asarray(alibi_slopes, dtype=np.float64), (H,))
+            bias = -slopes[:, None, None] * dist
+        sk = None if sinks is None else np.broadcast_to(np.asarray(sinks, np.float64), (H,))
+        if sl == 0:
+            o = np.zeros((H, b - a, Dv))
+            l = np.full((H, b - a), -np.inf if sk is None else 0.0)
+            if sk is not None:
+                l = np.broadcast_to(sk[:, None], (H, b - a))
+        else:
+            o, l = attention(qq, k, v, scale=scale, causal=causal, window=window,
+                             softcap=softcap, sinks=sk, bias=bias, return_lse=True)
+        out[a:b] = o.transpose(1, 0, 2)
+        lse[a:b] = l.T
+    return (out, lse) if return_lse else out

@@ -92,3 +92,26 @@ def attention(
     q_segments: ArrayLike | None = None, kv_segments: ArrayLike | None = None,
     softcap: float | None = None, sinks: ArrayLike | None = None,
 ) -> _F64 | tuple[_F64, _F64] | tuple[_F64, _F64, _F64]: ...
+
+def gather_pages(cache: ArrayLike, block_table: ArrayLike, seq_len: int) -> NDArray[Any]: ...
+@overload
+def paged_attention(
+    query: ArrayLike, key_cache: ArrayLike, value_cache: ArrayLike, block_table: ArrayLike,
+    seq_lens: ArrayLike, query_start_loc: ArrayLike, *, scale: float | None = ...,
+    causal: bool = ..., window: Any = ..., softcap: float | None = ...,
+    sinks: ArrayLike | None = ..., alibi_slopes: ArrayLike | None = ...,
+    return_lse: Literal[False] = ...) -> _F64: ...
+@overload
+def paged_attention(
+    query: ArrayLike, key_cache: ArrayLike, value_cache: ArrayLike, block_table: ArrayLike,
+    seq_lens: ArrayLike, query_start_loc: ArrayLike, *, scale: float | None = ...,
+    causal: bool = ..., window: Any = ..., softcap: float | None = ...,
+    sinks: ArrayLike | None = ..., alibi_slopes: ArrayLike | None = ...,
+    return_lse: Literal[True]) -> tuple[_F64, _F64]: ...
+@overload
+def paged_attention(
+    query: ArrayLike, key_cache: ArrayLike, value_cache: ArrayLike, block_table: ArrayLike,
+    seq_lens: ArrayLike, query_start_loc: ArrayLike, *, scale: float | None = ...,
+    causal: bool = ..., window: Any = ..., softcap: float | None = ...,
+    sinks: ArrayLike | None = ..., alibi_slopes: ArrayLike | None = ...,
+    return_lse: bool = ...) -> Union[_F64, tuple[_F64, _F64]]: ...

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "flash.h"
+#include "paged.h"
 #ifdef _OPENMP
 #include <omp.h>
 #define CATTN_THREAD_NUM() omp_get_thread_num()
@@ -289,3 +290,40 @@ const char *cattn_isa_name(void)
 }
 
 int cattn_isa_dispatch_available(void) { return CATTN_X86_DISPATCH; }
+
+/* ---- the paged kernels (paged.h), one table per (ISA, compute type) ---- */
+#define CATTN_PAGED_TABLE(isa, ty) {                                        \
+    #isa, paged_decode_scratch_##ty##_##isa, paged_decode_##ty##_##isa,     \
+    paged_decode_finish_##ty##_##isa, paged_tile_scratch_##ty##_##isa,      \
+    paged_tile_##ty##_##isa }
+
+#if CATTN_PORTABLE
+static const cattn_paged_kernels paged_tables[1][2] = {
+    {CATTN_PAGED_TABLE(portable, f32), CATTN_PAGED_TABLE(portable, f64)}};
+#elif CATTN_X86_DISPATCH
+static const cattn_paged_kernels paged_tables[ISA_COUNT][2] = {
+    {CATTN_PAGED_TABLE(generic, f32), CATTN_PAGED_TABLE(generic, f64)},
+    {CATTN_PAGED_TABLE(haswell, f32), CATTN_PAGED_TABLE(haswell, f64)},
+    {CATTN_PAGED_TABLE(skylake, f32), CATTN_PAGED_TABLE(skylake, f64)},
+    /* Cooper Lake differs from Skylake-X in bfloat16 only */
+    {CATTN_PAGED_TABLE(skylake, f32), CATTN_PAGED_TABLE(skylake, f64)}};
+#else
+static const cattn_paged_kernels paged_tables[1][2] = {
+    {CATTN_PAGED_TABLE(generic, f32), CATTN_PAGED_TABLE(generic, f64)}};
+#endif
+
+cattn_paged_kernels cattn_paged_kernels_for(int is_double, int kv_format)
+{
+    const int isa = get_isa();
+    cattn_paged_kernels k = paged_tables[isa][is_double ? 1 : 0];
+    /* as cattn_kernels_for: decode over a float32/64 cache on the 32-byte
+       variant, float16 on AVX-512 */
+#if CATTN_X86_DISPATCH
+    if (isa >= ISA_SKYLAKE && kv_format != CATTN_KV_F16) {
+        const cattn_paged_kernels *hw = &paged_tables[ISA_HASWELL][is_double ? 1 : 0];
+        k.decode_scratch = hw->decode_scratch;
+        k.decode = hw->decode;
+    }
+#endif
+    return k;
+}

@@ -16,6 +16,7 @@
 #include "flash_impl.h"
 #include "flash_bwd_impl.h"
 #include "decode_q8_impl.h"
+#include "paged_impl.h"
 #include "simd_undef.h"
 #undef T
 #undef CATTN_F64
@@ -30,6 +31,7 @@
 #include "flash_impl.h"
 #include "flash_bwd_impl.h"
 #include "decode_q8_impl.h"
+#include "paged_impl.h"
 #include "simd_undef.h"
 #undef T
 #undef CATTN_F64

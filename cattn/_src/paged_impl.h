@@ -1,0 +1,372 @@
+/*
+ * The paged K/V kernels (cattn_paged_params, paged.h), written once on the
+ * primitives and instantiated per (element type, ISA) by instantiate.h
+ * right after flash_impl.h, whose steps they reuse:
+ *   decode (few queries per sequence): paged_decode streams the pages of a
+ *     key range with the dot products and axpys of the contiguous decode
+ *     path; paged_decode_finish merges the key splits with decode_finish.
+ *   prefill chunks: paged_tile runs the tile path's steps (pack_q,
+ *     tile_scores, mask_tile, softmax_tile, pv_tile, finish_block) on K/V
+ *     tiles that load_kv_pages reads page by page through the block table.
+ * The only difference from the contiguous kernels is the row address: a
+ * page holds page_size contiguous rows of one head, so a tile (or chunk)
+ * is a run of contiguous rows per page.  A new K/V format (bfloat16, int8)
+ * widens in load_kv_pages and in the decode chunk's dot/axpy, as for the
+ * contiguous path.
+ */
+#define PG_RUP16(x) ((((x) + 15) / 16) * 16)
+#define PG_RUPQ(x) ((((x) + 31) / 32) * 32)
+#define PDCH 64   /* keys per decode chunk (as the contiguous decode path) */
+#define PPFK 32   /* float16 rows prefetched ahead (as the contiguous path) */
+
+/* Ctrl-C: as cattn_should_stop, on the paged contract */
+CATTN_STEP int SUF(paged_should_stop)(const cattn_paged_params *pp)
+{
+    if (!pp->stop) return 0;
+    if (*pp->stop) return 1;
+    if (pp->poll && CATTN_THREAD_NUM() == 0 && pp->poll(pp->poll_ctx)) {
+        *pp->stop = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* The first row of page pg (a block-table slot) of sequence s, K/V head g,
+   in a cache whose rows are `width` elements of `esz` bytes. */
+CATTN_STEP const char *SUF(page_rows)(const cattn_paged_params *pp, const void *cache,
+                                      int64_t esz, int64_t width, int64_t s, int64_t g,
+                                      int64_t pg)
+{
+    const int64_t page = pp->block_table[s * pp->max_pages + pg];
+    return (const char *)cache + (size_t)((page * pp->Hkv + g) * pp->page_size * width * esz);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Decode                                                                  */
+/* ---------------------------------------------------------------------- */
+static size_t SUF(paged_decode_scratch)(const cattn_paged_params *pp)
+{
+    return (size_t)(CATTN_PAGED_MAX_ROWS * PG_RUP16(pp->D) + CATTN_PAGED_MAX_ROWS + 2 * PDCH)
+           * sizeof(T) + 3 * PDCH * sizeof(int64_t) + 64;
+}
+
+/* One chunk of nk <= PDCH keys [j0, j0 + nk), key j's K and V rows at
+   element offsets ko[j - j0], vo[j - j0] from the cache bases, for every
+   row of the item: scores, softcap, ALiBi, online softmax and P.V into the
+   partials.  The body of the contiguous decode chunk, with the dot-score
+   kind only. */
+CATTN_STEP void SUF(paged_chunk)(const cattn_paged_params *pp, int64_t rows, int64_t nh,
+                                 int64_t shift, int64_t j0, int64_t nk,
+                                 const int64_t *ko, const int64_t *vo,
+                                 const T *qs, const T *sl, T *sc, T *e, int64_t *ro,
+                                 T *acc, T *mm, T *ll)
+{
+    const T *Kb = (const T *)pp->k_cache, *Vb = (const T *)pp->v_cache;
+    const uint16_t *Khb = (const uint16_t *)pp->k_cache, *Vhb = (const uint16_t *)pp->v_cache;
+    const int64_t D = pp->D, Dv = pp->Dv, D16 = PG_RUP16(D);
+    const int64_t wl = pp->win_left, wr = pp->win_right;
+    const int half = pp->kv_format == CATTN_KV_F16;
+    const T softcap = (T)pp->softcap;
+    const int alibi = pp->slopes != NULL;
+    for (int64_t i = 0; i < rows; i++) {
+        const int64_t pos = i / nh + shift;
+        int64_t jlo = j0, jhi = j0 + nk;
+        if (wl < CATTN_UNBOUNDED) jlo = imax(jlo, pos - wl);
+        if (wr < CATTN_UNBOUNDED) jhi = imin(jhi, pos + wr + 1);
+        if (jlo >= jhi) continue;
+        const T *qi = qs + i * D16;
+        const int64_t n = jhi - jlo;
+        int64_t j = jlo;
+        if (half) {
+            for (; j + 4 <= jhi; j += 4) {
+                if (i == 0)   /* once per chunk, not per row */
+                    for (int r = 0; r < 4; r++)
+                        SUF(prefetch_row)(Khb + ko[imin(j + r + PPFK, j0 + nk - 1) - j0], 2 * D);
+                const int64_t o = ko[j - j0];
+                if (ko[j + 3 - j0] == o + 3 * D)   /* four rows in one page */
+                    SUF(dot4_h)(qi, Khb + o, D, D, sc + (j - jlo));
+                else
+                    for (int r = 0; r < 4; r++)
+                        sc[j + r - jlo] = SUF(dot_h)(qi, Khb + ko[j + r - j0], D);
+            }
+            for (; j < jhi; j++) sc[j - jlo] = SUF(dot_h)(qi, Khb + ko[j - j0], D);
+        } else {
+            for (; j < jhi; j++) sc[j - jlo] = SUF(dot)(qi, Kb + ko[j - j0], D);
+        }
+        if (softcap > 0 || alibi) {
+            const T slope = sl[i];
+            for (int64_t t = 0; t < n; t++) {
+                T x = sc[t];
+                if (softcap > 0) x = softcap * SUF(tanh1)(x / softcap);
+                if (alibi) {
+                    const int64_t d = pos - (jlo + t);
+                    x -= slope * (T)(d < 0 ? -d : d);
+                }
+                sc[t] = x;
+            }
+        }
+        T mc = -INFINITY;
+        for (int64_t t = 0; t < n; t++) if (sc[t] > mc) mc = sc[t];
+        const T mold = mm[i];
+        const T mnew = mc > mold ? mc : mold;
+        const T msub = mnew == -INFINITY ? (T)0 : mnew;
+        if (mnew != mold && mold != -INFINITY) {
+            const T a = (T)exp((double)(mold - mnew));
+            ll[i] *= a;
+            for (int64_t c = 0; c < Dv; c++) acc[i * Dv + c] *= a;
+        }
+        int64_t t = 0;
+        for (; t + VL <= n; t += VL) vstore(e + t, vexp(vload(sc + t) - msub));
+        for (; t < n; t++) e[t] = SUF(exp1)(sc[t] - msub);
+        /* -inf scores (a -inf ALiBi term, an overflowing softcap input)
+           are skipped, never multiplied */
+        T lsum = 0;
+        int64_t nk2 = 0;
+        for (t = 0; t < n; t++) {
+            if (half && i == 0)
+                SUF(prefetch_row)(Vhb + vo[imin(jlo + t + PPFK, j0 + nk - 1) - j0], 2 * Dv);
+            if (sc[t] == -INFINITY) continue;
+            lsum += e[t];
+            e[nk2] = e[t];
+            ro[nk2++] = vo[jlo + t - j0];
+        }
+        if (half) SUF(pv_rows_h)(e, ro, nk2, Vhb, acc + i * Dv, Dv);
+        else for (t = 0; t < nk2; t++) SUF(axpy)(e[t], Vb + ro[t], acc + i * Dv, Dv);
+        ll[i] += lsum;
+        mm[i] = mnew;
+    }
+}
+
+static void SUF(paged_decode)(const cattn_paged_params *pp, int64_t s, int64_t h0, int64_t nh,
+                              int64_t js, int64_t je, void *acc_, void *mm_, void *ll_,
+                              void *scratch)
+{
+    T *acc = (T *)acc_, *mm = (T *)mm_, *ll = (T *)ll_;
+    const int64_t D = pp->D, Dv = pp->Dv, H = pp->H, ps = pp->page_size;
+    const int64_t D16 = PG_RUP16(D);
+    const int64_t q0 = pp->q_start[s], q_len = pp->q_start[s + 1] - q0;
+    const int64_t seq_len = pp->seq_lens[s];
+    const int64_t rows = q_len * nh, shift = seq_len - q_len;
+    const int64_t g = h0 / (H / pp->Hkv);
+    T *qs = (T *)scratch;                            /* rows x D16 */
+    T *sl = qs + CATTN_PAGED_MAX_ROWS * D16;         /* rows: ALiBi slopes */
+    T *sc = sl + CATTN_PAGED_MAX_ROWS;               /* PDCH */
+    T *e = sc + PDCH;                                /* PDCH */
+    int64_t *ro = (int64_t *)(e + PDCH);             /* PDCH */
+    int64_t *ko = ro + PDCH, *vo = ko + PDCH;        /* PDCH each: row offsets */
+    for (int64_t i = 0; i < rows; i++) {
+        mm[i] = -INFINITY; ll[i] = 0;
+        for (int64_t c = 0; c < Dv; c++) acc[i * Dv + c] = 0;
+    }
+    /* never a key at or past seq_len; only keys some row's window sees */
+    je = imin(je, seq_len);
+    if (pp->win_left < CATTN_UNBOUNDED) js = imax(js, shift - pp->win_left);
+    if (pp->win_right < CATTN_UNBOUNDED) je = imin(je, q_len - 1 + shift + pp->win_right + 1);
+    if (js >= je || rows == 0) return;
+    const T scale = (T)pp->scale;
+    for (int64_t i = 0; i < rows; i++) {
+        const int64_t h = h0 + i % nh;
+        const T *qr = (const T *)pp->q + ((q0 + i / nh) * H + h) * D;
+        for (int64_t d = 0; d < D; d++) qs[i * D16 + d] = qr[d] * scale;
+        sl[i] = pp->slopes ? (T)pp->slopes[h] : (T)0;
+    }
+    int64_t n_chunks = 0;
+    for (int64_t j0 = js; j0 < je; j0 += PDCH) {
+        /* Ctrl-C: the call raises (polled every 4 chunks: a poll reads the clock) */
+        if ((n_chunks++ & 3) == 0 && SUF(paged_should_stop)(pp)) return;
+        const int64_t nk = imin(PDCH, je - j0);
+        /* the chunk's rows, page by page: chunks span pages, so small pages
+           cost no more per key than large ones (page_size 16 with one chunk
+           per page measured 1.4x the contiguous decode time) */
+        for (int64_t j = j0; j < j0 + nk;) {
+            const int64_t pg = j / ps, r = j - pg * ps, n = imin(ps - r, j0 + nk - j);
+            const int64_t page = pp->block_table[s * pp->max_pages + pg];
+            const int64_t kb = ((page * pp->Hkv + g) * ps + r) * D;
+            const int64_t vb = ((page * pp->Hkv + g) * ps + r) * Dv;
+            for (int64_t t = 0; t < n; t++) {
+                ko[j - j0 + t] = kb + t * D;
+                vo[j - j0 + t] = vb + t * Dv;
+            }
+            j += n;
+        }
+        SUF(paged_chunk)(pp, rows, nh, shift, j0, nk, ko, vo, qs, sl, sc, e, ro, acc, mm, ll);
+    }
+}
+
+static void SUF(paged_decode_finish)(const cattn_paged_params *pp, int64_t s, int64_t h0,
+                                     int64_t nh, int64_t n_split, const void *acc,
+                                     const void *mm, const void *ll)
+{
+    const int64_t H = pp->H, Dv = pp->Dv;
+    const int64_t q0 = pp->q_start[s], q_len = pp->q_start[s + 1] - q0;
+    const int64_t rows = q_len * nh;
+    T lse_row[CATTN_PAGED_MAX_ROWS];
+    int64_t zero = 0;
+    /* decode_finish on a one-row view of this row's output */
+    cattn_params lp;
+    memset(&lp, 0, sizeof lp);
+    lp.n_batch = 1; lp.Lq = rows; lp.Dv = Dv;
+    lp.out.off = &zero; lp.out.rs = 0; lp.out.cs = 1;
+    lp.lse = pp->lse ? (void *)lse_row : NULL;
+    for (int64_t i = 0; i < rows; i++) {
+        const int64_t t = i / nh, h = h0 + i % nh;
+        lp.out.base = (T *)pp->out + ((q0 + t) * H + h) * Dv;
+        lp.sinks = pp->sinks ? pp->sinks + h : NULL;
+        SUF(decode_finish)(&lp, 0, i, n_split, acc, mm, ll);
+        if (pp->lse) ((T *)pp->lse)[h * pp->tokens + q0 + t] = lse_row[i];
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Prefill chunks: the tile path over pages                                */
+/* ---------------------------------------------------------------------- */
+
+/* The tile steps' view of a paged call (one sequence and head: b = 0).
+   The layout always holds the K/V gather buffer (kv_format F16 sizes it). */
+CATTN_STEP void SUF(paged_tile_params)(cattn_params *lp, const cattn_paged_params *pp)
+{
+    memset(lp, 0, sizeof *lp);
+    lp->n_batch = 1; lp->D = pp->D; lp->Dv = pp->Dv;
+    lp->block_q = pp->block_q; lp->block_k = pp->block_k;
+    lp->score_kind = CATTN_SCORE_DOT; lp->mode = CATTN_MODE_ATTENTION;
+    lp->kv_format = CATTN_KV_F16;
+    lp->q.rs = pp->H * pp->D; lp->q.cs = 1;
+    lp->out.rs = pp->H * pp->Dv; lp->out.cs = 1;
+    lp->softcap = pp->softcap;
+    lp->win_left = pp->win_left; lp->win_right = pp->win_right;
+    lp->poll = pp->poll; lp->poll_ctx = pp->poll_ctx; lp->stop = pp->stop;
+}
+
+static size_t SUF(paged_tile_scratch)(const cattn_paged_params *pp)
+{
+    cattn_params lp;
+    SUF(paged_tile_params)(&lp, pp);
+    return SUF(scratch_bytes)(&lp);
+}
+
+/* The K and V rows [j0, j0 + nk) of sequence s, head g, in the compute
+   type: in place when they lie in one page of a native cache, otherwise
+   gathered (and widened) page run by page run into the block's buffers. */
+CATTN_STEP void SUF(load_kv_pages)(const SUF(blk) *k, const cattn_paged_params *pp,
+                                   int64_t s, int64_t g, int64_t j0, int64_t nk,
+                                   const T **Kt, int64_t *kt_rs, const T **Vt, int64_t *vt_rs)
+{
+    const int64_t ps = pp->page_size, D = pp->D, Dv = pp->Dv;
+    const int64_t D16 = PG_RUP16(D), Dv16 = PG_RUP16(Dv);
+    const int half = pp->kv_format == CATTN_KV_F16;
+    const int64_t esz = half ? 2 : (int64_t)sizeof(T);
+    const int64_t pg0 = j0 / ps;
+    if (!half && (j0 + nk - 1) / ps == pg0) {
+        const int64_t r = j0 - pg0 * ps;
+        *Kt = (const T *)SUF(page_rows)(pp, pp->k_cache, esz, D, s, g, pg0) + r * D;
+        *Vt = (const T *)SUF(page_rows)(pp, pp->v_cache, esz, Dv, s, g, pg0) + r * Dv;
+        *kt_rs = D; *vt_rs = Dv;
+        return;
+    }
+    T *kb = k->kbuf, *vb = k->vbuf;
+    for (int64_t j = j0; j < j0 + nk;) {
+        const int64_t pg = j / ps, r = j - pg * ps, n = imin(ps - r, j0 + nk - j);
+        const char *kp = SUF(page_rows)(pp, pp->k_cache, esz, D, s, g, pg) + r * D * esz;
+        const char *vp = SUF(page_rows)(pp, pp->v_cache, esz, Dv, s, g, pg) + r * Dv * esz;
+        T *kd = kb + (j - j0) * D16, *vd = vb + (j - j0) * Dv16;
+        if (half) {
+            SUF(half_rows)((const uint16_t *)kp, D, n, D, kd, D16);
+            SUF(half_rows)((const uint16_t *)vp, Dv, n, Dv, vd, Dv16);
+        } else {
+            for (int64_t t = 0; t < n; t++) {
+                memcpy(kd + t * D16, (const T *)kp + t * D, (size_t)D * sizeof(T));
+                memcpy(vd + t * Dv16, (const T *)vp + t * Dv, (size_t)Dv * sizeof(T));
+            }
+        }
+        j += n;
+    }
+    *Kt = kb; *kt_rs = D16;
+    *Vt = vb; *vt_rs = Dv16;
+}
+
+/* ALiBi: score -= slope * |p - j| (p the query's key position; under
+   causal this is slope * (j - p), vLLM's and FlashAttention's form). */
+CATTN_STEP void SUF(alibi_tile)(const SUF(blk) *k, T slope, int64_t j0, int64_t nk)
+{
+    const int64_t nq = k->nq, ld = k->ld, base = k->i0 + k->shift;
+    T *ST = k->ST;
+    for (int64_t j = 0; j < nk; j++) {
+        T *srow = ST + j * ld;
+        for (int64_t i = 0; i < nq; i++) {
+            const int64_t d = base + i - (j0 + j);
+            srow[i] -= slope * (T)(d < 0 ? -d : d);
+        }
+    }
+}
+
+static void SUF(paged_tile)(const cattn_paged_params *pp, int64_t s, int64_t h, int64_t qb,
+                            void *scratch)
+{
+    cattn_params lp;
+    SUF(paged_tile_params)(&lp, pp);
+    const int64_t H = pp->H, D = pp->D, Dv = pp->Dv, ps = pp->page_size;
+    const int64_t q0 = pp->q_start[s], q_len = pp->q_start[s + 1] - q0;
+    const int64_t seq_len = pp->seq_lens[s];
+    const int64_t g = h / (H / pp->Hkv);
+    int64_t ooff = (q0 * H + h) * Dv;
+    lp.Lq = q_len; lp.Lk = seq_len;
+    lp.out.base = pp->out; lp.out.off = &ooff;
+    lp.sinks = pp->sinks ? pp->sinks + h : NULL;
+
+    int64_t BQP, off[8];
+    SUF(scratch_layout)(&lp, &BQP, off);
+    T *base = (T *)scratch;
+    SUF(blk) k;
+    memset(&k, 0, sizeof k);
+    k.p = &lp; k.b = 0;
+    k.i0 = qb * pp->block_q;
+    k.kv_len = seq_len;
+    k.nq_blk = imin(pp->block_q, q_len - k.i0);
+    if (k.nq_blk <= 0) return;
+    k.nq = k.nq_blk;
+    k.nqp = PG_RUPQ(k.nq);
+    k.ld = BQP;
+    k.shift = seq_len - q_len;
+    k.scale = (T)pp->scale;
+    k.Q = (const T *)pp->q + (q0 * H + h) * D;
+    k.QT = base + off[0]; k.ST = base + off[1]; k.O = base + off[2];
+    k.mrow = base + off[3]; k.lrow = base + off[4]; k.alpha = base + off[5];
+    k.kbuf = base + off[6]; k.vbuf = k.kbuf + pp->block_k * PG_RUP16(D);
+    k.lse = pp->lse ? (T *)pp->lse + h * pp->tokens + q0 : NULL;
+    SUF(pack_q)(&k);
+
+    /* the keys any query of the block may see, and those all see (as flash_block) */
+    const int64_t wl = pp->win_left, wr = pp->win_right;
+    const int64_t first = k.i0 + k.shift, last = k.i0 + k.nq - 1 + k.shift;
+    int64_t k_lo = 0, k_hi = seq_len;
+    if (wl < CATTN_UNBOUNDED) k_lo = imax(k_lo, first - wl);
+    if (wr < CATTN_UNBOUNDED) k_hi = imin(k_hi, last + wr + 1);
+    int64_t full_lo = 0, full_hi = seq_len;
+    if (wl < CATTN_UNBOUNDED) full_lo = imax(full_lo, last - wl);
+    if (wr < CATTN_UNBOUNDED) full_hi = imin(full_hi, first + wr + 1);
+    /* a native cache with pages of >= 64 rows is read in place: tiles stop
+       at page ends; smaller pages (and float16) are gathered per tile */
+    const int in_place = pp->kv_format != CATTN_KV_F16 && ps >= 64;
+    const T slope = pp->slopes ? (T)pp->slopes[h] : (T)0;
+
+    for (int64_t j0 = k_lo; j0 < k_hi;) {
+        if (SUF(paged_should_stop)(pp)) return;        /* Ctrl-C: the call raises */
+        int64_t nk = imin(pp->block_k, k_hi - j0);
+        if (in_place) nk = imin(nk, (j0 / ps + 1) * ps - j0);
+        const T *Kt, *Vt;
+        int64_t kt_rs, vt_rs;
+        SUF(load_kv_pages)(&k, pp, s, g, j0, nk, &Kt, &kt_rs, &Vt, &vt_rs);
+        SUF(tile_scores)(&k, Kt, kt_rs, nk);
+        if (pp->slopes) SUF(alibi_tile)(&k, slope, j0, nk);
+        const int partial = j0 < full_lo || j0 + nk > full_hi;
+        if (partial) SUF(mask_tile)(&k, j0, nk);
+        SUF(softmax_tile)(&k, nk, partial);
+        SUF(pv_tile)(&k, Vt, vt_rs, nk, partial);
+        j0 += nk;
+    }
+    SUF(finish_block)(&k);
+}
+#undef PG_RUP16
+#undef PG_RUPQ
+#undef PDCH
+#undef PPFK

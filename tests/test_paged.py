@@ -1,0 +1,349 @@
+"""cattn.paged_attention and cattn.cache_write: paged K/V over a page pool.
+
+Every result is compared with cattn.reference.paged_attention (pages
+gathered, then the float64 oracle) and with cattn.attention on the gathered
+contiguous arrays."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import cattn
+import cattn.reference as ref
+from _oracle import assert_close
+
+try:
+    from hypothesis import given, settings, strategies as st
+    HAVE_HYPOTHESIS = True
+except ImportError:      # pragma: no cover
+    HAVE_HYPOTHESIS = False
+
+
+def make_batch(rng, seq_lens, q_lens, H=4, Hkv=2, D=16, Dv=12, page_size=16,
+               dtype=np.float32, spare_pages=3, fill=None, q_dtype=None):
+    """A shuffled pool holding the sequences, its block table (unused slots
+    -1 or out-of-pool garbage), query_start_loc and the contiguous K/V."""
+    need = [-(-s // page_size) for s in seq_lens]
+    P = sum(need) + spare_pages
+    max_pages = max(need + [1]) + 1
+    kc = np.empty((P, Hkv, page_size, D), dtype)
+    vc = np.empty((P, Hkv, page_size, Dv), dtype)
+    kc[...] = np.nan if fill is None else fill     # unused rows: NaN unless told
+    vc[...] = np.nan if fill is None else fill
+    perm = rng.permutation(P)
+    bt = np.full((len(seq_lens), max_pages), -1, np.int64)
+    bt[:, -1] = P + 1000                            # garbage past the used pages
+    keys, values, c = [], [], 0
+    for s, (sl, n) in enumerate(zip(seq_lens, need)):
+        bt[s, :n] = perm[c:c + n]
+        c += n
+        k = rng.standard_normal((sl, Hkv, D)).astype(dtype)
+        v = rng.standard_normal((sl, Hkv, Dv)).astype(dtype)
+        slots = bt[s, np.arange(sl) // page_size] * page_size + np.arange(sl) % page_size
+        cattn.cache_write(k, v, kc, vc, slots)
+        keys.append(k)
+        values.append(v)
+    qsl = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int64)
+    qdt = q_dtype or (np.float64 if dtype == np.float64 else np.float32)
+    q = rng.standard_normal((int(qsl[-1]), H, D)).astype(qdt)
+    return q, kc, vc, bt, np.asarray(seq_lens, np.int64), qsl, keys, values
+
+
+def check(q, kc, vc, bt, sl, qsl, tol_dtype=np.float32, **kw):
+    out, lse = cattn.paged_attention(q, kc, vc, bt, sl, qsl, return_lse=True, **kw)
+    kw.pop("num_threads", None)
+    e_out, e_lse = ref.paged_attention(q, kc, vc, bt, sl, qsl, return_lse=True, **kw)
+    assert out.shape == e_out.shape and lse.shape == e_lse.shape
+    assert_close(out, e_out, tol_dtype)
+    assert_close(lse, e_lse, tol_dtype)
+    return out, lse
+
+
+PAGE_SIZES = [1, 5, 16, 128]
+SEQS = ([0, 1, 37, 300, 129, 2], [0, 1, 3, 120, 12, 2])   # seq_lens, q_lens
+
+
+@pytest.mark.parametrize("page_size", PAGE_SIZES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2), (4, 1)])
+def test_matches_reference_and_contiguous(page_size, dtype, heads):
+    rng = np.random.default_rng(page_size)
+    H, Hkv = heads
+    q, kc, vc, bt, sl, qsl, keys, values = make_batch(
+        rng, *SEQS, H=H, Hkv=Hkv, page_size=page_size, dtype=dtype)
+    tol = np.float64 if dtype == np.float64 else np.float32
+    for nt in (1, 2):
+        out, lse = check(q, kc, vc, bt, sl, qsl, tol, causal=True, num_threads=nt)
+        # cattn.attention on the gathered contiguous arrays, sequence by sequence
+        for s in range(len(sl)):
+            a, b = qsl[s], qsl[s + 1]
+            if a == b:
+                continue
+            o2, l2 = cattn.attention(q[a:b].transpose(1, 0, 2), keys[s].transpose(1, 0, 2),
+                                     values[s].transpose(1, 0, 2), causal=True,
+                                     return_lse=True)
+            np.testing.assert_allclose(out[a:b], o2.transpose(1, 0, 2), rtol=2e-5, atol=2e-5)
+            np.testing.assert_allclose(lse[a:b], l2.T, rtol=2e-5, atol=2e-5)
+
+
+OPTIONS = [
+    {},
+    {"causal": True, "window": (20, None)},
+    {"window": (7, 3)},
+    {"causal": True, "softcap": 3.0},
+    {"causal": True, "sinks": [0.5, -1.0, 2.0, -np.inf]},
+    {"causal": True, "alibi_slopes": [0.5, 0.25, 0.125, 0.0625]},
+    {"alibi_slopes": 0.1, "scale": 0.3, "softcap": 2.0, "sinks": 1.0},
+]
+
+
+@pytest.mark.parametrize("kw", OPTIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("page_size", [3, 16])
+def test_options(kw, dtype, page_size):
+    rng = np.random.default_rng(7)
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [50, 1, 200, 9, 0], [50, 1, 4, 9, 0],
+                                              page_size=page_size, dtype=dtype)
+    tol = np.float64 if dtype == np.float64 else np.float32
+    for nt in (1, 2):
+        check(q, kc, vc, bt, sl, qsl, tol, num_threads=nt, **kw)
+
+
+def test_many_threads_long_decode_split():
+    """A long decode among short ones: split across threads, merged exactly."""
+    rng = np.random.default_rng(3)
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [5000, 3, 700, 40], [1, 1, 600, 2], H=8,
+                                              Hkv=2, D=32, Dv=32, page_size=16)
+    for nt in (1, 2, 3, 8):
+        check(q, kc, vc, bt, sl, qsl, causal=True, num_threads=nt)
+
+
+def test_mixed_batch_equals_separate_calls():
+    rng = np.random.default_rng(4)
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [400, 33, 1000], [300, 1, 5])
+    out = cattn.paged_attention(q, kc, vc, bt, sl, qsl, causal=True, num_threads=2)
+    for s in range(3):
+        a, b = qsl[s], qsl[s + 1]
+        o = cattn.paged_attention(q[a:b], kc, vc, bt[s:s + 1], sl[s:s + 1], [0, b - a],
+                                  causal=True, num_threads=1)
+        np.testing.assert_allclose(out[a:b], o, rtol=1e-6, atol=1e-6)
+
+
+def test_garbage_never_leaks():
+    """NaN/inf in every unused row and page of the pool, and garbage slots
+    past each sequence's pages: the output stays finite and exact."""
+    rng = np.random.default_rng(5)
+    for fill in (np.nan, np.inf, -np.inf, 1e30):
+        q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [17, 1, 33], [5, 1, 2], page_size=8,
+                                                  fill=fill, spare_pages=4)
+        bt[:, -1] = np.iinfo(np.int64).max
+        out, _ = check(q, kc, vc, bt, sl, qsl, causal=True)
+        assert np.all(np.isfinite(out))
+
+
+def test_nan_in_attended_key_propagates_masked_does_not():
+    rng = np.random.default_rng(6)
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [40], [10], page_size=16)
+    # key 35 is seen only by the queries at positions >= 35 (causal)
+    kc[bt[0, 2], :, 3] = np.nan
+    out = cattn.paged_attention(q, kc, vc, bt, sl, qsl, causal=True)
+    e = ref.paged_attention(q, kc, vc, bt, sl, qsl, causal=True)
+    assert_close(out, e, np.float32)
+    assert np.isnan(out[5:]).all() and np.isfinite(out[:5]).all()
+
+
+def test_empty_and_degenerate():
+    rng = np.random.default_rng(8)
+    # no tokens at all
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [0, 5], [0, 0])
+    out, lse = cattn.paged_attention(q, kc, vc, bt, sl, qsl, return_lse=True)
+    assert out.shape == (0, 4, 12) and lse.shape == (0, 4)
+    # no sequences
+    out = cattn.paged_attention(np.zeros((0, 4, 16), np.float32), kc, vc,
+                                np.zeros((0, 2), np.int64), [], [0])
+    assert out.shape == (0, 4, 12)
+    # a window that leaves a query no key: 0 and lse -inf (or the sink)
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [30], [2])
+    out, lse = cattn.paged_attention(q, kc, vc, bt, sl, qsl, window=(-5, None),
+                                     return_lse=True)
+    assert np.all(out == 0) and np.all(lse == -np.inf)
+    check(q, kc, vc, bt, sl, qsl, window=(-5, None), sinks=0.25)
+
+
+def test_float16_query_returns_float16():
+    rng = np.random.default_rng(9)
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [20, 3], [4, 1], dtype=np.float16,
+                                              q_dtype=np.float16)
+    out = cattn.paged_attention(q, kc, vc, bt, sl, qsl)
+    assert out.dtype == np.float16
+    e = ref.paged_attention(q, kc, vc, bt, sl, qsl)
+    np.testing.assert_allclose(out, e, atol=2e-3, rtol=2e-3)
+
+
+# ----------------------------------------------------------------- cache_write
+def test_cache_write_matches_a_loop_and_converts():
+    rng = np.random.default_rng(10)
+    P, Hkv, ps, D, Dv = 6, 2, 4, 8, 5
+    kc = np.zeros((P, Hkv, ps, D), np.float16)
+    vc = np.zeros((P, Hkv, ps, Dv), np.float16)
+    k = rng.standard_normal((9, Hkv, D)).astype(np.float32)
+    v = rng.standard_normal((9, Hkv, Dv)).astype(np.float32)
+    slots = rng.choice(P * ps, 9, replace=False)
+    cattn.cache_write(k, v, kc, vc, slots)
+    ek, ev = np.zeros_like(kc), np.zeros_like(vc)
+    for t, sl in enumerate(slots):
+        ek[sl // ps, :, sl % ps] = k[t].astype(np.float16)
+        ev[sl // ps, :, sl % ps] = v[t].astype(np.float16)
+    np.testing.assert_array_equal(kc, ek)
+    np.testing.assert_array_equal(vc, ev)
+
+
+@pytest.mark.parametrize("slot, msg", [(-1, "slot_mapping"), (24, "slot_mapping"),
+                                       (10**18, "slot_mapping")])
+def test_cache_write_bad_slot(slot, msg):
+    kc = np.zeros((3, 1, 8, 4), np.float32)
+    vc = np.zeros((3, 1, 8, 4), np.float32)
+    with pytest.raises(ValueError, match=msg):
+        cattn.cache_write(np.ones((2, 1, 4)), np.ones((2, 1, 4)), kc, vc, [0, slot])
+    assert not kc.any()
+
+
+def test_cache_write_bad_arguments():
+    kc = np.zeros((3, 2, 8, 4), np.float32)
+    vc = np.zeros((3, 2, 8, 6), np.float32)
+    k, v = np.ones((2, 2, 4)), np.ones((2, 2, 6))
+    with pytest.raises(ValueError, match="key"):
+        cattn.cache_write(np.ones((2, 1, 4)), v, kc, vc, [0, 1])
+    with pytest.raises(ValueError, match="value"):
+        cattn.cache_write(k, np.ones((3, 2, 6)), kc, vc, [0, 1])
+    with pytest.raises(ValueError, match="slot_mapping"):
+        cattn.cache_write(k, v, kc, vc, [0])
+    with pytest.raises(TypeError, match="slot_mapping"):
+        cattn.cache_write(k, v, kc, vc, [0.0, 1.0])
+    ro = kc.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="key_cache"):
+        cattn.cache_write(k, v, ro, vc, [0, 1])
+    with pytest.raises(TypeError, match="key_cache"):
+        cattn.cache_write(k, v, kc.tolist(), vc, [0, 1])
+
+
+# ----------------------------------------------------------------- validation
+def _good():
+    rng = np.random.default_rng(11)
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [20, 5], [4, 1], page_size=8)
+    return dict(query=q, key_cache=kc, value_cache=vc, block_table=bt, seq_lens=sl,
+                query_start_loc=qsl)
+
+
+def _bad(name, value):
+    a = _good()
+    a[name] = value(a) if callable(value) else value
+    return a
+
+
+@pytest.mark.parametrize("args, err, msg", [
+    (_bad("block_table", lambda a: np.where(a["block_table"] == a["block_table"][0, 0],
+                                            99, a["block_table"])), ValueError, "block_table"),
+    (_bad("block_table", lambda a: np.where(a["block_table"] == a["block_table"][1, 0],
+                                            -1, a["block_table"])), ValueError, "block_table"),
+    (_bad("block_table", lambda a: a["block_table"][:1]), ValueError, "block_table"),
+    (_bad("block_table", lambda a: a["block_table"].astype(float)), TypeError, "block_table"),
+    (_bad("seq_lens", [20, 100]), ValueError, "seq_lens"),
+    (_bad("seq_lens", [20, -1]), ValueError, "seq_lens"),
+    (_bad("seq_lens", [20, 0]), ValueError, "seq_len"),       # q_len 1 > seq_len 0
+    (_bad("query_start_loc", [0, 5, 4]), ValueError, "query_start_loc"),
+    (_bad("query_start_loc", [0, 3, 3]), ValueError, "query_start_loc"),
+    (_bad("query_start_loc", [1, 4, 5]), ValueError, "query_start_loc"),
+    (_bad("query_start_loc", [0, 5]), ValueError, "query_start_loc"),
+    (_bad("query", lambda a: a["query"][:, :3]), ValueError, "heads"),
+    (_bad("query", lambda a: a["query"][..., :5]), ValueError, "head_dim"),
+    (_bad("query", lambda a: a["query"][0]), ValueError, "query"),
+    (_bad("query", lambda a: a["query"].astype(complex)), TypeError, "query"),
+    (_bad("key_cache", lambda a: np.zeros(a["key_cache"].shape, np.int32)), TypeError, "key_cache"),
+    (_bad("key_cache", lambda a: a["key_cache"][:, :, ::2]), ValueError, "key_cache"),
+    (_bad("key_cache", lambda a: a["key_cache"][:, :, :4].copy()), ValueError, "value_cache"),
+    (_bad("key_cache", lambda a: a["key_cache"][0]), ValueError, "key_cache"),
+    (_bad("value_cache", lambda a: a["value_cache"].astype(np.float16)), TypeError,
+     "value_cache"),
+    (_bad("value_cache", lambda a: np.asfortranarray(a["value_cache"])), ValueError,
+     "value_cache"),
+])
+def test_bad_arguments_are_named(args, err, msg):
+    with pytest.raises(err, match=msg):
+        cattn.paged_attention(**args)
+
+
+@pytest.mark.parametrize("kw, msg", [({"sinks": [1.0, 2.0]}, "sinks"),
+                                     ({"sinks": np.nan}, "sinks"),
+                                     ({"alibi_slopes": [np.inf] * 4}, "alibi_slopes"),
+                                     ({"softcap": -1.0}, "softcap"),
+                                     ({"window": (1, 2, 3)}, "window"),
+                                     ({"scale": np.inf}, "scale"),
+                                     ({"num_threads": 0}, "num_threads")])
+def test_bad_options_are_named(kw, msg):
+    with pytest.raises((ValueError, TypeError), match=msg):
+        cattn.paged_attention(**_good(), **kw)
+
+
+# ----------------------------------------------------------------- properties
+if HAVE_HYPOTHESIS:
+    @settings(max_examples=40, deadline=None)
+    @given(seed=st.integers(0, 2**32 - 1),
+           n_seqs=st.integers(1, 5),
+           page_size=st.sampled_from([1, 2, 7, 16, 33]),
+           heads=st.sampled_from([(1, 1), (2, 1), (4, 2), (6, 3)]),
+           causal=st.booleans(),
+           window=st.sampled_from([None, (4, None), (3, 2), (None, 0)]),
+           half=st.booleans(), threads=st.sampled_from([1, 2, 3]))
+    def test_random_batches(seed, n_seqs, page_size, heads, causal, window, half, threads):
+        rng = np.random.default_rng(seed)
+        seq_lens = rng.integers(0, 90, n_seqs)
+        q_lens = [int(rng.integers(0, s + 1)) if rng.random() < 0.5
+                  else int(min(s, rng.integers(0, 3))) for s in seq_lens]
+        H, Hkv = heads
+        q, kc, vc, bt, sl, qsl, _, _ = make_batch(
+            rng, list(seq_lens), q_lens, H=H, Hkv=Hkv, D=int(rng.integers(1, 20)),
+            Dv=int(rng.integers(1, 20)), page_size=page_size,
+            dtype=np.float16 if half else np.float32)
+        check(q, kc, vc, bt, sl, qsl, causal=causal, window=window, num_threads=threads)
+
+
+# ----------------------------------------------------------------- ISA variants
+ISA_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import numpy as np, cattn
+    from cattn import reference as ref
+    from test_paged import make_batch
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float16, np.float64):
+        for ps in (1, 16, 128):
+            q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [300, 1, 90], [70, 1, 3], H=4,
+                                                      Hkv=2, D=40, Dv=24, page_size=ps,
+                                                      dtype=dt)
+            for kw in ({"causal": True}, {"window": (9, 2), "softcap": 2.0,
+                                          "alibi_slopes": 0.1, "sinks": 0.3}):
+                o, l = cattn.paged_attention(q, kc, vc, bt, sl, qsl, return_lse=True,
+                                             num_threads=2, **kw)
+                eo, el = ref.paged_attention(q, kc, vc, bt, sl, qsl, return_lse=True, **kw)
+                tol = 1e-10 if dt == np.float64 else 1e-4
+                err = max(np.abs(o - eo).max(), np.abs(l - el).max())
+                assert err < tol, (dt, ps, kw, err)
+    print(cattn._kernels.isa_name())
+    """
+)
+
+
+@pytest.mark.parametrize("isa", ["generic", "haswell", "skylake"])
+def test_isa_variants(isa):
+    env = dict(os.environ, CATTN_ISA=isa)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cattn.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    res = subprocess.run([sys.executable, "-c", ISA_SCRIPT, os.path.dirname(__file__)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
