@@ -29,7 +29,7 @@ import numpy as np
 from . import _kernels
 from ._operands import lead_offsets
 from ._plan import _range_policy, kernel_window
-from ._run import _matrix, _pair, _sequence, _unit_last, as_strided_dtype
+from ._run import _in, _matrix, _pair, _sequence, _unit_last, as_strided_dtype
 from ._threads import threads_for
 from ._validate import validate_attention
 
@@ -264,7 +264,7 @@ def attention_backward(dout, query, key, value, out, lse, *, score="scaled_dot",
         q=_matrix(qa, lead), k=_matrix(ka, lead, call.groups.get("key", (None, 1))),
         v=_matrix(va, lead, call.groups.get("value", (None, 1))),
         mask=mask_o, bias=bias_o, q_seg=qseg_o, kv_seg=kvseg_o, lse=lse_c,
-        add_w=call.add_w, kv_len=call.kv_len, q_len=call.q_len, sinks=sinks_b,
+        add_w=_in(call.add_w, cdt), kv_len=call.kv_len, q_len=call.q_len, sinks=sinks_b,
         softcap=softcap_k, win_left=window[0], win_right=window[1])
     dout_o = _matrix(as_strided_dtype(dO, cdt), lead)
     n_threads = threads_for(call.options.num_threads, 2 * N * Lq * max(Lk, 1) * max(D, 1))

@@ -184,6 +184,14 @@ cdef class KernelArgs:
         self.lse = lse; self.lse_m = lse_m; self.lse_logl = lse_logl
         self.weights = weights; self.key_mass = key_mass
         self.scale = _checked(scale, np.float64, n_batch, "scale")
+        # the additive weights are read as D values of the compute type
+        # (q's dtype): a float32 array under float64 kernels would be read
+        # past its end
+        if add_w is not None and (not isinstance(add_w, np.ndarray)
+                                  or add_w.dtype != q.array.dtype
+                                  or not add_w.flags.c_contiguous or add_w.size < D):
+            raise TypeError("KernelArgs.add_w must be a contiguous array of D values "
+                            "in the compute dtype")
         self.add_w = add_w
         self.kv_len = _checked(kv_len, np.int64, n_batch, "kv_len")
         self.q_len = _checked(q_len, np.int64, n_batch, "q_len")

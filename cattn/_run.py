@@ -47,6 +47,12 @@ def _kv_operand(x, dtype, out_lead, group):
     return _matrix(_unit_last(x, dtype), out_lead, group), None
 
 
+def _in(x, dtype):
+    """A small per-call array (the additive weights) in the kernels' dtype:
+    the plan may compute in float64 what validation saw as float32."""
+    return None if x is None else np.ascontiguousarray(x, dtype=dtype)
+
+
 def _pair(x, out_lead, Lq, Lk):
     """A mask/bias broadcastable to (..., Lq, Lk): broadcast axes stride 0."""
     rs, cs = trailing_strides(x, (Lq, Lk))
@@ -109,7 +115,7 @@ def kernel_args(plan, outs):
         out=_matrix(outs.res, lead), kv_format=plan.kv_format,
         mask=mask, bias=bias, q_seg=q_seg, kv_seg=kv_seg,
         lse=outs.lse, lse_m=outs.lse_m, lse_logl=outs.lse_logl,
-        weights=outs.weights, key_mass=outs.key_mass, add_w=call.add_w,
+        weights=outs.weights, key_mass=outs.key_mass, add_w=_in(call.add_w, cdt),
         kv_len=call.kv_len, q_len=call.q_len, q_pos=call.q_pos, sinks=plan.sinks, softcap=plan.softcap,
         win_left=plan.window[0], win_right=plan.window[1])
 

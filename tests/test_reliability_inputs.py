@@ -599,3 +599,19 @@ def test_float64_weight_underflow_with_inf_value(lq):
     assert (ref.attention(q, k, v, score="dot") == np.inf).all()
     k = np.array([[0.0], [-700.0]])           # exp(-700) ~ 1e-304: normal
     np.testing.assert_array_equal(cattn.attention(q, k, v, score="dot"), np.inf)
+
+
+def test_additive_weights_follow_a_float64_plan():
+    """float32 inputs whose huge scale makes the plan compute in float64:
+    the additive weights are handed to the kernel in float64 too (they were
+    float32, and the float64 kernel read past their end)."""
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((2, 40, 16)).astype(np.float32)
+    k = rng.standard_normal((2, 3, 16)).astype(np.float32)
+    v = rng.standard_normal((2, 3, 2)).astype(np.float32)
+    w = rng.standard_normal(16).astype(np.float32)
+    for kw in ({}, {"additive_weight": w}):
+        got = cattn.attention(q, k, v, score="additive", scale=9.2e18, softcap=30.0, **kw)
+        want = ref.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
+                             score="additive", scale=9.2e18, softcap=30.0, **kw)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
