@@ -266,14 +266,26 @@ static inline int SUF(keep_pair)(const cattn_params *p, const uint8_t *mask, con
     return 1;
 }
 
+/* ACCUMULATION.  Both paths add up sum_j e_j and sum_j e_j v_j over every
+   key of a row.  A float running sum that takes one key (or one small
+   tile) at a time rounds once per addition, so its error grows with the
+   number of keys (with float32 scores scaled to a standard deviation of
+   7.5 and 2^17 keys: 1.5-2x the error of a naive float32 softmax(QK^T)V,
+   whose sums are pairwise or blocked).  So each key block (a decode chunk
+   of 64 keys, a tile of 128) is summed on its own in T, from zero, and
+   the blocks are added into running sums held in double: the error is
+   that of one block, whatever the key count.  Adding a block costs Dv
+   additions per row per 64 or 128 keys. */
+#define WIDE double
+
 /* A sink logit joins a row's denominator: with running max *m and sum *l,
    returns the factor the unnormalised output is multiplied by before the
-   division by the new *l. */
-static inline T SUF(fold_sink)(T sink, T *m, T *l)
+   division by the new *l (a running sum: WIDE). */
+static inline WIDE SUF(fold_sink)(T sink, T *m, WIDE *l)
 {
     T mf = *m > sink ? *m : sink;
-    T am = (*m == -INFINITY) ? (T)0 : (T)exp((double)(*m - mf));
-    *l = *l * am + (T)exp((double)(sink - mf));
+    double am = (*m == -INFINITY) ? 0.0 : exp((double)(*m - mf));
+    *l = *l * am + exp((double)(sink - mf));
     *m = mf;
     return am;
 }
@@ -283,26 +295,31 @@ static inline T SUF(fold_sink)(T sink, T *m, T *l)
 #define RUP16(x) ((((x) + 15) / 16) * 16)
 /* queries are padded to 32, a multiple of every variant's panel (NQ) */
 #define RUPQ(x) ((((x) + 31) / 32) * 32)
-static void SUF(scratch_layout)(const cattn_params *p, int64_t *bqp, int64_t off[8])
+#define NOFF 10
+/* n doubles, in elements of T */
+#define WELEMS(n) (RUP16(n) * (int64_t)(sizeof(WIDE) / sizeof(T)))
+static void SUF(scratch_layout)(const cattn_params *p, int64_t *bqp, int64_t off[NOFF])
 {
     int64_t BQP = RUPQ(p->block_q);
     int64_t BK = RUP16(p->block_k);
     *bqp = BQP;
     off[0] = 0;                                      /* Q^T   D x BQP */
     off[1] = off[0] + RUP16(p->D) * BQP;             /* S^T   BK x BQP */
-    off[2] = off[1] + BK * BQP;                      /* O     BQP x Dv */
+    off[2] = off[1] + BK * BQP;                      /* O     BQP x Dv: one tile's P.V */
     off[3] = off[2] + BQP * RUP16(p->Dv);            /* m     BQP */
     off[4] = off[3] + BQP;                           /* l     BQP */
     off[5] = off[4] + BQP;                           /* alpha BQP */
     off[6] = off[5] + BQP;                           /* K, V tile (float16 K/V) */
     off[7] = off[6] + (p->kv_format == CATTN_KV_F16 ? BK * (RUP16(p->D) + RUP16(p->Dv)) : 0);
+    off[8] = off[7] + WELEMS(BQP * RUP16(p->Dv));    /* Ow    BQP x Dv double: sum of P.V */
+    off[9] = off[8] + WELEMS(BQP);                   /* lw    BQP double: sum of P */
 }
 
 static size_t SUF(scratch_bytes)(const cattn_params *p)
 {
-    int64_t bqp, off[8];
+    int64_t bqp, off[NOFF];
     SUF(scratch_layout)(p, &bqp, off);
-    return (size_t)off[7] * sizeof(T) + 64;
+    return (size_t)off[NOFF - 1] * sizeof(T) + 64;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -321,12 +338,13 @@ typedef struct SUF(blk) {
     const T *bias;
     const int64_t *qseg, *kseg;
     T *QT, *ST, *O, *mrow, *lrow, *alpha, *kbuf, *vbuf, *lse;
+    WIDE *Ow, *lw;     /* the running sums (ACCUMULATION) */
 } SUF(blk);
 
 CATTN_STEP void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int64_t qb,
                           void *scratch)
 {
-    int64_t BQP, off[8];
+    int64_t BQP, off[NOFF];
     SUF(scratch_layout)(p, &BQP, off);
     T *base = (T *)scratch;
     const int64_t Lq = p->Lq, Lk = p->Lk;
@@ -354,6 +372,7 @@ CATTN_STEP void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int
     k->QT = base + off[0]; k->ST = base + off[1]; k->O = base + off[2];
     k->mrow = base + off[3]; k->lrow = base + off[4]; k->alpha = base + off[5];
     k->kbuf = base + off[6]; k->vbuf = k->kbuf + p->block_k * RUP16(p->D);
+    k->Ow = (WIDE *)(base + off[7]); k->lw = (WIDE *)(base + off[8]);
     k->lse = p->lse ? (T *)p->lse + b * Lq : NULL;
 }
 
@@ -375,10 +394,10 @@ CATTN_STEP void SUF(pack_q)(const SUF(blk) *k)
         }
     }
     for (int64_t i = 0; i < nqp; i++) {
-        k->mrow[i] = -INFINITY; k->lrow[i] = 0;
+        k->mrow[i] = -INFINITY; k->lrow[i] = 0; k->lw[i] = 0;
     }
     if (p->mode == CATTN_MODE_ATTENTION)
-        for (int64_t i = 0; i < nqp * p->Dv; i++) k->O[i] = 0;   /* ldo = Dv */
+        for (int64_t i = 0; i < nqp * p->Dv; i++) k->Ow[i] = 0;   /* ld = Dv */
 }
 
 /* True when the segment ids rule out every pair of the tile. */
@@ -515,11 +534,13 @@ CATTN_STEP void SUF(weights_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
 
 /* Online softmax along the key rows of a tile, queries in lanes: updates
    the running max and sum, turns S^T into P^T (masked entries flagged as
-   -0.0 on a partial tile) and rescales O where the max moved. */
+   -0.0 on a partial tile) and rescales the running P.V where the max
+   moved.  The tile's row sums (lrow) join the running sum in double. */
 CATTN_STEP void SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
 {
     const int64_t ld = k->ld, nqp = k->nqp, Dv = k->p->Dv;
-    T *ST = k->ST, *mrow = k->mrow, *lrow = k->lrow, *alpha = k->alpha, *O = k->O;
+    T *ST = k->ST, *mrow = k->mrow, *lrow = k->lrow, *alpha = k->alpha;
+    WIDE *Ow = k->Ow, *lw = k->lw;
     int any_rescale = 0;
     const V neg_inf = vset1(-INFINITY);
     for (int64_t i = 0; i < nqp; i += VL) {
@@ -558,41 +579,45 @@ CATTN_STEP void SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
                 vstore(ST + j * ld + i, e);
             }
         }
-        vstore(lrow + i, vload(lrow + i) * a + lsum);
+        vstore(lrow + i, lsum);
         vstore(mrow + i, mnew);
         vstore(alpha + i, a);
         for (int v = 0; v < VL; v++) any_rescale |= VLANE(a, v) != (T)1;
     }
+    for (int64_t i = 0; i < nqp; i++) lw[i] = lw[i] * (WIDE)alpha[i] + (WIDE)lrow[i];
     if (any_rescale)
         for (int64_t i = 0; i < nqp; i++) {
-            const T a = alpha[i];
-            if (a != (T)1) for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] *= a;
+            const WIDE a = alpha[i];
+            if (a != 1) for (int64_t c = 0; c < Dv; c++) Ow[i * Dv + c] *= a;
         }
 }
 
-/* O += P . V over a tile, never touching a masked key's V (on a partial
+/* O = P . V over a tile, never touching a masked key's V (on a partial
    tile, rows of V holding inf/NaN are added key by key, skipping the
-   masked entries). */
+   masked entries); then the running P.V (double) += O. */
 CATTN_STEP void SUF(pv_tile)(const SUF(blk) *k, const T *Vt, int64_t vt_rs, int64_t nk, int partial)
 {
     const int64_t ld = k->ld, nqp = k->nqp, Dv = k->p->Dv;
     T *ST = k->ST, *O = k->O;
+    WIDE *Ow = k->Ow;
+    for (int64_t i = 0; i < nqp * Dv; i++) O[i] = 0;
     if (!partial) {
         SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, 0, nk, Dv, O, Dv);
-        return;
-    }
-    int64_t ja = 0;
-    for (int64_t j = 0; j < nk; j++) {
-        if (!SUF(row_nonfinite)(Vt + j * vt_rs, Dv)) continue;
-        if (j > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, j, Dv, O, Dv);
-        for (int64_t i = 0; i < k->nq; i++) {
-            T pw = ST[j * ld + i];
-            if (signbit(pw)) continue;          /* masked: skip */
-            for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] += pw * Vt[j * vt_rs + c];
+    } else {
+        int64_t ja = 0;
+        for (int64_t j = 0; j < nk; j++) {
+            if (!SUF(row_nonfinite)(Vt + j * vt_rs, Dv)) continue;
+            if (j > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, j, Dv, O, Dv);
+            for (int64_t i = 0; i < k->nq; i++) {
+                T pw = ST[j * ld + i];
+                if (signbit(pw)) continue;          /* masked: skip */
+                for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] += pw * Vt[j * vt_rs + c];
+            }
+            ja = j + 1;
         }
-        ja = j + 1;
+        if (nk > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, nk, Dv, O, Dv);
     }
-    if (nk > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, nk, Dv, O, Dv);
+    for (int64_t i = 0; i < k->nq * Dv; i++) Ow[i] += (WIDE)O[i];
 }
 
 /* Divide by the row sums, fold in the sink, write out and lse. */
@@ -607,13 +632,13 @@ CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
     for (int64_t i = 0; i < k->nq_blk; i++) {
         T *orow = out + (i0 + i) * p->out.rs;
         T m = i < nq ? k->mrow[i] : (T)-INFINITY;
-        T l = i < nq ? k->lrow[i] : (T)0;
-        T f;
+        WIDE l = i < nq ? k->lw[i] : 0;
+        WIDE f;
         if (has_sink && i < nq) {
             f = SUF(fold_sink)(sink, &m, &l);
             f = f / l;
         } else {
-            f = (T)1 / l;
+            f = 1 / l;
         }
         if (l == 0 || i >= nq) {
             /* no key left (or a padded query): zeros, lse -inf */
@@ -621,9 +646,9 @@ CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
             if (lse) lse[i0 + i] = -INFINITY;
             if (p->lse_m) ((T *)p->lse_m)[b * Lq + i0 + i] = -INFINITY;
         } else {
-            for (int64_t c = 0; c < Dv; c++) orow[c * p->out.cs] = k->O[i * Dv + c] * f;
+            for (int64_t c = 0; c < Dv; c++) orow[c * p->out.cs] = (T)(k->Ow[i * Dv + c] * f);
             /* a +inf logit: lse is +inf (the output is NaN: inf - inf) */
-            const T logl = m == (T)INFINITY ? (T)0 : (T)log((double)l);
+            const T logl = m == (T)INFINITY ? (T)0 : (T)log(l);
             if (lse) lse[i0 + i] = m + logl;
             if (p->lse_m) {
                 ((T *)p->lse_m)[b * Lq + i0 + i] = m;
@@ -781,8 +806,10 @@ static inline void SUF(pv_rows_h)(const T *e, const int64_t *rows, int64_t nk,
 static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
 {
     return (size_t)(CATTN_DECODE_MAX_LQ * RUP16(p->D) + RUP16(p->D) + 4 * DCH
-                    + (p->kv_format == CATTN_KV_F16 ? DCH * (RUP16(p->D) + RUP16(p->Dv)) : 0)) * sizeof(T)
-           + DCH * sizeof(int64_t) + 64;
+                    + (p->kv_format == CATTN_KV_F16 ? DCH * (RUP16(p->D) + RUP16(p->Dv)) : 0)
+                    + RUP16(p->Dv)) * sizeof(T)
+           + DCH * sizeof(int64_t)
+           + (size_t)(CATTN_DECODE_MAX_LQ * (RUP16(p->Dv) + 1)) * sizeof(WIDE) + 64;
 }
 
 static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int64_t je,
@@ -798,6 +825,11 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     T *e = inv_k + DCH;                            /* DCH */
     int64_t *rows = (int64_t *)(e + DCH);          /* DCH (8-byte aligned: even offset) */
     T *kbuf = (T *)(rows + DCH);                   /* DCH x D16 (float16 K) */
+    /* ACCUMULATION: a chunk's P.V from zero, the running sums in double */
+    const int64_t Dv16 = RUP16(Dv);
+    T *part = kbuf + (p->kv_format == CATTN_KV_F16 ? DCH * (D16 + Dv16) : 0);   /* Dv16 */
+    WIDE *accw = (WIDE *)(part + Dv16);            /* Lq x Dv16 */
+    WIDE *llw = accw + CATTN_DECODE_MAX_LQ * Dv16; /* Lq */
     const uint16_t *Kh = (const uint16_t *)p->k.base + p->k.off[b];
     const uint16_t *Vh = (const uint16_t *)p->v.base + p->v.off[b];
     const int64_t q_len = p->q_len ? p->q_len[b] : Lq;
@@ -823,6 +855,10 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     }
     je = imin(je, kv_len);
     if (js >= je || nq == 0) return;
+    for (int64_t i = 0; i < nq; i++) {
+        llw[i] = 0;
+        for (int64_t c = 0; c < Dv; c++) accw[i * Dv16 + c] = 0;
+    }
 
     for (int64_t i = 0; i < nq; i++) {
         const T *qr = Q + i * p->q.rs;
@@ -906,16 +942,16 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             T mnew = mc > mold ? mc : mold;
             T msub = mnew == -INFINITY ? (T)0 : mnew;
             if (mnew != mold && mold != -INFINITY) {
-                T a = (T)exp((double)(mold - mnew));
-                ll[i] *= a;
-                for (int64_t c = 0; c < Dv; c++) acc[i * Dv + c] *= a;
+                const WIDE a = exp((double)(mold - mnew));
+                llw[i] *= a;
+                for (int64_t c = 0; c < Dv; c++) accw[i * Dv16 + c] *= a;
             }
             int64_t j = 0;
             for (; j + VL <= n; j += VL) vstore(e + j, vexp(vload(s + j) - msub));
             for (; j < n; j++) e[j] = SUF(exp1)(s[j] - msub);
             /* the chunk's kept keys, compacted: masked ones are never
                multiplied (NaN or inf in a masked value cannot leak) */
-            T lsum = 0;
+            WIDE lsum = 0;
             int64_t nk2 = 0;
             for (j = 0; j < n; j++) {
                 if (half && i == 0)
@@ -925,11 +961,19 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                 e[nk2] = e[j];
                 rows[nk2++] = (jlo + j) * p->v.rs;
             }
-            if (half) SUF(pv_rows_h)(e, rows, nk2, Vh, acc + i * Dv, Dv);
-            else for (j = 0; j < nk2; j++) SUF(axpy)(e[j], Vm + rows[j], acc + i * Dv, Dv);
-            ll[i] += lsum;
             mm[i] = mnew;
+            if (nk2 == 0) continue;
+            for (int64_t c = 0; c < Dv; c++) part[c] = 0;
+            if (half) SUF(pv_rows_h)(e, rows, nk2, Vh, part, Dv);
+            else for (j = 0; j < nk2; j++) SUF(axpy)(e[j], Vm + rows[j], part, Dv);
+            WIDE *aw = accw + i * Dv16;
+            for (int64_t c = 0; c < Dv; c++) aw[c] += (WIDE)part[c];
+            llw[i] += lsum;
         }
+    }
+    for (int64_t i = 0; i < nq; i++) {
+        ll[i] = (T)llw[i];
+        for (int64_t c = 0; c < Dv; c++) acc[i * Dv + c] = (T)accw[i * Dv16 + c];
     }
 }
 
@@ -944,16 +988,16 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
     T *lse = p->lse ? (T *)p->lse + b * Lq : NULL;
     T M = -INFINITY;
     for (int64_t s = 0; s < n_split; s++) { T m = mm[s * Lq + i]; if (m > M) M = m; }
-    T L = 0;
+    WIDE L = 0;
     int any_nan = 0;
     for (int64_t s = 0; s < n_split; s++) {
         T l = ll[s * Lq + i];
         if (l != l) any_nan = 1;
-        if (mm[s * Lq + i] != -INFINITY) L += l * (T)exp((double)(mm[s * Lq + i] - M));
+        if (mm[s * Lq + i] != -INFINITY) L += (WIDE)l * exp((double)(mm[s * Lq + i] - M));
     }
     if (any_nan) L = NAN;
     const T M0 = M;
-    T f_extra = 1;
+    WIDE f_extra = 1;
     if (p->sinks && i < q_len) {
         f_extra = SUF(fold_sink)((T)p->sinks[b], &M, &L);
     }
@@ -964,27 +1008,31 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
     }
     /* sum_s acc_s * exp(m_s - M0): the split weights computed once (up to
        64 splits; more recompute them per column), each output written once */
-    T wsplit[64];
+    WIDE wsplit[64];
     const int64_t nw = n_split <= 64 ? n_split : 0;
     for (int64_t s = 0; s < nw; s++) {
         T m = mm[s * Lq + i];
-        wsplit[s] = (m == -INFINITY && ll[s * Lq + i] == 0) ? (T)0           /* empty split */
-                    : (m == -INFINITY) ? (T)1 : (T)exp((double)(m - M0));
+        wsplit[s] = (m == -INFINITY && ll[s * Lq + i] == 0) ? 0.0           /* empty split */
+                    : (m == -INFINITY) ? 1.0 : exp((double)(m - M0));
     }
+    const WIDE f = f_extra / L;
     for (int64_t c = 0; c < Dv; c++) {
-        T o = 0;
+        WIDE o = 0;
         for (int64_t s = 0; s < n_split; s++) {
             T m = mm[s * Lq + i];
             if (m == -INFINITY && ll[s * Lq + i] == 0) continue;   /* empty split */
-            T w = nw ? wsplit[s] : (m == -INFINITY) ? (T)1 : (T)exp((double)(m - M0));
-            o += acc[(s * Lq + i) * Dv + c] * w;
+            WIDE w = nw ? wsplit[s] : (m == -INFINITY) ? 1.0 : exp((double)(m - M0));
+            o += (WIDE)acc[(s * Lq + i) * Dv + c] * w;
         }
-        orow[c * p->out.cs] = o * f_extra / L;
+        orow[c * p->out.cs] = (T)(o * f);
     }
-    if (lse) lse[i] = M == (T)INFINITY ? M : M + (T)log((double)L);   /* +inf logit */
+    if (lse) lse[i] = M == (T)INFINITY ? M : M + (T)log(L);   /* +inf logit */
 }
 #undef DCH
 #undef PFK
+#undef NOFF
+#undef WELEMS
+#undef WIDE
 #undef NQ
 #undef MR_S
 #undef MR_O
