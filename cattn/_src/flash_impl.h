@@ -270,13 +270,20 @@ static inline int SUF(keep_pair)(const cattn_params *p, const uint8_t *mask, con
    key of a row.  A float running sum that takes one key (or one small
    tile) at a time rounds once per addition, so its error grows with the
    number of keys (with float32 scores scaled to a standard deviation of
-   7.5 and 2^17 keys: 1.5-2x the error of a naive float32 softmax(QK^T)V,
-   whose sums are pairwise or blocked).  So each key block (a decode chunk
-   of 64 keys, a tile of 128) is summed on its own in T, from zero, and
-   the blocks are added into running sums held in double: the error is
-   that of one block, whatever the key count.  Adding a block costs Dv
-   additions per row per 64 or 128 keys. */
+   7.5: 1.5-2x the error of a naive float32 softmax(QK^T)V at 2^17 keys,
+   8-12x at 2^20; the naive sums are pairwise or blocked).  So the keys
+   are summed in blocks, each on its own in T from zero, and the blocks
+   are added into running sums held in double: the error is that of one
+   block, whatever the key count.  Blocks: the e sums per decode chunk (64
+   keys) or tile (128 keys); P.V per DEC_BLOCK chunks (256 keys) or
+   TILE_BLOCK tiles (1024 keys) -- adding P.V into double once per chunk
+   or tile measured 4-6% slower on the tile path (CPU time, one thread),
+   once per 8 tiles no slower; the decode chunk's e sum in double instead
+   of T measured 18% slower with a float16 cache.  At 1024 keys the float
+   error is still that of the naive computation. */
 #define WIDE double
+#define DEC_BLOCK 4
+#define TILE_BLOCK 8
 
 /* A sink logit joins a row's denominator: with running max *m and sum *l,
    returns the factor the unnormalised output is multiplied by before the
@@ -339,6 +346,8 @@ typedef struct SUF(blk) {
     const int64_t *qseg, *kseg;
     T *QT, *ST, *O, *mrow, *lrow, *alpha, *kbuf, *vbuf, *lse;
     WIDE *Ow, *lw;     /* the running sums (ACCUMULATION) */
+    int pending;       /* tiles summed in O, not yet added into Ow */
+    int flushed;       /* Ow holds a sum (until then it is not read) */
 } SUF(blk);
 
 CATTN_STEP void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int64_t qb,
@@ -378,7 +387,7 @@ CATTN_STEP void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int
 
 /* Q^T packed panel by panel (NQ queries: a contiguous D x NQ block),
    scaled (or normalised for cosine), zero padding; running max/sum reset. */
-CATTN_STEP void SUF(pack_q)(const SUF(blk) *k)
+CATTN_STEP void SUF(pack_q)(SUF(blk) *k)
 {
     const cattn_params *p = k->p;
     const int64_t D = p->D, nq = k->nq, nqp = k->nqp;
@@ -397,7 +406,9 @@ CATTN_STEP void SUF(pack_q)(const SUF(blk) *k)
         k->mrow[i] = -INFINITY; k->lrow[i] = 0; k->lw[i] = 0;
     }
     if (p->mode == CATTN_MODE_ATTENTION)
-        for (int64_t i = 0; i < nqp * p->Dv; i++) k->Ow[i] = 0;   /* ld = Dv */
+        for (int64_t i = 0; i < nqp * p->Dv; i++) k->O[i] = 0;   /* ld = Dv */
+    k->pending = 0;
+    k->flushed = 0;
 }
 
 /* True when the segment ids rule out every pair of the tile. */
@@ -539,7 +550,7 @@ CATTN_STEP void SUF(weights_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
 CATTN_STEP void SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
 {
     const int64_t ld = k->ld, nqp = k->nqp, Dv = k->p->Dv;
-    T *ST = k->ST, *mrow = k->mrow, *lrow = k->lrow, *alpha = k->alpha;
+    T *ST = k->ST, *mrow = k->mrow, *lrow = k->lrow, *alpha = k->alpha, *O = k->O;
     WIDE *Ow = k->Ow, *lw = k->lw;
     int any_rescale = 0;
     const V neg_inf = vset1(-INFINITY);
@@ -587,20 +598,22 @@ CATTN_STEP void SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
     for (int64_t i = 0; i < nqp; i++) lw[i] = lw[i] * (WIDE)alpha[i] + (WIDE)lrow[i];
     if (any_rescale)
         for (int64_t i = 0; i < nqp; i++) {
-            const WIDE a = alpha[i];
-            if (a != 1) for (int64_t c = 0; c < Dv; c++) Ow[i * Dv + c] *= a;
+            const T a = alpha[i];
+            if (a == (T)1) continue;
+            if (k->flushed) for (int64_t c = 0; c < Dv; c++) Ow[i * Dv + c] *= (WIDE)a;
+            if (k->pending) for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] *= a;
         }
 }
 
-/* O = P . V over a tile, never touching a masked key's V (on a partial
+/* O += P . V over a tile, never touching a masked key's V (on a partial
    tile, rows of V holding inf/NaN are added key by key, skipping the
-   masked entries); then the running P.V (double) += O. */
-CATTN_STEP void SUF(pv_tile)(const SUF(blk) *k, const T *Vt, int64_t vt_rs, int64_t nk, int partial)
+   masked entries); every TILE_BLOCK tiles O joins the running P.V
+   (double) and restarts from zero. */
+CATTN_STEP void SUF(pv_tile)(SUF(blk) *k, const T *Vt, int64_t vt_rs, int64_t nk, int partial)
 {
     const int64_t ld = k->ld, nqp = k->nqp, Dv = k->p->Dv;
     T *ST = k->ST, *O = k->O;
     WIDE *Ow = k->Ow;
-    for (int64_t i = 0; i < nqp * Dv; i++) O[i] = 0;
     if (!partial) {
         SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, 0, nk, Dv, O, Dv);
     } else {
@@ -617,7 +630,13 @@ CATTN_STEP void SUF(pv_tile)(const SUF(blk) *k, const T *Vt, int64_t vt_rs, int6
         }
         if (nk > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, nk, Dv, O, Dv);
     }
-    for (int64_t i = 0; i < k->nq * Dv; i++) Ow[i] += (WIDE)O[i];
+    if (++k->pending == TILE_BLOCK) {
+        if (k->flushed) for (int64_t i = 0; i < nqp * Dv; i++) Ow[i] += (WIDE)O[i];
+        else for (int64_t i = 0; i < nqp * Dv; i++) Ow[i] = (WIDE)O[i];
+        for (int64_t i = 0; i < nqp * Dv; i++) O[i] = 0;
+        k->pending = 0;
+        k->flushed = 1;
+    }
 }
 
 /* Divide by the row sums, fold in the sink, write out and lse. */
@@ -646,7 +665,14 @@ CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
             if (lse) lse[i0 + i] = -INFINITY;
             if (p->lse_m) ((T *)p->lse_m)[b * Lq + i0 + i] = -INFINITY;
         } else {
-            for (int64_t c = 0; c < Dv; c++) orow[c * p->out.cs] = (T)(k->Ow[i * Dv + c] * f);
+            const WIDE *ow = k->Ow + i * Dv;
+            const T *o = k->O + i * Dv;
+            if (!k->flushed)
+                for (int64_t c = 0; c < Dv; c++) orow[c * p->out.cs] = (T)((WIDE)o[c] * f);
+            else if (k->pending)
+                for (int64_t c = 0; c < Dv; c++) orow[c * p->out.cs] = (T)((ow[c] + (WIDE)o[c]) * f);
+            else
+                for (int64_t c = 0; c < Dv; c++) orow[c * p->out.cs] = (T)(ow[c] * f);
             /* a +inf logit: lse is +inf (the output is NaN: inf - inf) */
             const T logl = m == (T)INFINITY ? (T)0 : (T)log(l);
             if (lse) lse[i0 + i] = m + logl;
@@ -807,7 +833,7 @@ static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
 {
     return (size_t)(CATTN_DECODE_MAX_LQ * RUP16(p->D) + RUP16(p->D) + 4 * DCH
                     + (p->kv_format == CATTN_KV_F16 ? DCH * (RUP16(p->D) + RUP16(p->Dv)) : 0)
-                    + RUP16(p->Dv)) * sizeof(T)
+                    + CATTN_DECODE_MAX_LQ * RUP16(p->Dv)) * sizeof(T)
            + DCH * sizeof(int64_t)
            + (size_t)(CATTN_DECODE_MAX_LQ * (RUP16(p->Dv) + 1)) * sizeof(WIDE) + 64;
 }
@@ -825,10 +851,11 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     T *e = inv_k + DCH;                            /* DCH */
     int64_t *rows = (int64_t *)(e + DCH);          /* DCH (8-byte aligned: even offset) */
     T *kbuf = (T *)(rows + DCH);                   /* DCH x D16 (float16 K) */
-    /* ACCUMULATION: a chunk's P.V from zero, the running sums in double */
+    /* ACCUMULATION: P.V of up to DEC_BLOCK chunks from zero, the running
+       sums in double */
     const int64_t Dv16 = RUP16(Dv);
-    T *part = kbuf + (p->kv_format == CATTN_KV_F16 ? DCH * (D16 + Dv16) : 0);   /* Dv16 */
-    WIDE *accw = (WIDE *)(part + Dv16);            /* Lq x Dv16 */
+    T *part = kbuf + (p->kv_format == CATTN_KV_F16 ? DCH * (D16 + Dv16) : 0);   /* Lq x Dv16 */
+    WIDE *accw = (WIDE *)(part + CATTN_DECODE_MAX_LQ * Dv16);   /* Lq x Dv16 */
     WIDE *llw = accw + CATTN_DECODE_MAX_LQ * Dv16; /* Lq */
     const uint16_t *Kh = (const uint16_t *)p->k.base + p->k.off[b];
     const uint16_t *Vh = (const uint16_t *)p->v.base + p->v.off[b];
@@ -857,8 +884,9 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     if (js >= je || nq == 0) return;
     for (int64_t i = 0; i < nq; i++) {
         llw[i] = 0;
-        for (int64_t c = 0; c < Dv; c++) accw[i * Dv16 + c] = 0;
+        for (int64_t c = 0; c < Dv; c++) accw[i * Dv16 + c] = part[i * Dv16 + c] = 0;
     }
+    int pending = 0;   /* chunks summed in part, not yet added into accw */
 
     for (int64_t i = 0; i < nq; i++) {
         const T *qr = Q + i * p->q.rs;
@@ -945,13 +973,14 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                 const WIDE a = exp((double)(mold - mnew));
                 llw[i] *= a;
                 for (int64_t c = 0; c < Dv; c++) accw[i * Dv16 + c] *= a;
+                for (int64_t c = 0; c < Dv; c++) part[i * Dv16 + c] *= (T)a;
             }
             int64_t j = 0;
             for (; j + VL <= n; j += VL) vstore(e + j, vexp(vload(s + j) - msub));
             for (; j < n; j++) e[j] = SUF(exp1)(s[j] - msub);
             /* the chunk's kept keys, compacted: masked ones are never
                multiplied (NaN or inf in a masked value cannot leak) */
-            WIDE lsum = 0;
+            T lsum = 0;
             int64_t nk2 = 0;
             for (j = 0; j < n; j++) {
                 if (half && i == 0)
@@ -961,19 +990,25 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                 e[nk2] = e[j];
                 rows[nk2++] = (jlo + j) * p->v.rs;
             }
-            mm[i] = mnew;
-            if (nk2 == 0) continue;
-            for (int64_t c = 0; c < Dv; c++) part[c] = 0;
-            if (half) SUF(pv_rows_h)(e, rows, nk2, Vh, part, Dv);
-            else for (j = 0; j < nk2; j++) SUF(axpy)(e[j], Vm + rows[j], part, Dv);
-            WIDE *aw = accw + i * Dv16;
-            for (int64_t c = 0; c < Dv; c++) aw[c] += (WIDE)part[c];
+            T *pi = part + i * Dv16;
+            if (half) SUF(pv_rows_h)(e, rows, nk2, Vh, pi, Dv);
+            else for (j = 0; j < nk2; j++) SUF(axpy)(e[j], Vm + rows[j], pi, Dv);
             llw[i] += lsum;
+            mm[i] = mnew;
+        }
+        if (++pending == DEC_BLOCK) {
+            for (int64_t i = 0; i < nq; i++)
+                for (int64_t c = 0; c < Dv; c++) {
+                    accw[i * Dv16 + c] += (WIDE)part[i * Dv16 + c];
+                    part[i * Dv16 + c] = 0;
+                }
+            pending = 0;
         }
     }
     for (int64_t i = 0; i < nq; i++) {
         ll[i] = (T)llw[i];
-        for (int64_t c = 0; c < Dv; c++) acc[i * Dv + c] = (T)accw[i * Dv16 + c];
+        for (int64_t c = 0; c < Dv; c++)
+            acc[i * Dv + c] = (T)(accw[i * Dv16 + c] + (WIDE)part[i * Dv16 + c]);
     }
 }
 
@@ -1033,6 +1068,8 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
 #undef NOFF
 #undef WELEMS
 #undef WIDE
+#undef DEC_BLOCK
+#undef TILE_BLOCK
 #undef NQ
 #undef MR_S
 #undef MR_O
