@@ -4,7 +4,7 @@
  * (declared here, defined there, after the block struct).
  */
 struct SUF(blk);
-CATTN_STEP void SUF(pack_q_dp)(const struct SUF(blk) *k);
+CATTN_STEP void SUF(pack_q_dp)(struct SUF(blk) *k);
 CATTN_STEP void SUF(load_kv_dp)(const struct SUF(blk) *k, int64_t j0, int64_t nk,
                                 const T **Kt, int64_t *kt_rs, const T **Vt, int64_t *vt_rs);
 CATTN_STEP void SUF(tile_scores_dp)(const struct SUF(blk) *k, const T *Kt, int64_t kt_rs,

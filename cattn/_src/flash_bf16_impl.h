@@ -28,10 +28,10 @@
    V pairs, the per-query factors. */
 static void SUF(dp_layout)(const cattn_params *p, int64_t off[4])
 {
-    int64_t bqp, base[8];
+    int64_t bqp, base[NOFF];
     SUF(scratch_layout)(p, &bqp, base);
     const int64_t bk2 = RUP16(p->block_k) / 2;
-    off[0] = base[7];                        /* PP  bk2 x BQP */
+    off[0] = base[NOFF - 1];                 /* PP  bk2 x BQP */
     off[1] = off[0] + bk2 * bqp;             /* VP  bk2 x RUP32(Dv) */
     off[2] = off[1] + bk2 * RUP32(p->Dv);    /* fq  BQP */
     off[3] = off[2] + bqp;
@@ -51,7 +51,7 @@ static inline uint32_t SUF(pair_of)(T lo, T hi)
 
 /* Q^T in pairs of D (see the top), the per-query factors, and the running
    max/sum and O reset as pack_q does. */
-CATTN_STEP void SUF(pack_q_dp)(const SUF(blk) *k)
+CATTN_STEP void SUF(pack_q_dp)(SUF(blk) *k)
 {
     const cattn_params *p = k->p;
     if (p->score_kind == CATTN_SCORE_ADDITIVE) { SUF(pack_q)(k); return; }
@@ -76,14 +76,7 @@ CATTN_STEP void SUF(pack_q_dp)(const SUF(blk) *k)
             for (int64_t t = 0; t < D2; t++) dst[t * NQ] = 0;
         }
     }
-    T *mrow = k->mrow, *lrow = k->lrow, *O = k->O;
-    for (int64_t i = 0; i < nqp; i++) {
-        mrow[i] = -INFINITY; lrow[i] = 0;
-    }
-    if (p->mode == CATTN_MODE_ATTENTION) {
-        const int64_t n = nqp * p->Dv;
-        for (int64_t i = 0; i < n; i++) O[i] = 0;
-    }
+    SUF(reset_running)(k);
 }
 
 /* The tile's K and V rows: in place, as bfloat16 (the widening step for

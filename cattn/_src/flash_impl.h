@@ -312,17 +312,36 @@ static inline int SUF(keep_pair)(const cattn_params *p, const uint8_t *mask, con
     return 1;
 }
 
+/* ACCUMULATION.  Both paths add up sum_j e_j and sum_j e_j v_j over every
+   key of a row.  A float running sum that takes one key (or one small
+   tile) at a time rounds once per addition, so its error grows with the
+   number of keys (with float32 scores scaled to a standard deviation of
+   7.5: 1.5-2x the error of a naive float32 softmax(QK^T)V at 2^17 keys,
+   8-12x at 2^20; the naive sums are pairwise or blocked).  So the keys
+   are summed in blocks, each on its own in T from zero, and the blocks
+   are added into running sums held in double: the error is that of one
+   block, whatever the key count.  Blocks: the e sums per decode chunk (64
+   keys) or tile (128 keys); P.V per DEC_BLOCK chunks (256 keys) or
+   TILE_BLOCK tiles (1024 keys) -- adding P.V into double once per chunk
+   or tile measured 4-6% slower on the tile path (CPU time, one thread),
+   once per 8 tiles no slower; the decode chunk's e sum in double instead
+   of T measured 18% slower with a float16 cache.  At 1024 keys the float
+   error is still that of the naive computation. */
+#define WIDE double
+#define DEC_BLOCK 4
+#define TILE_BLOCK 8
+
 /* A sink logit joins a row's denominator: with running max *m and sum *l,
    returns the factor the unnormalised output is multiplied by before the
-   division by the new *l.  A -inf sink is no sink (a row without keys
-   stays empty: exp(-inf - -inf) would be NaN); an unchanged max rescales
-   by exactly 1 (also at m = +inf). */
-static inline T SUF(fold_sink)(T sink, T *m, T *l)
+   division by the new *l (a running sum: WIDE).  A -inf sink is no sink
+   (a row without keys stays empty: exp(-inf - -inf) would be NaN); an
+   unchanged max rescales by exactly 1 (also at m = +inf). */
+static inline WIDE SUF(fold_sink)(T sink, T *m, WIDE *l)
 {
     if (sink == -INFINITY) return 1;
     T mf = *m > sink ? *m : sink;
-    T am = (*m == mf) ? (T)1 : (*m == -INFINITY) ? (T)0 : (T)exp((double)(*m - mf));
-    *l = *l * am + (sink == mf ? (T)1 : (T)exp((double)(sink - mf)));
+    double am = (*m == mf) ? 1.0 : (*m == -INFINITY) ? 0.0 : exp((double)(*m - mf));
+    *l = *l * am + (sink == mf ? 1.0 : exp((double)(sink - mf)));
     *m = mf;
     return am;
 }
@@ -332,26 +351,31 @@ static inline T SUF(fold_sink)(T sink, T *m, T *l)
 #define RUP16(x) ((((x) + 15) / 16) * 16)
 /* queries are padded to 32, a multiple of every variant's panel (NQ) */
 #define RUPQ(x) ((((x) + 31) / 32) * 32)
-static void SUF(scratch_layout)(const cattn_params *p, int64_t *bqp, int64_t off[8])
+#define NOFF 10
+/* n doubles, in elements of T */
+#define WELEMS(n) (RUP16(n) * (int64_t)(sizeof(WIDE) / sizeof(T)))
+static void SUF(scratch_layout)(const cattn_params *p, int64_t *bqp, int64_t off[NOFF])
 {
     int64_t BQP = RUPQ(p->block_q);
     int64_t BK = RUP16(p->block_k);
     *bqp = BQP;
     off[0] = 0;                                      /* Q^T   D x BQP */
     off[1] = off[0] + RUP16(p->D) * BQP;             /* S^T   BK x BQP */
-    off[2] = off[1] + BK * BQP;                      /* O     BQP x Dv */
+    off[2] = off[1] + BK * BQP;                      /* O     BQP x Dv: one tile's P.V */
     off[3] = off[2] + BQP * RUP16(p->Dv);            /* m     BQP */
     off[4] = off[3] + BQP;                           /* l     BQP */
     off[5] = off[4] + BQP;                           /* alpha BQP */
     off[6] = off[5] + BQP;                           /* K, V tile (float16, int8 K/V) */
     off[7] = off[6] + (p->kv_format != CATTN_KV_NATIVE ? BK * (RUP16(p->D) + RUP16(p->Dv)) : 0);
+    off[8] = off[7] + WELEMS(BQP * RUP16(p->Dv));    /* Ow    BQP x Dv double: sum of P.V */
+    off[9] = off[8] + WELEMS(BQP);                   /* lw    BQP double: sum of P */
 }
 
 static size_t SUF(scratch_bytes)(const cattn_params *p)
 {
-    int64_t bqp, off[8];
+    int64_t bqp, off[NOFF];
     SUF(scratch_layout)(p, &bqp, off);
-    return (size_t)off[7] * sizeof(T) + 64;
+    return (size_t)off[NOFF - 1] * sizeof(T) + 64;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -370,12 +394,15 @@ typedef struct SUF(blk) {
     const T *bias;
     const int64_t *qseg, *kseg;
     T *QT, *ST, *O, *mrow, *lrow, *alpha, *kbuf, *vbuf, *lse;
+    WIDE *Ow, *lw;     /* the running sums (ACCUMULATION) */
+    int pending;       /* tiles summed in O, not yet added into Ow */
+    int flushed;       /* Ow holds a sum (until then it is not read) */
 } SUF(blk);
 
 CATTN_STEP void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int64_t qb,
                           void *scratch)
 {
-    int64_t BQP, off[8];
+    int64_t BQP, off[NOFF];
     SUF(scratch_layout)(p, &BQP, off);
     T *base = (T *)scratch;
     const int64_t Lq = p->Lq, Lk = p->Lk;
@@ -405,12 +432,32 @@ CATTN_STEP void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int
     k->QT = base + off[0]; k->ST = base + off[1]; k->O = base + off[2];
     k->mrow = base + off[3]; k->lrow = base + off[4]; k->alpha = base + off[5];
     k->kbuf = base + off[6]; k->vbuf = k->kbuf + p->block_k * RUP16(p->D);
+    k->Ow = (WIDE *)(base + off[7]); k->lw = (WIDE *)(base + off[8]);
     k->lse = p->lse ? (T *)p->lse + b * Lq : NULL;
+}
+
+/* The running max, sums and P.V of a block, reset before its first tile. */
+CATTN_STEP void SUF(reset_running)(SUF(blk) *k)
+{
+    /* locals: with -fno-strict-aliasing a store through T * could change
+       the struct, and loops reading bounds from it would reload them */
+    const int64_t nqp = k->nqp;
+    T *mrow = k->mrow, *lrow = k->lrow, *O = k->O;
+    WIDE *lw = k->lw;
+    for (int64_t i = 0; i < nqp; i++) {
+        mrow[i] = -INFINITY; lrow[i] = 0; lw[i] = 0;
+    }
+    if (k->p->mode == CATTN_MODE_ATTENTION) {
+        const int64_t n = nqp * k->p->Dv;
+        for (int64_t i = 0; i < n; i++) O[i] = 0;   /* ldo = Dv */
+    }
+    k->pending = 0;
+    k->flushed = 0;
 }
 
 /* Q^T packed panel by panel (NQ queries: a contiguous D x NQ block),
    scaled (or normalised for cosine), zero padding; running max/sum reset. */
-CATTN_STEP void SUF(pack_q)(const SUF(blk) *k)
+CATTN_STEP void SUF(pack_q)(SUF(blk) *k)
 {
     const cattn_params *p = k->p;
     const int64_t D = p->D, nq = k->nq, nqp = k->nqp, q_rs = p->q.rs, q_cs = p->q.cs;
@@ -426,16 +473,7 @@ CATTN_STEP void SUF(pack_q)(const SUF(blk) *k)
             for (int64_t d = 0; d < D; d++) dst[d * NQ] = 0;
         }
     }
-    /* locals: with -fno-strict-aliasing a store through T * could change
-       the struct, and loops reading bounds from it would reload them */
-    T *mrow = k->mrow, *lrow = k->lrow, *O = k->O;
-    for (int64_t i = 0; i < nqp; i++) {
-        mrow[i] = -INFINITY; lrow[i] = 0;
-    }
-    if (p->mode == CATTN_MODE_ATTENTION) {
-        const int64_t n = nqp * p->Dv;
-        for (int64_t i = 0; i < n; i++) O[i] = 0;   /* ldo = Dv */
-    }
+    SUF(reset_running)(k);
 }
 
 /* True when the segment ids rule out every pair of the tile. */
@@ -609,11 +647,13 @@ CATTN_STEP void SUF(weights_tile)(const SUF(blk) *k, int64_t j0, int64_t nk)
    the running max and sum, turns S^T into P^T (-inf scores flagged as -0.0
    on a partial tile, and on a full tile where the max pass saw one: a key
    whose score is -inf, masked or not, is never multiplied by its value) and
-   rescales O where the max moved.  Returns whether P^T carries flags. */
+   rescales the running P.V where the max moved.  The tile's row sums (lrow)
+   join the running sum in double.  Returns whether P^T carries flags. */
 CATTN_STEP int SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
 {
     const int64_t ld = k->ld, nqp = k->nqp, Dv = k->p->Dv;
     T *ST = k->ST, *mrow = k->mrow, *lrow = k->lrow, *alpha = k->alpha, *O = k->O;
+    WIDE *Ow = k->Ow, *lw = k->lw;
     int any_rescale = 0, flagged = partial;
     const V neg_inf = vset1(-INFINITY), pos_inf = vset1(INFINITY);
     for (int64_t i = 0; i < nqp; i += VL) {
@@ -667,42 +707,61 @@ CATTN_STEP int SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
                 vstore(ST + j * ld + i, e);
             }
         }
-        vstore(lrow + i, vload(lrow + i) * a + lsum);
+        vstore(lrow + i, lsum);
         vstore(mrow + i, mnew);
         vstore(alpha + i, a);
         for (int v = 0; v < VL; v++) any_rescale |= VLANE(a, v) != (T)1;
     }
+    for (int64_t i = 0; i < nqp; i++) lw[i] = lw[i] * (WIDE)alpha[i] + (WIDE)lrow[i];
     if (any_rescale)
         for (int64_t i = 0; i < nqp; i++) {
             const T a = alpha[i];
-            if (a != (T)1) for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] *= a;
+            if (a == (T)1) continue;
+            if (k->flushed) for (int64_t c = 0; c < Dv; c++) Ow[i * Dv + c] *= (WIDE)a;
+            if (k->pending) for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] *= a;
         }
     return flagged;
 }
 
 /* O += P . V over a tile, never touching a masked key's V (on a partial
    tile, rows of V holding inf/NaN are added key by key, skipping the
-   masked entries). */
+   masked entries); pv_account follows. */
 CATTN_STEP void SUF(pv_tile)(const SUF(blk) *k, const T *Vt, int64_t vt_rs, int64_t nk, int partial)
 {
     const int64_t ld = k->ld, nqp = k->nqp, nq = k->nq, Dv = k->p->Dv;
     T *ST = k->ST, *O = k->O;
     if (!partial) {
         SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, 0, nk, Dv, O, Dv);
-        return;
-    }
-    int64_t ja = 0;
-    for (int64_t j = 0; j < nk; j++) {
-        if (!SUF(row_nonfinite)(Vt + j * vt_rs, Dv)) continue;
-        if (j > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, j, Dv, O, Dv);
-        for (int64_t i = 0; i < nq; i++) {
-            T pw = ST[j * ld + i];
-            if (signbit(pw)) continue;          /* masked: skip */
-            for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] += pw * Vt[j * vt_rs + c];
+    } else {
+        int64_t ja = 0;
+        for (int64_t j = 0; j < nk; j++) {
+            if (!SUF(row_nonfinite)(Vt + j * vt_rs, Dv)) continue;
+            if (j > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, j, Dv, O, Dv);
+            for (int64_t i = 0; i < nq; i++) {
+                T pw = ST[j * ld + i];
+                if (signbit(pw)) continue;          /* masked: skip */
+                for (int64_t c = 0; c < Dv; c++) O[i * Dv + c] += pw * Vt[j * vt_rs + c];
+            }
+            ja = j + 1;
         }
-        ja = j + 1;
+        if (nk > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, nk, Dv, O, Dv);
     }
-    if (nk > ja) SUF(tile_pv)(ST, ld, nqp, Vt, vt_rs, ja, nk, Dv, O, Dv);
+}
+
+/* After each tile's P.V (whichever kernel added it into O): every
+   TILE_BLOCK tiles O joins the running P.V (double) and restarts from
+   zero, so the float sums span at most TILE_BLOCK tiles. */
+CATTN_STEP void SUF(pv_account)(SUF(blk) *k)
+{
+    if (++k->pending < TILE_BLOCK) return;
+    const int64_t n = k->nqp * k->p->Dv;
+    T *O = k->O;
+    WIDE *Ow = k->Ow;
+    if (k->flushed) for (int64_t i = 0; i < n; i++) Ow[i] += (WIDE)O[i];
+    else for (int64_t i = 0; i < n; i++) Ow[i] = (WIDE)O[i];
+    for (int64_t i = 0; i < n; i++) O[i] = 0;
+    k->pending = 0;
+    k->flushed = 1;
 }
 
 /* Divide by the row sums, fold in the sink, write out and lse. */
@@ -713,20 +772,20 @@ CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
     const int64_t out_rs = p->out.rs, out_cs = p->out.cs;
     T *out = (T *)p->out.base + p->out.off[b];
     T *lse = k->lse;
-    const T *O = k->O, *mrow = k->mrow, *lrow = k->lrow;
+    const T *O = k->O, *mrow = k->mrow;
     const int has_sink = p->sinks != NULL;
     const T sink = has_sink ? (T)p->sinks[b] : (T)0;
     const int64_t nq_blk = k->nq_blk;
     for (int64_t i = 0; i < nq_blk; i++) {
         T *orow = out + (i0 + i) * out_rs;
         T m = i < nq ? mrow[i] : (T)-INFINITY;
-        T l = i < nq ? lrow[i] : (T)0;
-        T f;
+        WIDE l = i < nq ? k->lw[i] : 0;
+        WIDE f;
         if (has_sink && i < nq) {
             f = SUF(fold_sink)(sink, &m, &l);
             f = f / l;
         } else {
-            f = (T)1 / l;
+            f = 1 / l;
         }
         if (l == 0 || i >= nq) {
             /* no key left (or a padded query): zeros, lse -inf */
@@ -738,8 +797,15 @@ CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
                NaN when the row also has a NaN logit (l is NaN only then:
                softmax_tile) */
             if (m == (T)INFINITY) f = NAN;
-            for (int64_t c = 0; c < Dv; c++) orow[c * out_cs] = O[i * Dv + c] * f;
-            const T logl = m == (T)INFINITY ? (l == l ? (T)0 : (T)NAN) : (T)log((double)l);
+            const WIDE *ow = k->Ow + i * Dv;
+            const T *o = O + i * Dv;
+            if (!k->flushed)
+                for (int64_t c = 0; c < Dv; c++) orow[c * out_cs] = (T)((WIDE)o[c] * f);
+            else if (k->pending)
+                for (int64_t c = 0; c < Dv; c++) orow[c * out_cs] = (T)((ow[c] + (WIDE)o[c]) * f);
+            else
+                for (int64_t c = 0; c < Dv; c++) orow[c * out_cs] = (T)(ow[c] * f);
+            const T logl = m == (T)INFINITY ? (l == l ? (T)0 : (T)NAN) : (T)log(l);
             if (lse) lse[i0 + i] = m + logl;
             if (p->lse_m) {
                 ((T *)p->lse_m)[b * Lq + i0 + i] = m;
@@ -788,6 +854,7 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
         }
         const int flagged = SUF(softmax_tile)(&k, nk, partial);
         CATTN_TILE_PV(&k, Vt, vt_rs, nk, flagged);
+        SUF(pv_account)(&k);
     }
     if (p->mode == CATTN_MODE_ATTENTION) SUF(finish_block)(&k);
 }
@@ -881,8 +948,10 @@ static inline void SUF(pv_rows_h)(const T *e, const int64_t *rows, int64_t nk,
 static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
 {
     return (size_t)(CATTN_DECODE_MAX_LQ * RUP16(p->D) + RUP16(p->D) + 4 * DCH
-                    + (p->kv_format == CATTN_KV_F16 ? DCH * (RUP16(p->D) + RUP16(p->Dv)) : 0)) * sizeof(T)
-           + DCH * sizeof(int64_t) + 64;
+                    + (p->kv_format == CATTN_KV_F16 ? DCH * (RUP16(p->D) + RUP16(p->Dv)) : 0)
+                    + CATTN_DECODE_MAX_LQ * RUP16(p->Dv)) * sizeof(T)
+           + DCH * sizeof(int64_t)
+           + (size_t)(CATTN_DECODE_MAX_LQ * (RUP16(p->Dv) + 1)) * sizeof(WIDE) + 64;
 }
 
 static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int64_t je,
@@ -898,6 +967,12 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     T *e = inv_k + DCH;                            /* DCH */
     int64_t *rows = (int64_t *)(e + DCH);          /* DCH (8-byte aligned: even offset) */
     T *kbuf = (T *)(rows + DCH);                   /* DCH x D16 (float16 K) */
+    /* ACCUMULATION: P.V of up to DEC_BLOCK chunks from zero, the running
+       sums in double */
+    const int64_t Dv16 = RUP16(Dv);
+    T *part = kbuf + (p->kv_format == CATTN_KV_F16 ? DCH * (D16 + Dv16) : 0);   /* Lq x Dv16 */
+    WIDE *accw = (WIDE *)(part + CATTN_DECODE_MAX_LQ * Dv16);   /* Lq x Dv16 */
+    WIDE *llw = accw + CATTN_DECODE_MAX_LQ * Dv16; /* Lq */
     const uint16_t *Kh = (const uint16_t *)p->k.base + p->k.off[b];
     const uint16_t *Vh = (const uint16_t *)p->v.base + p->v.off[b];
     const int64_t q_len = p->q_len ? p->q_len[b] : Lq;
@@ -923,6 +998,11 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     }
     je = imin(je, kv_len);
     if (js >= je || nq == 0) return;
+    for (int64_t i = 0; i < nq; i++) {
+        llw[i] = 0;
+        for (int64_t c = 0; c < Dv; c++) accw[i * Dv16 + c] = part[i * Dv16 + c] = 0;
+    }
+    int pending = 0;   /* chunks summed in part, not yet added into accw */
 
     for (int64_t i = 0; i < nq; i++) {
         const T *qr = Q + i * p->q.rs;
@@ -1023,9 +1103,10 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             T msub = mnew == -INFINITY ? (T)0
                      : mnew == (T)INFINITY ? (T)(CATTN_F64 ? DBL_MAX : FLT_MAX) : mnew;
             if (mnew != mold && mold != -INFINITY) {
-                T a = (T)exp((double)(mold - mnew));
-                ll[i] *= a;
-                for (int64_t c = 0; c < Dv; c++) acc[i * Dv + c] *= a;
+                const WIDE a = exp((double)(mold - mnew));
+                llw[i] *= a;
+                for (int64_t c = 0; c < Dv; c++) accw[i * Dv16 + c] *= a;
+                for (int64_t c = 0; c < Dv; c++) part[i * Dv16 + c] *= (T)a;
             }
             int64_t j = 0;
             for (; j + VL <= n; j += VL) vstore(e + j, vexp(vload(s + j) - msub));
@@ -1042,11 +1123,25 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                 e[nk2] = e[j];
                 rows[nk2++] = (jlo + j) * p->v.rs;
             }
-            if (half) SUF(pv_rows_h)(e, rows, nk2, Vh, acc + i * Dv, Dv);
-            else for (j = 0; j < nk2; j++) SUF(axpy)(e[j], Vm + rows[j], acc + i * Dv, Dv);
-            ll[i] += lsum;
+            T *pi = part + i * Dv16;
+            if (half) SUF(pv_rows_h)(e, rows, nk2, Vh, pi, Dv);
+            else for (j = 0; j < nk2; j++) SUF(axpy)(e[j], Vm + rows[j], pi, Dv);
+            llw[i] += lsum;
             mm[i] = mnew;
         }
+        if (++pending == DEC_BLOCK) {
+            for (int64_t i = 0; i < nq; i++)
+                for (int64_t c = 0; c < Dv; c++) {
+                    accw[i * Dv16 + c] += (WIDE)part[i * Dv16 + c];
+                    part[i * Dv16 + c] = 0;
+                }
+            pending = 0;
+        }
+    }
+    for (int64_t i = 0; i < nq; i++) {
+        ll[i] = (T)llw[i];
+        for (int64_t c = 0; c < Dv; c++)
+            acc[i * Dv + c] = (T)(accw[i * Dv16 + c] + (WIDE)part[i * Dv16 + c]);
     }
 }
 
@@ -1061,17 +1156,17 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
     T *lse = p->lse ? (T *)p->lse + b * Lq : NULL;
     T M = -INFINITY;
     for (int64_t s = 0; s < n_split; s++) { T m = mm[s * Lq + i]; if (m > M) M = m; }
-    T L = 0;
+    WIDE L = 0;
     int any_nan = 0;
     for (int64_t s = 0; s < n_split; s++) {
         T l = ll[s * Lq + i];
         if (l != l) any_nan = 1;
         const T m = mm[s * Lq + i];
-        if (m != -INFINITY) L += m == M ? l : l * (T)exp((double)(m - M));
+        if (m != -INFINITY) L += m == M ? (WIDE)l : (WIDE)l * exp((double)(m - M));
     }
     if (any_nan) L = NAN;
     const T M0 = M;
-    T f_extra = 1;
+    WIDE f_extra = 1;
     if (p->sinks && i < q_len) {
         f_extra = SUF(fold_sink)((T)p->sinks[b], &M, &L);
     }
@@ -1082,29 +1177,32 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
     }
     /* sum_s acc_s * exp(m_s - M0): the split weights computed once (up to
        64 splits; more recompute them per column), each output written once */
-    T wsplit[64];
+    WIDE wsplit[64];
     const int64_t nw = n_split <= 64 ? n_split : 0;
     for (int64_t s = 0; s < nw; s++) {
         T m = mm[s * Lq + i];
-        wsplit[s] = (m == -INFINITY && ll[s * Lq + i] == 0) ? (T)0           /* empty split */
-                    : (m == -INFINITY || m == M0) ? (T)1 : (T)exp((double)(m - M0));
+        wsplit[s] = (m == -INFINITY && ll[s * Lq + i] == 0) ? 0.0           /* empty split */
+                    : (m == -INFINITY || m == M0) ? 1.0 : exp((double)(m - M0));
     }
+    const WIDE f = f_extra / L;
     for (int64_t c = 0; c < Dv; c++) {
-        T o = 0;
+        WIDE o = 0;
         for (int64_t s = 0; s < n_split; s++) {
             T m = mm[s * Lq + i];
             if (m == -INFINITY && ll[s * Lq + i] == 0) continue;   /* empty split */
-            T w = nw ? wsplit[s] : (m == -INFINITY || m == M0) ? (T)1 : (T)exp((double)(m - M0));
-            o += acc[(s * Lq + i) * Dv + c] * w;
+            WIDE w = nw ? wsplit[s] : (m == -INFINITY || m == M0) ? 1.0 : exp((double)(m - M0));
+            o += (WIDE)acc[(s * Lq + i) * Dv + c] * w;
         }
         /* a +inf logit: NaN (inf - inf), as finish_block */
-        orow[c * p->out.cs] = M == (T)INFINITY ? (T)NAN : o * f_extra / L;
+        orow[c * p->out.cs] = M == (T)INFINITY ? (T)NAN : (T)(o * f);
     }
     /* a +inf logit: lse +inf, or NaN with a NaN logit too (L is NaN only then) */
-    if (lse) lse[i] = M == (T)INFINITY ? (L == L ? M : (T)NAN) : M + (T)log((double)L);
+    if (lse) lse[i] = M == (T)INFINITY ? (L == L ? M : (T)NAN) : M + (T)log(L);
 }
 #undef DCH
 #undef PFK
+#undef DEC_BLOCK
+#undef TILE_BLOCK
 #undef NQ
 #undef MR_S
 #undef MR_O

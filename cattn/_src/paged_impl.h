@@ -313,7 +313,7 @@ static void SUF(paged_tile)(const cattn_paged_params *pp, int64_t s, int64_t h, 
     lp.out.base = pp->out; lp.out.off = &ooff;
     lp.sinks = pp->sinks ? pp->sinks + h : NULL;
 
-    int64_t BQP, off[8];
+    int64_t BQP, off[NOFF];
     SUF(scratch_layout)(&lp, &BQP, off);
     T *base = (T *)scratch;
     SUF(blk) k;
@@ -332,6 +332,7 @@ static void SUF(paged_tile)(const cattn_paged_params *pp, int64_t s, int64_t h, 
     k.QT = base + off[0]; k.ST = base + off[1]; k.O = base + off[2];
     k.mrow = base + off[3]; k.lrow = base + off[4]; k.alpha = base + off[5];
     k.kbuf = base + off[6]; k.vbuf = k.kbuf + pp->block_k * PG_RUP16(D);
+    k.Ow = (WIDE *)(base + off[7]); k.lw = (WIDE *)(base + off[8]);
     k.lse = pp->lse ? (T *)pp->lse + h * pp->tokens + q0 : NULL;
     SUF(pack_q)(&k);
 
@@ -360,8 +361,9 @@ static void SUF(paged_tile)(const cattn_paged_params *pp, int64_t s, int64_t h, 
         if (pp->slopes) SUF(alibi_tile)(&k, slope, j0, nk);
         const int partial = j0 < full_lo || j0 + nk > full_hi;
         if (partial) SUF(mask_tile)(&k, j0, nk);
-        SUF(softmax_tile)(&k, nk, partial);
-        SUF(pv_tile)(&k, Vt, vt_rs, nk, partial);
+        const int flagged = SUF(softmax_tile)(&k, nk, partial);
+        SUF(pv_tile)(&k, Vt, vt_rs, nk, flagged);
+        SUF(pv_account)(&k);
         j0 += nk;
     }
     SUF(finish_block)(&k);

@@ -22,3 +22,8 @@
 #undef vtanh
 #undef imax
 #undef imin
+/* and the kernels' shared layout names (flash_impl.h; the paged and
+   bfloat16 kernels of the same instantiation use them too) */
+#undef NOFF
+#undef WELEMS
+#undef WIDE
