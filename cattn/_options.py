@@ -138,7 +138,7 @@ def real_dtype(dt, name):
     dt = np.dtype(dt)
     if dt.kind in "biu":
         return np.dtype(np.float64)
-    if dt.name == "bfloat16" and dt.itemsize == 2:   # ml_dtypes.bfloat16
+    if dt.kind == "V" and dt.itemsize == 2 and dt.name == "bfloat16":   # ml_dtypes.bfloat16
         return dt
     if dt.kind != "f" or dt.itemsize > 8:
         raise TypeError(
@@ -153,7 +153,7 @@ def result_dtypes(*dtypes):
     result = np.result_type(*dtypes)
     if result == np.float16:
         return np.dtype(np.float32), np.dtype(np.float16)
-    if result.name == "bfloat16":      # ml_dtypes.bfloat16: float32 math
+    if result.kind == "V" and result.name == "bfloat16":   # ml_dtypes.bfloat16: float32 math
         return np.dtype(np.float32), result
     return np.dtype(result), np.dtype(result)
 

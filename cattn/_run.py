@@ -145,7 +145,7 @@ def _results(user_call, plan, outs):
             res = outs.res.reshape(lead + (Lq, call.Dv))
             result = res if rdt == plan.cdt else res.astype(rdt)
     ret = [result]
-    if rdt.name == "bfloat16":     # bfloat16: out only; weights, key_mass, lse in float32
+    if rdt.kind == "V" and rdt.name == "bfloat16":     # bfloat16: out only; weights, key_mass, lse in float32
         rdt = plan.cdt
     with np.errstate(over="ignore"):     # float16 results: overflow is inf, as it should be
         if o.return_weights == "key_mass":
