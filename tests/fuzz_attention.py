@@ -256,7 +256,8 @@ def _qkv(d):
     elif d.bool(0.05):
         arrs[d.int(0, 2)] = _junk(d)
     elif d.bool(0.05):
-        arrs[0] = arrs[0].tolist() if isinstance(arrs[0], np.ndarray) and arrs[0].size < 200 else arrs[0]
+        arrs[0] = (arrs[0].tolist() if isinstance(arrs[0], np.ndarray) and 0 < arrs[0].size < 200
+                   else arrs[0])
     return arrs, (lead, Lq, Lk, D, Dv)
 
 
@@ -528,7 +529,9 @@ def _other_kind(d, x):
     try:
         if kind == "memoryview":
             return memoryview(x)
-        if kind == "list" and x.size < 500:
+        # (a list of an array with a zero-length axis loses the axes after
+        # it: [[], []] is (2, 0) whatever the array was)
+        if kind == "list" and 0 < x.size < 500:
             if x is _ALIASED[0]:
                 _ALIASED[0] = None          # a list is a copy: nothing shared
             return x.tolist()
