@@ -374,8 +374,21 @@ cdef int _poll_cb(void *ctx) noexcept nogil:
     return _interrupted(<double *>ctx)
 
 
-cdef void _drive(_Run *r, int64_t n_work, int64_t *ctr, void *scratch, int *status,
-                 double *last, bint poller) noexcept nogil:
+# The driver every kernel family shares (tile, decode, key mass, backward,
+# paged): a work item is item(ctx, w, scratch, tid), ctx the family's own
+# state, tid the OpenMP thread (per-thread buffers).  The caller arms
+# status/last (_arm) and points its params' stop/poll at them first.
+ctypedef void (*_item_fn)(void *ctx, int64_t w, void *scratch, int tid) noexcept nogil
+
+
+cdef void _arm(int *status, double *last) noexcept nogil:
+    status[0] = 0       # scratch allocation failed
+    status[1] = 0       # interrupted
+    last[0] = omp_get_wtime()
+
+
+cdef void _drive(_item_fn item, void *ctx, int64_t n_work, int64_t *ctr, void *scratch,
+                 int *status, double *last, bint poller, int tid) noexcept nogil:
     """One thread's share of a parallel run: claim items (ctr[0]) until none
     is left, counting each done (ctr[1]), then -- on the polling thread --
     keep polling until every item is done.  Only the calling thread (OpenMP
@@ -393,7 +406,7 @@ cdef void _drive(_Run *r, int64_t n_work, int64_t *ctr, void *scratch, int *stat
             if poller and _interrupted(last):
                 status[1] = 1
             else:
-                _work_item(r, w, scratch)
+                item(ctx, w, scratch, tid)
         cattn_fetch_inc(&ctr[1])
     if not poller:
         return
@@ -410,25 +423,19 @@ cdef void _drive(_Run *r, int64_t n_work, int64_t *ctr, void *scratch, int *stat
             cattn_nap(<long>(1e6 * min(0.05 * waited, 2e-3)))
 
 
-cdef int _run(_Run *r, int64_t n_work, size_t scratch_bytes, int n_threads,
-              bint poll) except -1:
-    cdef int status[2]      # [0] scratch allocation failed, [1] interrupted
-    cdef double last[1]     # this call's poll clock
+cdef int _run_items(_item_fn item, void *ctx, int64_t n_work, size_t scratch_bytes,
+                    int n_threads, bint poll, int *status, double *last) except -1:
+    """Run n_work items with per-thread scratch: on the calling thread when
+    one thread is asked for (so a forked child never enters OpenMP), else a
+    checked team; Ctrl-C polled between items (and, through the params the
+    caller armed, inside them).  Raises MemoryError if scratch cannot be
+    had; returns -1 with the signal handler's exception set."""
     cdef int64_t ctr[2]     # items claimed, items done
     cdef int64_t w
     cdef void *raw = NULL
     cdef void *scratch = NULL
-    status[0] = 0
-    status[1] = 0
     ctr[0] = 0
     ctr[1] = 0
-    last[0] = omp_get_wtime()
-    # inside work items too: one item can span millions of keys
-    r.p.stop = &status[1]
-    r.p.poll = NULL
-    r.p.poll_ctx = <void *>last
-    if poll:
-        r.p.poll = _poll_cb
     if n_threads > n_work:
         n_threads = <int>n_work
     if n_threads > 1:
@@ -443,7 +450,7 @@ cdef int _run(_Run *r, int64_t n_work, size_t scratch_bytes, int n_threads,
                 if poll and _interrupted(last):
                     status[1] = 1
                     break
-                _work_item(r, w, scratch)
+                item(ctx, w, scratch, 0)
         free(raw)
     else:
         with nogil, parallel(num_threads=n_threads):
@@ -453,7 +460,8 @@ cdef int _run(_Run *r, int64_t n_work, size_t scratch_bytes, int n_threads,
                 scratch = NULL
             else:
                 scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
-            _drive(r, n_work, ctr, scratch, status, last, poll and omp_get_thread_num() == 0)
+            _drive(item, ctx, n_work, ctr, scratch, status, last,
+                   poll and omp_get_thread_num() == 0, omp_get_thread_num())
             free(raw)
     if status[1]:
         return -1           # the signal handler's exception is set
@@ -461,6 +469,25 @@ cdef int _run(_Run *r, int64_t n_work, size_t scratch_bytes, int n_threads,
         raise MemoryError("cattn: cannot allocate %d bytes of per-thread scratch"
                           % scratch_bytes)
     return 0
+
+
+cdef void _forward_item(void *ctx, int64_t w, void *scratch, int tid) noexcept nogil:
+    _work_item(<_Run *>ctx, w, scratch)
+
+
+cdef int _run(_Run *r, int64_t n_work, size_t scratch_bytes, int n_threads,
+              bint poll) except -1:
+    cdef int status[2]
+    cdef double last[1]     # this call's poll clock
+    _arm(status, last)
+    # inside work items too: one item can span millions of keys
+    r.p.stop = &status[1]
+    r.p.poll = NULL
+    if poll:
+        r.p.poll = _poll_cb
+    r.p.poll_ctx = <void *>last
+    return _run_items(_forward_item, <void *>r, n_work, scratch_bytes, n_threads, poll,
+                      status, last)
 
 
 def _poll_signals():
@@ -746,65 +773,41 @@ def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double 
 # per-thread dQ partial; or, with dq_pass, the partials are left out and a
 # second loop over (batch item, query block) computes dQ.
 
+cdef struct _Bwd:
+    cattn_bwd_params *bp
+    cattn_kernels *kern
+    bint q_items
+    int64_t n_qblocks
+    char *dq_parts          # per-thread dQ partials (NULL: none)
+    int64_t part_bytes
+
+
+cdef void _bwd_item(void *ctx, int64_t w, void *scratch, int tid) noexcept nogil:
+    cdef _Bwd *c = <_Bwd *>ctx
+    if c.q_items:
+        c.kern.bwd_q(c.bp, w // c.n_qblocks, w % c.n_qblocks, scratch)
+    else:
+        c.kern.bwd_kv(c.bp, w // c.n_qblocks, w % c.n_qblocks,
+                      c.dq_parts + tid * c.part_bytes if c.dq_parts != NULL else NULL,
+                      scratch)
+
+
 cdef int _run_bwd(cattn_bwd_params *bp, cattn_kernels *kern, int64_t n_work, bint q_items,
                   int64_t n_qblocks, char *dq_parts, int64_t part_bytes, int n_threads,
                   bint poll) except -1:
     cdef int status[2]
     cdef double last[1]
-    cdef int64_t w
-    cdef void *raw = NULL
-    cdef void *scratch = NULL
-    cdef size_t scratch_bytes = kern.bwd_scratch(bp)
-    cdef char *part = NULL
-    status[0] = 0
-    status[1] = 0
-    last[0] = omp_get_wtime()
+    cdef _Bwd c
+    c.bp = bp; c.kern = kern; c.q_items = q_items; c.n_qblocks = n_qblocks
+    c.dq_parts = dq_parts; c.part_bytes = part_bytes
+    _arm(status, last)
     bp.f.stop = &status[1]
     bp.f.poll = NULL
-    bp.f.poll_ctx = <void *>last       # this call's own poll clock
     if poll:
         bp.f.poll = _poll_cb
-    if n_threads <= 1:
-        raw = malloc(scratch_bytes + 64)
-        if raw == NULL:
-            raise MemoryError("cattn: cannot allocate %d bytes of scratch" % scratch_bytes)
-        scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
-        with nogil:
-            for w in range(n_work):
-                if poll and _interrupted(last):
-                    status[1] = 1
-                    break
-                if q_items:
-                    kern.bwd_q(bp, w // n_qblocks, w % n_qblocks, scratch)
-                else:
-                    kern.bwd_kv(bp, w // n_qblocks, w % n_qblocks, dq_parts, scratch)
-        free(raw)
-    else:
-        with nogil, parallel(num_threads=n_threads):
-            raw = malloc(scratch_bytes + 64)
-            if raw == NULL:
-                status[0] = 1
-            scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
-            part = NULL
-            if dq_parts != NULL:
-                part = dq_parts + omp_get_thread_num() * part_bytes
-            for w in prange(n_work, schedule="dynamic"):
-                if raw == NULL or status[1]:
-                    continue
-                if poll and omp_get_thread_num() == 0 and _interrupted(last):
-                    status[1] = 1
-                    continue
-                if q_items:
-                    kern.bwd_q(bp, w // n_qblocks, w % n_qblocks, scratch)
-                else:
-                    kern.bwd_kv(bp, w // n_qblocks, w % n_qblocks, part, scratch)
-            free(raw)
-    if status[1]:
-        return -1
-    if status[0]:
-        raise MemoryError("cattn: cannot allocate %d bytes of per-thread scratch"
-                          % scratch_bytes)
-    return 0
+    bp.f.poll_ctx = <void *>last       # this call's own poll clock
+    return _run_items(_bwd_item, <void *>&c, n_work, kern.bwd_scratch(bp), n_threads, poll,
+                      status, last)
 
 
 def flash_backward(KernelArgs a, Operand dout not None, delta, dk, dv, group_start,
@@ -930,70 +933,43 @@ PAGED_DECODE = _PAGED_DECODE
 PAGED_TILE = _PAGED_TILE
 
 
-cdef void _paged_item(cattn_paged_params *pp, cattn_paged_kernels *kern,
-                      const int64_t *wk, char *acc, char *mm, char *ll, size_t isz,
-                      void *scratch) noexcept nogil:
+cdef struct _Paged:
+    cattn_paged_params *pp
+    cattn_paged_kernels *kern
+    const int64_t *wk       # 7 int64 per work item (see _paged.py)
+    char *acc
+    char *mm
+    char *ll
+    size_t isz
+
+
+cdef void _paged_item(void *ctx, int64_t w, void *scratch, int tid) noexcept nogil:
+    cdef _Paged *c = <_Paged *>ctx
+    cdef const int64_t *wk = c.wk + 7 * w
     cdef int64_t row = wk[6]
     if wk[0] == _PAGED_TILE:
-        kern.tile(pp, wk[1], wk[2], wk[3], scratch)
+        c.kern.tile(c.pp, wk[1], wk[2], wk[3], scratch)
     else:
-        kern.decode(pp, wk[1], wk[2], wk[3], wk[4], wk[5], acc + row * pp.Dv * isz,
-                    mm + row * isz, ll + row * isz, scratch)
+        c.kern.decode(c.pp, wk[1], wk[2], wk[3], wk[4], wk[5], c.acc + row * c.pp.Dv * c.isz,
+                      c.mm + row * c.isz, c.ll + row * c.isz, scratch)
 
 
 cdef int _paged_run(cattn_paged_params *pp, cattn_paged_kernels *kern, const int64_t *wk,
                     int64_t n_work, char *acc, char *mm, char *ll, size_t isz,
                     size_t scratch_bytes, int n_threads, bint poll) except -1:
-    """The driver of _run, on the paged contract."""
-    cdef int status[2]      # [0] scratch allocation failed, [1] interrupted
+    """_run on the paged contract."""
+    cdef int status[2]
     cdef double last[1]
-    cdef void *raw = NULL
-    cdef void *scratch = NULL
-    cdef int64_t w
-    status[0] = 0
-    status[1] = 0
-    last[0] = omp_get_wtime()
+    cdef _Paged c
+    c.pp = pp; c.kern = kern; c.wk = wk; c.acc = acc; c.mm = mm; c.ll = ll; c.isz = isz
+    _arm(status, last)
     pp.stop = &status[1]
     pp.poll = NULL
-    pp.poll_ctx = <void *>last       # this call's own poll clock
     if poll:
         pp.poll = _poll_cb
-    if n_threads > n_work:
-        n_threads = <int>n_work
-    if n_threads > 1:
-        n_threads = cattn_usable_team(n_threads)
-    if n_threads <= 1:
-        raw = malloc(scratch_bytes + 64)
-        if raw == NULL:
-            raise MemoryError("cattn: cannot allocate %d bytes of scratch" % scratch_bytes)
-        scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
-        with nogil:
-            for w in range(n_work):
-                if poll and _interrupted(last):
-                    status[1] = 1
-                    break
-                _paged_item(pp, kern, wk + 7 * w, acc, mm, ll, isz, scratch)
-        free(raw)
-    else:
-        with nogil, parallel(num_threads=n_threads):
-            raw = malloc(scratch_bytes + 64)
-            if raw == NULL:
-                status[0] = 1
-            scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
-            for w in prange(n_work, schedule="dynamic"):
-                if raw == NULL or status[1]:
-                    continue
-                if poll and omp_get_thread_num() == 0 and _interrupted(last):
-                    status[1] = 1
-                    continue
-                _paged_item(pp, kern, wk + 7 * w, acc, mm, ll, isz, scratch)
-            free(raw)
-    if status[1]:
-        return -1           # the signal handler's exception is set
-    if status[0]:
-        raise MemoryError("cattn: cannot allocate %d bytes of per-thread scratch"
-                          % scratch_bytes)
-    return 0
+    pp.poll_ctx = <void *>last       # this call's own poll clock
+    return _run_items(_paged_item, <void *>&c, n_work, scratch_bytes, n_threads, poll,
+                      status, last)
 
 
 def paged(cnp.ndarray q, cnp.ndarray k_cache, cnp.ndarray v_cache,
