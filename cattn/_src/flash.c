@@ -178,27 +178,38 @@ enum { ISA_BASE = 0, ISA_HASWELL = 1, ISA_SKYLAKE = 2, ISA_COOPERLAKE = 3, ISA_C
     decode_scratch_bytes_b16_##isa, decode_block_b16_##isa,                 \
     decode_finish_b16_##isa }
 
+/*
+ * The rows of every table, one per ISA level (ISA_*), in one X-macro list:
+ * X(name, kernels) with the name the level reports and the instantiation
+ * whose kernels it runs.  Cooper Lake runs the Skylake-X kernels except
+ * for bfloat16 (tables_bf16 below).  A new ISA is one entry here.
+ */
 #if CATTN_PORTABLE
-static const cattn_kernels tables[1][2] = {
-    {CATTN_TABLE(portable, f32), CATTN_TABLE(portable, f64)}};
-static const cattn_kernels tables_bf16[1] = {
+#define CATTN_ISAS(X) X(portable, portable)
+#elif CATTN_X86_DISPATCH
+#define CATTN_ISAS(X) X(generic, generic) X(haswell, haswell) X(skylake, skylake) \
+                      X(cooperlake, skylake)
+#else
+#define CATTN_ISAS(X) X(generic, generic)
+#endif
+
+#define CATTN_ROW(name, isa) {CATTN_TABLE(isa, f32), CATTN_TABLE(isa, f64)},
+static const cattn_kernels tables[][2] = {CATTN_ISAS(CATTN_ROW)};
+#undef CATTN_ROW
+
+/* bfloat16 caches: the widening kernels of each level's own instantiation
+   (b16); VDPBF16PS tiles on Cooper Lake */
+#if CATTN_PORTABLE
+static const cattn_kernels tables_bf16[] = {
     CATTN_TABLE_BF16(portable, portable, scratch_bytes, flash_block)};
 #elif CATTN_X86_DISPATCH
-/* Cooper Lake runs the Skylake-X float32/64 kernels */
-static const cattn_kernels tables[ISA_COUNT][2] = {
-    {CATTN_TABLE(generic, f32), CATTN_TABLE(generic, f64)},
-    {CATTN_TABLE(haswell, f32), CATTN_TABLE(haswell, f64)},
-    {CATTN_TABLE(skylake, f32), CATTN_TABLE(skylake, f64)},
-    {CATTN_TABLE(skylake, f32), CATTN_TABLE(skylake, f64)}};
-static const cattn_kernels tables_bf16[ISA_COUNT] = {
+static const cattn_kernels tables_bf16[] = {
     CATTN_TABLE_BF16(generic, generic, scratch_bytes, flash_block),
     CATTN_TABLE_BF16(haswell, haswell, scratch_bytes, flash_block),
     CATTN_TABLE_BF16(skylake, skylake, scratch_bytes, flash_block),
     CATTN_TABLE_BF16(cooperlake, cooperlake, scratch_bytes_dp, flash_block)};
 #else
-static const cattn_kernels tables[1][2] = {
-    {CATTN_TABLE(generic, f32), CATTN_TABLE(generic, f64)}};
-static const cattn_kernels tables_bf16[1] = {
+static const cattn_kernels tables_bf16[] = {
     CATTN_TABLE_BF16(generic, generic, scratch_bytes, flash_block)};
 #endif
 
@@ -206,18 +217,9 @@ static const cattn_kernels tables_bf16[1] = {
 typedef struct { size_t (*scratch)(const cattn_params *); void (*decode)(const cattn_params *,
     int64_t, int64_t, int64_t, void *, void *, void *, void *); } cattn_q8_decode;
 #define CATTN_Q8(isa, ty) {decode_scratch_bytes_q8_##ty##_##isa, decode_block_q8_##ty##_##isa}
-#if CATTN_PORTABLE
-static const cattn_q8_decode q8_decode[1][2] = {{CATTN_Q8(portable, f32), CATTN_Q8(portable, f64)}};
-#elif CATTN_X86_DISPATCH
-static const cattn_q8_decode q8_decode[ISA_COUNT][2] = {
-    {CATTN_Q8(generic, f32), CATTN_Q8(generic, f64)},
-    {CATTN_Q8(haswell, f32), CATTN_Q8(haswell, f64)},
-    {CATTN_Q8(skylake, f32), CATTN_Q8(skylake, f64)},
-    /* Cooper Lake differs from Skylake-X in bfloat16 only */
-    {CATTN_Q8(skylake, f32), CATTN_Q8(skylake, f64)}};
-#else
-static const cattn_q8_decode q8_decode[1][2] = {{CATTN_Q8(generic, f32), CATTN_Q8(generic, f64)}};
-#endif
+#define CATTN_ROW(name, isa) {CATTN_Q8(isa, f32), CATTN_Q8(isa, f64)},
+static const cattn_q8_decode q8_decode[][2] = {CATTN_ISAS(CATTN_ROW)};
+#undef CATTN_ROW
 
 static int isa_level = -1;   /* an index into tables */
 
@@ -297,20 +299,9 @@ int cattn_isa_dispatch_available(void) { return CATTN_X86_DISPATCH; }
     paged_decode_finish_##ty##_##isa, paged_tile_scratch_##ty##_##isa,      \
     paged_tile_##ty##_##isa }
 
-#if CATTN_PORTABLE
-static const cattn_paged_kernels paged_tables[1][2] = {
-    {CATTN_PAGED_TABLE(portable, f32), CATTN_PAGED_TABLE(portable, f64)}};
-#elif CATTN_X86_DISPATCH
-static const cattn_paged_kernels paged_tables[ISA_COUNT][2] = {
-    {CATTN_PAGED_TABLE(generic, f32), CATTN_PAGED_TABLE(generic, f64)},
-    {CATTN_PAGED_TABLE(haswell, f32), CATTN_PAGED_TABLE(haswell, f64)},
-    {CATTN_PAGED_TABLE(skylake, f32), CATTN_PAGED_TABLE(skylake, f64)},
-    /* Cooper Lake differs from Skylake-X in bfloat16 only */
-    {CATTN_PAGED_TABLE(skylake, f32), CATTN_PAGED_TABLE(skylake, f64)}};
-#else
-static const cattn_paged_kernels paged_tables[1][2] = {
-    {CATTN_PAGED_TABLE(generic, f32), CATTN_PAGED_TABLE(generic, f64)}};
-#endif
+#define CATTN_ROW(name, isa) {CATTN_PAGED_TABLE(isa, f32), CATTN_PAGED_TABLE(isa, f64)},
+static const cattn_paged_kernels paged_tables[][2] = {CATTN_ISAS(CATTN_ROW)};
+#undef CATTN_ROW
 
 cattn_paged_kernels cattn_paged_kernels_for(int is_double, int kv_format)
 {
