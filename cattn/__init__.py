@@ -27,7 +27,7 @@ True
 # A new option: _validate -> AttentionCall -> (_plan) -> KernelArgs ->
 # cattn_params -> a step of flash_impl.h, and cattn.reference first.  A new
 # K/V format or kernel kind: a slot in the kernel table.  A new ISA: a
-# simd_<isa>.h and a row of the table.  docs/architecture.md has the details.
+# simd_<isa>.h and an entry of CATTN_ISAS.  docs/architecture.md has the details.
 import types as _types
 
 from ._version import __version__
