@@ -153,4 +153,6 @@ def paged(q: npt.NDArray[Any], k_cache: npt.NDArray[Any], v_cache: npt.NDArray[A
           q_start: npt.NDArray[np.int64], out: npt.NDArray[Any], lse: Any, scale: float,
           softcap: float, sinks: Any, slopes: Any, win_left: int, win_right: int,
           kv_format: int, block_q: int, block_k: int, work: npt.NDArray[np.int64],
-          finish: npt.NDArray[np.int64], acc_rows: int, num_threads: int) -> None: ...
+          finish: npt.NDArray[np.int64], acc_rows: int, num_threads: int,
+          k_scale: npt.NDArray[np.float32] | None = None,
+          v_scale: npt.NDArray[np.float32] | None = None) -> None: ...

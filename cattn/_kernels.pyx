@@ -895,6 +895,8 @@ cdef extern from "_src/paged.h" nogil:
         const void *q
         const void *k_cache
         const void *v_cache
+        const float *k_scale
+        const float *v_scale
         const int64_t *block_table
         const int64_t *seq_lens
         const int64_t *q_start
@@ -977,11 +979,13 @@ def paged(cnp.ndarray q, cnp.ndarray k_cache, cnp.ndarray v_cache,
           cnp.ndarray out, lse, double scale, double softcap, sinks, slopes,
           int64_t win_left, int64_t win_right, int kv_format, int64_t block_q,
           int64_t block_k, cnp.ndarray work, cnp.ndarray finish, int64_t acc_rows,
-          int num_threads):
+          int num_threads, k_scale=None, v_scale=None):
     """Run the paged kernels over the work items ``work`` (int64 (n, 7), in
     the order given: the caller sorts them by cost) and merge the decode
     partials per ``finish`` row (s, h0, nh, n_split, acc_row).  Every array
-    is validated and contiguous (cattn._paged); shapes are read from them."""
+    is validated and contiguous (cattn._paged); shapes are read from them.
+    kv_format KV_I8: the caches are the int8 data and k_scale/v_scale their
+    float32 scales (num_pages, Hkv, page_size, ceil(D / 32))."""
     cdef cattn_paged_params pp
     memset(&pp, 0, sizeof(cattn_paged_params))
     cdef bint is_double = q.dtype == np.float64
@@ -993,6 +997,19 @@ def paged(cnp.ndarray q, cnp.ndarray k_cache, cnp.ndarray v_cache,
             or finish.dtype != np.int64 or out.dtype != q.dtype
             or work.shape[1] != 7 or finish.shape[1] != 5):
         raise TypeError("paged: wrong array types")
+    esz = {CATTN_KV_NATIVE: q.dtype.itemsize, CATTN_KV_F16: 2, CATTN_KV_BF16: 2,
+           CATTN_KV_I8: 1}.get(kv_format)
+    if (esz is None or k_cache.dtype.itemsize != esz or v_cache.dtype.itemsize != esz
+            or k_cache.ndim != 4 or v_cache.ndim != 4):
+        raise TypeError("paged: the caches do not match kv_format")
+    if kv_format == CATTN_KV_I8:
+        for a, c in ((k_scale, k_cache), (v_scale, v_cache)):
+            if (not isinstance(a, np.ndarray) or a.dtype != np.float32
+                    or not a.flags.c_contiguous or c.dtype != np.int8
+                    or a.shape != np.shape(c)[:3] + (-(-np.shape(c)[3] // CATTN_QBLOCK),)):
+                raise TypeError("paged: int8 caches need float32 scales of their shape")
+        pp.k_scale = <const float *>_ptr(k_scale)
+        pp.v_scale = <const float *>_ptr(v_scale)
     pp.num_seqs = seq_lens.shape[0]
     pp.tokens = q.shape[0]; pp.H = q.shape[1]; pp.D = q.shape[2]
     pp.num_pages = k_cache.shape[0]; pp.Hkv = k_cache.shape[1]

@@ -16,7 +16,8 @@ one long sequence does not leave a core idle.
 """
 import numpy as np
 
-from . import _kernels
+from . import _bf16, _kernels
+from ._quant import QuantizedKV, quantize_kv
 from ._threads import threads_for
 from ._validate_paged import validate_cache_write, validate_paged
 
@@ -195,17 +196,32 @@ def paged_attention(query, key_cache, value_cache, block_table, seq_lens, query_
     return run_paged(call)
 
 
+def kernel_pools(call):
+    """(key pool, value pool, kv_format, key scales, value scales) as the
+    kernels read them: float16 and bfloat16 pools as their bits under
+    float32 math, int8 as data + scales, otherwise the compute dtype."""
+    kc, vc, cdt = call.key_cache, call.value_cache, call.cdt
+    if isinstance(kc, QuantizedKV):
+        return kc.data, vc.data, _kernels.KV_I8, kc.scales, vc.scales
+    if cdt == np.float32 and kc.dtype == np.float16:
+        return kc, vc, _kernels.KV_F16, None, None
+    if cdt == np.float32 and _bf16.is_bf16(kc):
+        return _bf16.bits(kc), _bf16.bits(vc), _kernels.KV_BF16, None, None
+    # a 16-bit or float32 pool under float64 math: widened once per call
+    if _bf16.is_bf16(kc):
+        kc, vc = _bf16.widen(kc, cdt), _bf16.widen(vc, cdt)
+    elif kc.dtype != cdt:
+        kc, vc = kc.astype(cdt), vc.astype(cdt)
+    return kc, vc, _kernels.KV_NATIVE, None, None
+
+
 def run_paged(call):
     cdt = call.cdt
     T, H, D = call.query.shape
     Dv = call.value_cache.shape[3]
-    half = call.key_cache.dtype == np.float16 and cdt == np.float32
-    kv_format = _kernels.KV_F16 if half else _kernels.KV_NATIVE
-    kc, vc = call.key_cache, call.value_cache
-    if not half and kc.dtype != cdt:
-        # a float16/float32 pool under float64 math: widened once per call
-        kc, vc = kc.astype(cdt), vc.astype(cdt)
-    q = np.ascontiguousarray(call.query, dtype=cdt)
+    kc, vc, kv_format, k_scale, v_scale = kernel_pools(call)
+    query = _bf16.widen(call.query) if _bf16.is_bf16(call.query) else call.query
+    q = np.ascontiguousarray(query, dtype=cdt)
     out = np.empty((T, H, Dv), dtype=cdt)
     lse = np.empty((H, T), dtype=cdt) if call.return_lse else None
     # threads: decided on the call's whole work
@@ -227,27 +243,34 @@ def run_paged(call):
                 lse.fill(-np.inf)
         _kernels.paged(q, kc, vc, call.block_table, call.seq_lens, call.q_start, out, lse,
                        call.scale, softcap, sinks, call.alibi_slopes, wl, wr, kv_format,
-                       PAGED_BLOCK_Q, PAGED_BLOCK_K, work, fin, acc_rows, n_threads)
+                       PAGED_BLOCK_Q, PAGED_BLOCK_K, work, fin, acc_rows, n_threads,
+                       k_scale, v_scale)
     rdt = call.rdt
     with np.errstate(over="ignore"):
         res = out if rdt == cdt else out.astype(rdt)
         if lse is None:
             return res
-        return res, np.ascontiguousarray(lse.T).astype(rdt, copy=False)
+        # a bfloat16 result: the output only, lse stays float32 (as attention)
+        ldt = cdt if _bf16.is_bf16_dtype(rdt) else rdt
+        return res, np.ascontiguousarray(lse.T).astype(ldt, copy=False)
 
 
 def cache_write(key, value, key_cache, value_cache, slot_mapping):
     """Write new tokens' keys and values into a page pool (vLLM's
     ``reshape_and_cache``): token t goes to page ``slot_mapping[t] //
     page_size``, row ``slot_mapping[t] % page_size``, converted to the
-    cache's dtype (float32 -> float16 rounds to nearest; values past
-    float16's range become inf).
+    cache's format.  float16 and bfloat16 pools round to nearest even
+    (values past the range become inf; bfloat16 as ml_dtypes converts, a
+    float64 value through float32).  An int8 pool (a ``QuantizedKV``) gets
+    each row quantized by :func:`cattn.quantize_kv`'s rule -- int8 data
+    and a float32 scale per 32 values written at the slot; NaN or inf
+    there is a ValueError and nothing is written.
 
     Parameters
     ----------
     key : array_like, shape (num_tokens, num_kv_heads, head_dim)
     value : array_like, shape (num_tokens, num_kv_heads, head_dim_v)
-    key_cache, value_cache : ndarray, (num_pages, num_kv_heads, page_size, ...)
+    key_cache, value_cache : ndarray or QuantizedKV, (num_pages, num_kv_heads, page_size, ...)
         Written in place (C-contiguous, writeable).
     slot_mapping : array_like of int, shape (num_tokens,)
         ``page * page_size + offset`` per token; each in
@@ -255,7 +278,29 @@ def cache_write(key, value, key_cache, value_cache, slot_mapping):
         later one is kept.
     """
     k, v, page, off = validate_cache_write(key, value, key_cache, value_cache, slot_mapping)
+    # converted (quantized) before anything is written: a bad row leaves
+    # both pools untouched
+    k = _pool_rows(k, key_cache, "key")
+    v = _pool_rows(v, value_cache, "value")
     with np.errstate(over="ignore", invalid="ignore"):
-        # advanced indices around a slice: the indexed view is (tokens, Hkv, D)
-        key_cache[page, :, off, :] = k
-        value_cache[page, :, off, :] = v
+        _put_rows(key_cache, page, off, k)
+        _put_rows(value_cache, page, off, v)
+
+
+def _pool_rows(x, cache, name):
+    """New rows in the pool's format: a QuantizedKV for an int8 pool."""
+    if not isinstance(cache, QuantizedKV):
+        return x
+    try:
+        return quantize_kv(x)
+    except ValueError as exc:
+        raise ValueError(f"{name} cannot go into an int8 pool: {exc}") from None
+
+
+def _put_rows(cache, page, off, rows):
+    # advanced indices around a slice: the indexed view is (tokens, Hkv, D)
+    if isinstance(cache, QuantizedKV):
+        cache.data[page, :, off, :] = rows.data
+        cache.scales[page, :, off, :] = rows.scales
+    else:
+        cache[page, :, off, :] = rows

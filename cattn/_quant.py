@@ -18,6 +18,8 @@ would need a float window of up to 128 recent tokens re-quantized as a
 group (KIVI's residual), i.e. a second, mutable cache format.  The cost:
 4 bytes of scale per 32 values (D = 128: 144 bytes a row, 0.56x float16).
 """
+import operator
+
 import numpy as np
 
 __all__ = ["QuantizedKV", "quantize_kv", "QBLOCK"]
@@ -33,7 +35,8 @@ class QuantizedKV:
     ``cattn.attention`` takes it as ``key`` and/or ``value`` and reads the
     int8 rows directly (never a float copy of the cache).  Slicing along
     the leading dims and L (``x[..., a:b, :]``-style keys that keep D whole)
-    gives views.  Build one with :func:`quantize_kv`.
+    gives views.  Build one with :func:`quantize_kv`, or an all-zero one
+    (a page pool to fill with ``cattn.cache_write``) with :meth:`zeros`.
     """
 
     __slots__ = ("data", "scales")
@@ -59,6 +62,23 @@ class QuantizedKV:
 
     dtype = np.dtype(np.int8)
     block = QBLOCK
+
+    @classmethod
+    def zeros(cls, shape):
+        """An all-zero int8 cache of ``shape`` ``(..., L, D)`` (int8 zeros,
+        zero scales), e.g. a page pool ``(num_pages, num_kv_heads,
+        page_size, head_dim)`` for ``cattn.cache_write`` and
+        ``cattn.paged_attention``."""
+        try:
+            shape = tuple(operator.index(n) for n in shape)
+        except TypeError:
+            raise TypeError(f"QuantizedKV.zeros: shape must be a sequence of ints; "
+                            f"got {shape!r}") from None
+        if len(shape) < 2 or min(shape) < 0:
+            raise ValueError(f"QuantizedKV.zeros: shape must be (..., L, D) of sizes >= 0; "
+                             f"got {shape}")
+        nb = -(-shape[-1] // QBLOCK)
+        return cls(np.zeros(shape, np.int8), np.zeros(shape[:-1] + (nb,), np.float32))
 
     @property
     def shape(self):

@@ -1,4 +1,5 @@
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
@@ -15,6 +16,8 @@ class QuantizedKV:
     dtype: np.dtype[np.int8]
     block: int
     def __init__(self, data: npt.ArrayLike, scales: npt.ArrayLike) -> None: ...
+    @classmethod
+    def zeros(cls, shape: Sequence[SupportsIndex]) -> QuantizedKV: ...
     @property
     def shape(self) -> tuple[int, ...]: ...
     @property

@@ -5,6 +5,11 @@ Every check a user can trip is here, each a ValueError/TypeError naming
 the argument.  What the kernels rely on (paged.h): every page index of a
 key below ``seq_len`` lies in the pool, ``seq_len <= max_pages *
 page_size``, ``0 <= q_len <= seq_len``, and every array is contiguous.
+
+A page pool is an ndarray (float16, float32, float64 or ml_dtypes'
+bfloat16) or an int8 ``QuantizedKV`` whose ``data`` is the pool and whose
+``scales`` are ``(num_pages, num_kv_heads, page_size, ceil(head_dim /
+32))``.  Both pools of a call have one format.
 """
 import math
 import numbers
@@ -12,8 +17,10 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from . import _bf16
 from ._options import (check_flag, check_num_threads, check_sinks_values, check_softcap,
                        window_bounds)
+from ._quant import QBLOCK, QuantizedKV
 
 __all__ = ["PagedCall", "validate_paged", "validate_cache_write"]
 
@@ -22,8 +29,8 @@ _CACHE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64
 
 class PagedCall(NamedTuple):
     query: np.ndarray            # (T, H, D), any real dtype
-    key_cache: np.ndarray        # (P, Hkv, page_size, D), C-contiguous
-    value_cache: np.ndarray      # (P, Hkv, page_size, Dv), C-contiguous
+    key_cache: np.ndarray        # (P, Hkv, page_size, D), C-contiguous, or a QuantizedKV
+    value_cache: np.ndarray      # (P, Hkv, page_size, Dv), the key_cache's format
     block_table: np.ndarray      # (S, max_pages) int64 (slots past a sequence's pages unchecked)
     seq_lens: np.ndarray         # (S,) int64
     q_start: np.ndarray          # (S + 1,) int64
@@ -58,18 +65,61 @@ def _ints(x, name, ndim):
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
-def _cache(x, name):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array (the page pool); got {type(x).__name__}")
-    if x.dtype not in _CACHE_DTYPES:
-        raise TypeError(f"{name} must be float16, float32 or float64; got dtype {x.dtype}")
+def _pool_layout(x, name):
     if x.ndim != 4:
         raise ValueError(f"{name} must have shape (num_pages, num_kv_heads, page_size, "
                          f"head_dim); got shape {x.shape}")
     if not x.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous (the pool is read in place, "
                          f"never copied)")
+
+
+def _int8_cache(x, name):
+    """An int8 pool: the QuantizedKV's arrays checked again (its attributes
+    can be replaced after construction)."""
+    data, sc = x.data, x.scales
+    if not isinstance(data, np.ndarray) or data.dtype != np.int8:
+        raise TypeError(f"{name}.data must be an int8 array; got {type(data).__name__} "
+                        f"{getattr(data, 'dtype', '')}")
+    if not isinstance(sc, np.ndarray) or sc.dtype != np.float32:
+        raise TypeError(f"{name}.scales must be a float32 array; got {type(sc).__name__} "
+                        f"{getattr(sc, 'dtype', '')}")
+    _pool_layout(data, name)
+    want = data.shape[:3] + (-(-data.shape[3] // QBLOCK),)
+    if sc.shape != want:
+        raise ValueError(f"{name}.scales must have shape {want} (one per {QBLOCK} values "
+                         f"of a row); got {sc.shape}")
+    if not sc.flags.c_contiguous:
+        raise ValueError(f"{name}.scales must be C-contiguous")
     return x
+
+
+def _cache(x, name):
+    if isinstance(x, QuantizedKV):
+        return _int8_cache(x, name)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a NumPy array or a QuantizedKV (the page pool); "
+                        f"got {type(x).__name__}")
+    if x.dtype not in _CACHE_DTYPES and not _bf16.is_bf16_dtype(x.dtype):
+        raise TypeError(f"{name} must be float16, float32, float64, bfloat16 (ml_dtypes) or "
+                        f"an int8 QuantizedKV; got dtype {x.dtype}")
+    _pool_layout(x, name)
+    return x
+
+
+_INT8 = "int8 (QuantizedKV)"
+
+
+def cache_format(x):
+    """A pool's format, for comparing and naming: its dtype, or a name for
+    an int8 QuantizedKV."""
+    return _INT8 if isinstance(x, QuantizedKV) else x.dtype
+
+
+def _writeable(x, name):
+    arrays = (x.data, x.scales) if isinstance(x, QuantizedKV) else (x,)
+    if not all(a.flags.writeable for a in arrays):
+        raise ValueError(f"{name} is read-only")
 
 
 def _per_head(x, name, H):
@@ -82,20 +132,43 @@ def _per_head(x, name, H):
     return np.ascontiguousarray(np.broadcast_to(a.astype(np.float64), (H,)))
 
 
+def _dtypes(q, kc):
+    """(compute, result) dtypes.  A bfloat16 or int8 pool follows
+    ``cattn.attention`` with such a cache: the pool counts as float32, a
+    bfloat16 query as float32, and the result is bfloat16 only when query
+    and pool both are.  A float16/32/64 pool keeps its own rule (a float16
+    query gives float16)."""
+    q_bf16 = _bf16.is_bf16(q)
+    qdt = (np.dtype(np.float64) if q.dtype.kind in "biu"
+           else np.dtype(np.float32) if q_bf16 else q.dtype)
+    fmt = cache_format(kc)
+    low = fmt is _INT8 or _bf16.is_bf16_dtype(fmt)
+    kdt = np.dtype(np.float32) if low else kc.dtype
+    cdt = np.dtype(np.float64) if np.float64 in (qdt, kdt) else np.dtype(np.float32)
+    if low:
+        rdt = fmt if (q_bf16 and fmt is not _INT8) else cdt
+    else:
+        rdt = np.dtype(np.float16) if (qdt == np.float16 and cdt == np.float32) else cdt
+    return cdt, rdt
+
+
 def validate_paged(query, key_cache, value_cache, block_table, seq_lens, query_start_loc, *,
                    scale, causal, window, softcap, sinks, alibi_slopes, return_lse,
                    num_threads):
     """Checked arguments of ``paged_attention``."""
     q = _array(query, "query")
-    if q.dtype.kind not in "biuf" or (q.dtype.kind == "f" and q.dtype.itemsize > 8):
+    q_bf16 = _bf16.is_bf16(q)
+    if not q_bf16 and (q.dtype.kind not in "biuf"
+                       or (q.dtype.kind == "f" and q.dtype.itemsize > 8)):
         raise TypeError(f"query must hold real numbers; got dtype {q.dtype}")
     if q.ndim != 3:
         raise ValueError(f"query must have shape (total_tokens, num_heads, head_dim); "
                          f"got shape {q.shape}")
     kc = _cache(key_cache, "key_cache")
     vc = _cache(value_cache, "value_cache")
-    if vc.dtype != kc.dtype:
-        raise TypeError(f"value_cache must have key_cache's dtype {kc.dtype}; got {vc.dtype}")
+    if cache_format(vc) != cache_format(kc):
+        raise TypeError(f"value_cache must have key_cache's format {cache_format(kc)}; "
+                        f"got {cache_format(vc)}")
     T, H, D = q.shape
     P, Hkv, ps, Dk = kc.shape
     if vc.shape[:3] != kc.shape[:3]:
@@ -162,9 +235,7 @@ def validate_paged(query, key_cache, value_cache, block_table, seq_lens, query_s
             raise ValueError("alibi_slopes must be finite")
     return_lse = check_flag(return_lse, "return_lse")
     num_threads = check_num_threads(num_threads)
-    qdt = np.dtype(np.float64) if q.dtype.kind in "biu" else q.dtype
-    cdt = np.dtype(np.float64) if np.float64 in (qdt, kc.dtype) else np.dtype(np.float32)
-    rdt = np.dtype(np.float16) if (qdt == np.float16 and cdt == np.float32) else cdt
+    cdt, rdt = _dtypes(q, kc)
     return PagedCall(q, kc, vc, bt, sl, qs, scale, softcap, window, sinks, alibi_slopes,
                      return_lse, num_threads, cdt, rdt)
 
@@ -173,9 +244,8 @@ def validate_cache_write(key, value, key_cache, value_cache, slot_mapping):
     """(key, value, pages, offsets) of a checked ``cache_write``."""
     kc = _cache(key_cache, "key_cache")
     vc = _cache(value_cache, "value_cache")
-    for c, name in ((kc, "key_cache"), (vc, "value_cache")):
-        if not c.flags.writeable:
-            raise ValueError(f"{name} is read-only")
+    _writeable(kc, "key_cache")
+    _writeable(vc, "value_cache")
     if vc.shape[:3] != kc.shape[:3]:
         raise ValueError(f"value_cache must have key_cache's (num_pages, num_kv_heads, "
                          f"page_size) = {kc.shape[:3]}; got {vc.shape[:3]}")
@@ -183,6 +253,9 @@ def validate_cache_write(key, value, key_cache, value_cache, slot_mapping):
     Dv = vc.shape[3]
     k = _array(key, "key")
     v = _array(value, "value")
+    # bfloat16 rows: widened (exactly) to float32, then converted as float32
+    k = _bf16.widen(k) if _bf16.is_bf16(k) else k
+    v = _bf16.widen(v) if _bf16.is_bf16(v) else v
     for x, name, width in ((k, "key", D), (v, "value", Dv)):
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers; got dtype {x.dtype}")

@@ -600,7 +600,15 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
 
 def gather_pages(cache, block_table, seq_len):
     """The first ``seq_len`` rows of one sequence from a page pool
-    ``(num_pages, Hkv, page_size, C)``: ``(Hkv, seq_len, C)``."""
+    ``(num_pages, Hkv, page_size, C)``: ``(Hkv, seq_len, C)``.  An int8 pool
+    (``cattn.QuantizedKV``) is gathered as data and scales, then
+    dequantized in float64 (only the sequence's own rows: unused rows may
+    hold anything)."""
+    if hasattr(cache, "dequantize") and hasattr(cache, "scales"):
+        data = gather_pages(cache.data, block_table, seq_len)
+        scales = gather_pages(cache.scales, block_table, seq_len)
+        s = np.repeat(scales.astype(np.float64), cache.block, axis=-1)[..., :data.shape[-1]]
+        return data.astype(np.float64) * s
     cache = np.asarray(cache)
     ps = cache.shape[2]
     n = -(-int(seq_len) // ps)
@@ -619,7 +627,7 @@ def paged_attention(query, key_cache, value_cache, block_table, seq_lens, query_
     and, if asked, lse (total_tokens, H)."""
     q = _to_float64(query, "query")
     T, H, D = q.shape
-    Dv = np.asarray(value_cache).shape[3]
+    Dv = value_cache.shape[3] if hasattr(value_cache, "scales") else np.asarray(value_cache).shape[3]
     out = np.zeros((T, H, Dv))
     lse = np.full((T, H), -np.inf)
     qs = np.asarray(query_start_loc, dtype=np.int64)

@@ -7,6 +7,8 @@ from typing import Any, Literal, Union, overload
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._quant import QuantizedKV
+
 __all__ = ["attention", "scores", "softmax", "aggregate", "merge"]
 
 _F64 = NDArray[np.float64]
@@ -93,24 +95,26 @@ def attention(
     softcap: float | None = None, sinks: ArrayLike | None = None,
 ) -> _F64 | tuple[_F64, _F64] | tuple[_F64, _F64, _F64]: ...
 
-def gather_pages(cache: ArrayLike, block_table: ArrayLike, seq_len: int) -> NDArray[Any]: ...
+_Pool = Union[ArrayLike, QuantizedKV]
+
+def gather_pages(cache: _Pool, block_table: ArrayLike, seq_len: int) -> NDArray[Any]: ...
 @overload
 def paged_attention(
-    query: ArrayLike, key_cache: ArrayLike, value_cache: ArrayLike, block_table: ArrayLike,
+    query: ArrayLike, key_cache: _Pool, value_cache: _Pool, block_table: ArrayLike,
     seq_lens: ArrayLike, query_start_loc: ArrayLike, *, scale: float | None = ...,
     causal: bool = ..., window: Any = ..., softcap: float | None = ...,
     sinks: ArrayLike | None = ..., alibi_slopes: ArrayLike | None = ...,
     return_lse: Literal[False] = ...) -> _F64: ...
 @overload
 def paged_attention(
-    query: ArrayLike, key_cache: ArrayLike, value_cache: ArrayLike, block_table: ArrayLike,
+    query: ArrayLike, key_cache: _Pool, value_cache: _Pool, block_table: ArrayLike,
     seq_lens: ArrayLike, query_start_loc: ArrayLike, *, scale: float | None = ...,
     causal: bool = ..., window: Any = ..., softcap: float | None = ...,
     sinks: ArrayLike | None = ..., alibi_slopes: ArrayLike | None = ...,
     return_lse: Literal[True]) -> tuple[_F64, _F64]: ...
 @overload
 def paged_attention(
-    query: ArrayLike, key_cache: ArrayLike, value_cache: ArrayLike, block_table: ArrayLike,
+    query: ArrayLike, key_cache: _Pool, value_cache: _Pool, block_table: ArrayLike,
     seq_lens: ArrayLike, query_start_loc: ArrayLike, *, scale: float | None = ...,
     causal: bool = ..., window: Any = ..., softcap: float | None = ...,
     sinks: ArrayLike | None = ..., alibi_slopes: ArrayLike | None = ...,

@@ -302,15 +302,21 @@ int cattn_isa_dispatch_available(void) { return CATTN_X86_DISPATCH; }
 #define CATTN_ROW(name, isa) {CATTN_PAGED_TABLE(isa, f32), CATTN_PAGED_TABLE(isa, f64)},
 static const cattn_paged_kernels paged_tables[][2] = {CATTN_ISAS(CATTN_ROW)};
 #undef CATTN_ROW
+/* bfloat16 pools (float32 math): the widening kernels of each level's
+   instantiation (instantiate_bf16.h) */
+#define CATTN_ROW(name, isa) CATTN_PAGED_TABLE(isa, b16),
+static const cattn_paged_kernels paged_tables_bf16[] = {CATTN_ISAS(CATTN_ROW)};
+#undef CATTN_ROW
 
 cattn_paged_kernels cattn_paged_kernels_for(int is_double, int kv_format)
 {
     const int isa = get_isa();
+    if (kv_format == CATTN_KV_BF16 && !is_double) return paged_tables_bf16[isa];
     cattn_paged_kernels k = paged_tables[isa][is_double ? 1 : 0];
     /* as cattn_kernels_for: decode over a float32/64 cache on the 32-byte
-       variant, float16 on AVX-512 */
+       variant; float16 and int8 (compute-bound widening) on AVX-512 */
 #if CATTN_X86_DISPATCH
-    if (isa >= ISA_SKYLAKE && kv_format != CATTN_KV_F16) {
+    if (isa >= ISA_SKYLAKE && kv_format == CATTN_KV_NATIVE) {
         const cattn_paged_kernels *hw = &paged_tables[ISA_HASWELL][is_double ? 1 : 0];
         k.decode_scratch = hw->decode_scratch;
         k.decode = hw->decode;

@@ -36,6 +36,10 @@
 #include "flash_impl.h"
 #if CATTN_DPBF16
 #include "flash_bf16_impl.h"
+#else
+/* bfloat16 page pools: the paged kernels on the widening steps (Cooper
+   Lake runs Skylake-X's: flash.c) */
+#include "paged_impl.h"
 #endif
 #undef CATTN_KV_F16
 #undef cattn_half_to_float

@@ -10,6 +10,12 @@
  * Queries are ragged: sequence s owns tokens [q_start[s], q_start[s + 1])
  * of query (tokens, H, D), placed at key positions seq_len - q_len ... .
  *
+ * K/V formats (kv_format): the compute type itself; float16 or bfloat16
+ * (uint16 bits, widened); int8 (CATTN_KV_I8, q8_0 as kv_q8.h: int8 rows
+ * plus k_scale/v_scale, float32 (num_pages, Hkv, page_size, ceil(D / 32)),
+ * contiguous, one scale per CATTN_QBLOCK values of a row).  Both caches
+ * have one format.
+ *
  * The validated Python side guarantees: every page index a kernel reads
  * (those of keys < seq_len) is inside the pool, seq_len <= max_pages *
  * page_size, 0 <= q_len <= seq_len.  No key at or past seq_len is read.
@@ -35,6 +41,7 @@ typedef struct cattn_paged_params {
     int kv_format;                  /* cattn_kv_format of both caches */
     const void *q;                  /* (tokens, H, D), compute type, contiguous */
     const void *k_cache, *v_cache;
+    const float *k_scale, *v_scale; /* CATTN_KV_I8: the caches' scales, else NULL */
     const int64_t *block_table;     /* (num_seqs, max_pages) */
     const int64_t *seq_lens;        /* (num_seqs,) */
     const int64_t *q_start;         /* (num_seqs + 1,) */

@@ -10,14 +10,21 @@
  *     tiles that load_kv_pages reads page by page through the block table.
  * The only difference from the contiguous kernels is the row address: a
  * page holds page_size contiguous rows of one head, so a tile (or chunk)
- * is a run of contiguous rows per page.  A new K/V format (bfloat16, int8)
- * widens in load_kv_pages and in the decode chunk's dot/axpy, as for the
- * contiguous path.
+ * is a run of contiguous rows per page.  K/V formats, as on the contiguous
+ * path: float16 rows are widened in the decode chunk's dot/axpy
+ * (dot_h, pv_rows_h) and by load_kv_pages for the tile path; bfloat16 is
+ * this file instantiated once more by instantiate_bf16.h, whose float16
+ * loads read bfloat16; int8 (q8_0) rows are dequantised in registers by
+ * kv_q8.h's dot_q8/pv_rows_q8 (pg_scores_q8, pg_pv_q8) and into the
+ * gather buffer by q8_rows (pg_rows_q8).
  */
 #define PG_RUP16(x) ((((x) + 15) / 16) * 16)
 #define PG_RUPQ(x) ((((x) + 31) / 32) * 32)
 #define PDCH 64   /* keys per decode chunk (as the contiguous decode path) */
 #define PPFK 32   /* float16 rows prefetched ahead (as the contiguous path) */
+#define PDEC_BLOCK 4   /* chunks whose P.V is summed in T before the double sum
+                          (ACCUMULATION in flash_impl.h, as its DEC_BLOCK) */
+#define PG_NB(w) (((w) + CATTN_QBLOCK - 1) / CATTN_QBLOCK)   /* int8 scales per row */
 
 /* Ctrl-C: as cattn_should_stop, on the paged contract */
 CATTN_STEP int SUF(paged_should_stop)(const cattn_paged_params *pp)
@@ -46,28 +53,94 @@ CATTN_STEP const char *SUF(page_rows)(const cattn_paged_params *pp, const void *
 /* ---------------------------------------------------------------------- */
 static size_t SUF(paged_decode_scratch)(const cattn_paged_params *pp)
 {
-    return (size_t)(CATTN_PAGED_MAX_ROWS * PG_RUP16(pp->D) + CATTN_PAGED_MAX_ROWS + 2 * PDCH)
-           * sizeof(T) + 3 * PDCH * sizeof(int64_t) + 64;
+    const int64_t R = CATTN_PAGED_MAX_ROWS, Dv16 = PG_RUP16(pp->Dv);
+    return (size_t)(R * PG_RUP16(pp->D) + R + 2 * PDCH + R * Dv16) * sizeof(T)
+           + 5 * PDCH * sizeof(int64_t) + (size_t)(R * (Dv16 + 1)) * sizeof(WIDE) + 64;
+}
+
+/* int8 pools: the row indices of a chunk's keys (element offset / row
+   width), which address the rows' scales */
+CATTN_STEP void SUF(pg_q8_index)(const int64_t *ko, const int64_t *vo, int64_t nk,
+                                 int64_t D, int64_t Dv, int64_t *kr, int64_t *vr)
+{
+    for (int64_t t = 0; t < nk; t++) {
+        kr[t] = D ? ko[t] / D : 0;
+        vr[t] = Dv ? vo[t] / Dv : 0;
+    }
+}
+
+/* int8 pools: the scores of n keys (int8 row at ko[t], scales of row
+   kr[t]), each row dequantised in registers */
+CATTN_STEP void SUF(pg_scores_q8)(const cattn_paged_params *pp, const T *qi, const int64_t *ko,
+                                  const int64_t *kr, int64_t n, T *sc)
+{
+    const int8_t *K8 = (const int8_t *)pp->k_cache;
+    const int64_t D = pp->D, nb = PG_NB(D);
+    for (int64_t t = 0; t < n; t++)
+        sc[t] = SUF(dot_q8)(qi, K8 + ko[t], pp->k_scale + kr[t] * nb, D);
+}
+
+/* int8 pools: acc += sum_t e[t] V(row vr[t]) over the nk kept keys */
+CATTN_STEP void SUF(pg_pv_q8)(const cattn_paged_params *pp, const T *e, const int64_t *vr,
+                              int64_t nk, T *acc)
+{
+    const int64_t Dv = pp->Dv;
+    SUF(pv_rows_q8)(e, vr, nk, (const int8_t *)pp->v_cache, Dv, pp->v_scale, PG_NB(Dv),
+                    acc, Dv);
+}
+
+/* ACCUMULATION (flash_impl.h): a row's running sums scaled by a when its
+   max moves -- the double sum and the block's float partial */
+CATTN_STEP void SUF(pg_rescale)(WIDE *accw, T *part, WIDE a, int64_t Dv)
+{
+    for (int64_t c = 0; c < Dv; c++) accw[c] *= a;
+    for (int64_t c = 0; c < Dv; c++) part[c] *= (T)a;
+}
+
+/* the block's float partials added into the double sums, and reset */
+CATTN_STEP void SUF(pg_flush)(WIDE *accw, T *part, int64_t rows, int64_t Dv, int64_t ld)
+{
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t c = 0; c < Dv; c++) {
+            accw[i * ld + c] += (WIDE)part[i * ld + c];
+            part[i * ld + c] = 0;
+        }
+}
+
+/* Rows ko[0..3] follow each other in memory (one page, or adjacent
+   pages): every row checked -- with pages of one row, slots p, x, y, p + 3
+   match at the ends only. */
+CATTN_STEP int SUF(pg_run4)(const int64_t *ko, int64_t D)
+{
+    return ko[1] == ko[0] + D && ko[2] == ko[0] + 2 * D && ko[3] == ko[0] + 3 * D;
 }
 
 /* One chunk of nk <= PDCH keys [j0, j0 + nk), key j's K and V rows at
    element offsets ko[j - j0], vo[j - j0] from the cache bases, for every
    row of the item: scores, softcap, ALiBi, online softmax and P.V into the
-   partials.  The body of the contiguous decode chunk, with the dot-score
-   kind only. */
+   partials (P.V summed in part, leading dimension Dv16, the running sums
+   accw and llw in double: ACCUMULATION).  The body of the contiguous
+   decode chunk, with the dot-score kind only.  rix: 2 PDCH of scratch
+   (int8 row indices). */
 CATTN_STEP void SUF(paged_chunk)(const cattn_paged_params *pp, int64_t rows, int64_t nh,
                                  int64_t shift, int64_t j0, int64_t nk,
                                  const int64_t *ko, const int64_t *vo,
                                  const T *qs, const T *sl, T *sc, T *e, int64_t *ro,
-                                 T *acc, T *mm, T *ll)
+                                 int64_t *rix, T *part, WIDE *accw, WIDE *llw, T *mm)
 {
     const T *Kb = (const T *)pp->k_cache, *Vb = (const T *)pp->v_cache;
     const uint16_t *Khb = (const uint16_t *)pp->k_cache, *Vhb = (const uint16_t *)pp->v_cache;
     const int64_t D = pp->D, Dv = pp->Dv, D16 = PG_RUP16(D);
     const int64_t wl = pp->win_left, wr = pp->win_right;
     const int half = pp->kv_format == CATTN_KV_F16;
+    const int q8 = pp->kv_format == CATTN_KV_I8;
     const T softcap = (T)pp->softcap;
     const int alibi = pp->slopes != NULL;
+    const int64_t Dv16 = PG_RUP16(Dv);
+    int64_t *kr = rix, *vr = rix + PDCH;
+    if (q8) SUF(pg_q8_index)(ko, vo, nk, D, Dv, kr, vr);
+    /* the kept keys' V rows: offsets, or int8 row indices */
+    const int64_t *vsrc = q8 ? vr : vo;
     for (int64_t i = 0; i < rows; i++) {
         const int64_t pos = i / nh + shift;
         int64_t jlo = j0, jhi = j0 + nk;
@@ -83,13 +156,15 @@ CATTN_STEP void SUF(paged_chunk)(const cattn_paged_params *pp, int64_t rows, int
                     for (int r = 0; r < 4; r++)
                         SUF(prefetch_row)(Khb + ko[imin(j + r + PPFK, j0 + nk - 1) - j0], 2 * D);
                 const int64_t o = ko[j - j0];
-                if (ko[j + 3 - j0] == o + 3 * D)   /* four rows in one page */
+                if (SUF(pg_run4)(ko + (j - j0), D))   /* four contiguous rows */
                     SUF(dot4_h)(qi, Khb + o, D, D, sc + (j - jlo));
                 else
                     for (int r = 0; r < 4; r++)
                         sc[j + r - jlo] = SUF(dot_h)(qi, Khb + ko[j + r - j0], D);
             }
             for (; j < jhi; j++) sc[j - jlo] = SUF(dot_h)(qi, Khb + ko[j - j0], D);
+        } else if (q8) {
+            SUF(pg_scores_q8)(pp, qi, ko + (jlo - j0), kr + (jlo - j0), n, sc);
         } else {
             for (; j < jhi; j++) sc[j - jlo] = SUF(dot)(qi, Kb + ko[j - j0], D);
         }
@@ -111,9 +186,9 @@ CATTN_STEP void SUF(paged_chunk)(const cattn_paged_params *pp, int64_t rows, int
         const T mnew = mc > mold ? mc : mold;
         const T msub = mnew == -INFINITY ? (T)0 : mnew;
         if (mnew != mold && mold != -INFINITY) {
-            const T a = (T)exp((double)(mold - mnew));
-            ll[i] *= a;
-            for (int64_t c = 0; c < Dv; c++) acc[i * Dv + c] *= a;
+            const WIDE a = exp((double)(mold - mnew));
+            llw[i] *= a;
+            SUF(pg_rescale)(accw + i * Dv16, part + i * Dv16, a, Dv);
         }
         int64_t t = 0;
         for (; t + VL <= n; t += VL) vstore(e + t, vexp(vload(sc + t) - msub));
@@ -128,11 +203,13 @@ CATTN_STEP void SUF(paged_chunk)(const cattn_paged_params *pp, int64_t rows, int
             if (sc[t] == -INFINITY) continue;
             lsum += e[t];
             e[nk2] = e[t];
-            ro[nk2++] = vo[jlo + t - j0];
+            ro[nk2++] = vsrc[jlo + t - j0];
         }
-        if (half) SUF(pv_rows_h)(e, ro, nk2, Vhb, acc + i * Dv, Dv);
-        else for (t = 0; t < nk2; t++) SUF(axpy)(e[t], Vb + ro[t], acc + i * Dv, Dv);
-        ll[i] += lsum;
+        T *pi = part + i * Dv16;
+        if (half) SUF(pv_rows_h)(e, ro, nk2, Vhb, pi, Dv);
+        else if (q8) SUF(pg_pv_q8)(pp, e, ro, nk2, pi);
+        else for (t = 0; t < nk2; t++) SUF(axpy)(e[t], Vb + ro[t], pi, Dv);
+        llw[i] += lsum;
         mm[i] = mnew;
     }
 }
@@ -154,6 +231,13 @@ static void SUF(paged_decode)(const cattn_paged_params *pp, int64_t s, int64_t h
     T *e = sc + PDCH;                                /* PDCH */
     int64_t *ro = (int64_t *)(e + PDCH);             /* PDCH */
     int64_t *ko = ro + PDCH, *vo = ko + PDCH;        /* PDCH each: row offsets */
+    int64_t *rix = vo + PDCH;                        /* 2 PDCH: int8 row indices */
+    /* ACCUMULATION: P.V of up to PDEC_BLOCK chunks from zero, the running
+       sums in double */
+    const int64_t Dv16 = PG_RUP16(Dv);
+    T *part = (T *)(rix + 2 * PDCH);                 /* rows x Dv16 */
+    WIDE *accw = (WIDE *)(part + CATTN_PAGED_MAX_ROWS * Dv16);   /* rows x Dv16 */
+    WIDE *llw = accw + CATTN_PAGED_MAX_ROWS * Dv16;  /* rows */
     for (int64_t i = 0; i < rows; i++) {
         mm[i] = -INFINITY; ll[i] = 0;
         for (int64_t c = 0; c < Dv; c++) acc[i * Dv + c] = 0;
@@ -163,6 +247,11 @@ static void SUF(paged_decode)(const cattn_paged_params *pp, int64_t s, int64_t h
     if (pp->win_left < CATTN_UNBOUNDED) js = imax(js, shift - pp->win_left);
     if (pp->win_right < CATTN_UNBOUNDED) je = imin(je, q_len - 1 + shift + pp->win_right + 1);
     if (js >= je || rows == 0) return;
+    for (int64_t i = 0; i < rows; i++) {
+        llw[i] = 0;
+        for (int64_t c = 0; c < Dv; c++) accw[i * Dv16 + c] = part[i * Dv16 + c] = 0;
+    }
+    int pending = 0;   /* chunks summed in part, not yet added into accw */
     const T scale = (T)pp->scale;
     for (int64_t i = 0; i < rows; i++) {
         const int64_t h = h0 + i % nh;
@@ -189,7 +278,17 @@ static void SUF(paged_decode)(const cattn_paged_params *pp, int64_t s, int64_t h
             }
             j += n;
         }
-        SUF(paged_chunk)(pp, rows, nh, shift, j0, nk, ko, vo, qs, sl, sc, e, ro, acc, mm, ll);
+        SUF(paged_chunk)(pp, rows, nh, shift, j0, nk, ko, vo, qs, sl, sc, e, ro, rix, part,
+                         accw, llw, mm);
+        if (++pending == PDEC_BLOCK) {
+            SUF(pg_flush)(accw, part, rows, Dv, Dv16);
+            pending = 0;
+        }
+    }
+    for (int64_t i = 0; i < rows; i++) {
+        ll[i] = (T)llw[i];
+        for (int64_t c = 0; c < Dv; c++)
+            acc[i * Dv + c] = (T)(accw[i * Dv16 + c] + (WIDE)part[i * Dv16 + c]);
     }
 }
 
@@ -244,9 +343,24 @@ static size_t SUF(paged_tile_scratch)(const cattn_paged_params *pp)
     return SUF(scratch_bytes)(&lp);
 }
 
+/* int8 pools: n rows from row r of block-table slot pg (sequence s, K/V
+   head g) of the K (is_v 0) or V cache, dequantised into dst (leading
+   dimension ld) */
+CATTN_STEP void SUF(pg_rows_q8)(const cattn_paged_params *pp, int is_v, int64_t s, int64_t g,
+                                int64_t pg, int64_t r, int64_t n, T *dst, int64_t ld)
+{
+    const int64_t w = is_v ? pp->Dv : pp->D, nb = PG_NB(w);
+    const int8_t *x = (const int8_t *)SUF(page_rows)(pp, is_v ? pp->v_cache : pp->k_cache,
+                                                     1, w, s, g, pg) + r * w;
+    const float *xs = (const float *)SUF(page_rows)(pp, is_v ? pp->v_scale : pp->k_scale,
+                                                    4, nb, s, g, pg) + r * nb;
+    SUF(q8_rows)(x, w, xs, nb, n, w, dst, ld);
+}
+
 /* The K and V rows [j0, j0 + nk) of sequence s, head g, in the compute
    type: in place when they lie in one page of a native cache, otherwise
-   gathered (and widened) page run by page run into the block's buffers. */
+   gathered (widened, dequantised) page run by page run into the block's
+   buffers. */
 CATTN_STEP void SUF(load_kv_pages)(const SUF(blk) *k, const cattn_paged_params *pp,
                                    int64_t s, int64_t g, int64_t j0, int64_t nk,
                                    const T **Kt, int64_t *kt_rs, const T **Vt, int64_t *vt_rs)
@@ -254,9 +368,10 @@ CATTN_STEP void SUF(load_kv_pages)(const SUF(blk) *k, const cattn_paged_params *
     const int64_t ps = pp->page_size, D = pp->D, Dv = pp->Dv;
     const int64_t D16 = PG_RUP16(D), Dv16 = PG_RUP16(Dv);
     const int half = pp->kv_format == CATTN_KV_F16;
-    const int64_t esz = half ? 2 : (int64_t)sizeof(T);
+    const int q8 = pp->kv_format == CATTN_KV_I8;
+    const int64_t esz = half ? 2 : q8 ? 1 : (int64_t)sizeof(T);
     const int64_t pg0 = j0 / ps;
-    if (!half && (j0 + nk - 1) / ps == pg0) {
+    if (pp->kv_format == CATTN_KV_NATIVE && (j0 + nk - 1) / ps == pg0) {
         const int64_t r = j0 - pg0 * ps;
         *Kt = (const T *)SUF(page_rows)(pp, pp->k_cache, esz, D, s, g, pg0) + r * D;
         *Vt = (const T *)SUF(page_rows)(pp, pp->v_cache, esz, Dv, s, g, pg0) + r * Dv;
@@ -272,6 +387,9 @@ CATTN_STEP void SUF(load_kv_pages)(const SUF(blk) *k, const cattn_paged_params *
         if (half) {
             SUF(half_rows)((const uint16_t *)kp, D, n, D, kd, D16);
             SUF(half_rows)((const uint16_t *)vp, Dv, n, Dv, vd, Dv16);
+        } else if (q8) {
+            SUF(pg_rows_q8)(pp, 0, s, g, pg, r, n, kd, D16);
+            SUF(pg_rows_q8)(pp, 1, s, g, pg, r, n, vd, Dv16);
         } else {
             for (int64_t t = 0; t < n; t++) {
                 memcpy(kd + t * D16, (const T *)kp + t * D, (size_t)D * sizeof(T));
@@ -346,8 +464,9 @@ static void SUF(paged_tile)(const cattn_paged_params *pp, int64_t s, int64_t h, 
     if (wl < CATTN_UNBOUNDED) full_lo = imax(full_lo, last - wl);
     if (wr < CATTN_UNBOUNDED) full_hi = imin(full_hi, first + wr + 1);
     /* a native cache with pages of >= 64 rows is read in place: tiles stop
-       at page ends; smaller pages (and float16) are gathered per tile */
-    const int in_place = pp->kv_format != CATTN_KV_F16 && ps >= 64;
+       at page ends; smaller pages (and 16-bit or int8 ones) are gathered
+       per tile */
+    const int in_place = pp->kv_format == CATTN_KV_NATIVE && ps >= 64;
     const T slope = pp->slopes ? (T)pp->slopes[h] : (T)0;
 
     for (int64_t j0 = k_lo; j0 < k_hi;) {
@@ -372,3 +491,5 @@ static void SUF(paged_tile)(const cattn_paged_params *pp, int64_t s, int64_t h, 
 #undef PG_RUPQ
 #undef PDCH
 #undef PPFK
+#undef PDEC_BLOCK
+#undef PG_NB
