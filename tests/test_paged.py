@@ -22,17 +22,32 @@ except ImportError:      # pragma: no cover
     HAVE_HYPOTHESIS = False
 
 
+def empty_pool(rng, shape, dtype, fill):
+    """A page pool holding garbage: ``fill`` everywhere.  dtype "int8": a
+    QuantizedKV of random int8 data with ``fill`` in every scale (written
+    after construction, past its check of finite scales)."""
+    if isinstance(dtype, str) and dtype == "int8":
+        pool = cattn.QuantizedKV.zeros(shape)
+        pool.data[...] = rng.integers(-128, 128, shape, dtype=np.int8)
+        pool.scales[...] = fill
+        return pool
+    pool = np.empty(shape, dtype)
+    pool[...] = fill
+    return pool
+
+
 def make_batch(rng, seq_lens, q_lens, H=4, Hkv=2, D=16, Dv=12, page_size=16,
                dtype=np.float32, spare_pages=3, fill=None, q_dtype=None):
     """A shuffled pool holding the sequences, its block table (unused slots
-    -1 or out-of-pool garbage), query_start_loc and the contiguous K/V."""
+    -1 or out-of-pool garbage), query_start_loc and the contiguous K/V (for
+    dtype "int8", an int8 pool: the float32 K/V before quantization)."""
     need = [-(-s // page_size) for s in seq_lens]
     P = sum(need) + spare_pages
     max_pages = max(need + [1]) + 1
-    kc = np.empty((P, Hkv, page_size, D), dtype)
-    vc = np.empty((P, Hkv, page_size, Dv), dtype)
-    kc[...] = np.nan if fill is None else fill     # unused rows: NaN unless told
-    vc[...] = np.nan if fill is None else fill
+    fill = np.nan if fill is None else fill         # unused rows: NaN unless told
+    kc = empty_pool(rng, (P, Hkv, page_size, D), dtype, fill)
+    vc = empty_pool(rng, (P, Hkv, page_size, Dv), dtype, fill)
+    kv_dtype = np.float32 if isinstance(dtype, str) else dtype
     perm = rng.permutation(P)
     bt = np.full((len(seq_lens), max_pages), -1, np.int64)
     bt[:, -1] = P + 1000                            # garbage past the used pages
@@ -40,8 +55,8 @@ def make_batch(rng, seq_lens, q_lens, H=4, Hkv=2, D=16, Dv=12, page_size=16,
     for s, (sl, n) in enumerate(zip(seq_lens, need)):
         bt[s, :n] = perm[c:c + n]
         c += n
-        k = rng.standard_normal((sl, Hkv, D)).astype(dtype)
-        v = rng.standard_normal((sl, Hkv, Dv)).astype(dtype)
+        k = rng.standard_normal((sl, Hkv, D)).astype(kv_dtype)
+        v = rng.standard_normal((sl, Hkv, Dv)).astype(kv_dtype)
         slots = bt[s, np.arange(sl) // page_size] * page_size + np.arange(sl) % page_size
         cattn.cache_write(k, v, kc, vc, slots)
         keys.append(k)
@@ -142,6 +157,24 @@ def test_garbage_never_leaks():
         bt[:, -1] = np.iinfo(np.int64).max
         out, _ = check(q, kc, vc, bt, sl, qsl, causal=True)
         assert np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_one_row_pages_whose_ends_line_up(dtype):
+    """Pages of one row in slots p, x, y, p + 3: the first and fourth rows
+    lie three rows apart in memory, the two between elsewhere (the float16
+    decode once took the four as one run and read the NaN rows between)."""
+    rng = np.random.default_rng(12)
+    D, Dv = 16, 4
+    kc = np.full((8, 1, 1, D), np.nan, dtype)
+    vc = np.full((8, 1, 1, Dv), np.nan, dtype)
+    table = np.array([[0, 5, 7, 3]])
+    k = rng.standard_normal((4, 1, D)).astype(dtype)
+    v = rng.standard_normal((4, 1, Dv)).astype(dtype)
+    cattn.cache_write(k, v, kc, vc, table[0])
+    q = rng.standard_normal((1, 1, D)).astype(np.float32)
+    out = check(q, kc, vc, table, [4], [0, 1])[0]
+    assert np.all(np.isfinite(out))
 
 
 def test_nan_in_attended_key_propagates_masked_does_not():
