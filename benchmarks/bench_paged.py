@@ -10,6 +10,9 @@ on the same keys in a (seqs, heads, keys, D) cache with ``kv_lengths``;
 ``MixedBatch``: 4 sequences prefilling 512-token chunks over 2,048 cached
 keys + 28 decoding over 1,024-8,192 keys, one call.
 
+Pool formats (``cache_dtype``): float32, float16, bfloat16 (ml_dtypes) and
+int8 (a ``QuantizedKV``: the same float32 values quantized).
+
 ``build_paged`` is shared with the side-by-side script
 (``python -m benchmarks.bench_paged``), which runs each variant in its own
 process, interleaved, and prints medians.
@@ -21,14 +24,29 @@ from .common import THREADS, import_cattn
 H, HKV, D = 32, 8, 128
 
 
+def as_pool(x, dtype):
+    """A float32 pool in the format named ``dtype`` (``int8``: a
+    QuantizedKV; ``bfloat16``: ml_dtypes', NotImplementedError without it)."""
+    if dtype == "int8":
+        import cattn
+        return cattn.quantize_kv(x)
+    if dtype == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise NotImplementedError("bfloat16 pools need ml_dtypes") from None
+        return x.astype(ml_dtypes.bfloat16)
+    return x.astype(dtype)
+
+
 def build_paged(seq_lens, q_lens, page_size, dtype, seed=0):
     """A shuffled pool holding the sequences, the block table, the query
     and query_start_loc."""
     rng = np.random.default_rng(seed)
     need = [-(-s // page_size) for s in seq_lens]
     P = sum(need)
-    kc = rng.standard_normal((P, HKV, page_size, D), dtype=np.float32).astype(dtype)
-    vc = rng.standard_normal((P, HKV, page_size, D), dtype=np.float32).astype(dtype)
+    kc = as_pool(rng.standard_normal((P, HKV, page_size, D), dtype=np.float32), dtype)
+    vc = as_pool(rng.standard_normal((P, HKV, page_size, D), dtype=np.float32), dtype)
     perm = rng.permutation(P)
     bt = np.zeros((len(seq_lens), max(need)), np.int64)
     c = 0
@@ -42,13 +60,18 @@ def build_paged(seq_lens, q_lens, page_size, dtype, seed=0):
 
 def contiguous(q, kc, vc, bt, sl):
     """The same keys as a (seqs, Hkv, max_len, D) cache (decode layout)."""
+    if hasattr(kc, "scales"):        # int8: data and scales alike
+        import cattn
+        (_, kd, vd), (cq, ks, vs) = (contiguous(q, a, b, bt, sl)
+                                     for a, b in ((kc.data, vc.data), (kc.scales, vc.scales)))
+        return cq, cattn.QuantizedKV(kd, ks), cattn.QuantizedKV(vd, vs)
     L = int(sl.max())
-    k = np.zeros((len(sl), HKV, L, D), kc.dtype)
-    v = np.zeros((len(sl), HKV, L, D), vc.dtype)
+    k = np.zeros((len(sl), HKV, L, kc.shape[3]), kc.dtype)
+    v = np.zeros((len(sl), HKV, L, vc.shape[3]), vc.dtype)
     for s, n in enumerate(sl):
         pages = bt[s, :-(-int(n) // kc.shape[2])]
-        k[s, :, :n] = kc[pages].transpose(1, 0, 2, 3).reshape(HKV, -1, D)[:, :n]
-        v[s, :, :n] = vc[pages].transpose(1, 0, 2, 3).reshape(HKV, -1, D)[:, :n]
+        k[s, :, :n] = kc[pages].transpose(1, 0, 2, 3).reshape(HKV, -1, kc.shape[3])[:, :n]
+        v[s, :, :n] = vc[pages].transpose(1, 0, 2, 3).reshape(HKV, -1, vc.shape[3])[:, :n]
     return q.reshape(len(sl), -1, H, D).transpose(0, 2, 1, 3), k, v
 
 
@@ -79,7 +102,8 @@ MIXED = dict(seq_lens=[2048] * 4 + list(np.linspace(1024, 8192, 28).astype(int))
 
 
 class PagedDecode:
-    params = [["paged", "contiguous"], [16, 128], ["float32", "float16"], THREADS]
+    params = [["paged", "contiguous"], [16, 128], ["float32", "float16", "bfloat16", "int8"],
+              THREADS]
     param_names = ["impl", "page_size", "cache_dtype", "threads"]
     timeout = 120
 

@@ -134,12 +134,18 @@ def paged_attention(query, key_cache, value_cache, block_table, seq_lens, query_
     ----------
     query : array_like, shape (total_tokens, num_heads, head_dim)
         The new tokens of every sequence, one after the other.
-    key_cache : ndarray, shape (num_pages, num_kv_heads, page_size, head_dim)
-    value_cache : ndarray, shape (num_pages, num_kv_heads, page_size, head_dim_v)
-        The page pool, C-contiguous, float32, float16 or float64 (read in
-        place: a float16 cache is widened tile by tile, computing in
-        float32).  ``num_kv_heads`` divides ``num_heads`` (GQA/MQA: query
-        head h reads K/V head ``h // (num_heads // num_kv_heads)``).
+    key_cache : ndarray or QuantizedKV, shape (num_pages, num_kv_heads, page_size, head_dim)
+    value_cache : ndarray or QuantizedKV, shape (num_pages, num_kv_heads, page_size, head_dim_v)
+        The page pool, C-contiguous, read in place: float32, float16 or
+        float64; bfloat16 (``ml_dtypes.bfloat16``); or int8, a
+        :class:`cattn.QuantizedKV` whose ``data`` is the pool and whose
+        ``scales`` are float32 ``(num_pages, num_kv_heads, page_size,
+        ceil(head_dim / 32))`` (allocate one with ``QuantizedKV.zeros``,
+        fill it with :func:`cache_write`).  float16 and bfloat16 rows are
+        widened and int8 rows dequantized as they are read, computing in
+        float32.  Both pools have one format.  ``num_kv_heads`` divides
+        ``num_heads`` (GQA/MQA: query head h reads K/V head ``h //
+        (num_heads // num_kv_heads)``).
     block_table : array_like of int, shape (num_seqs, max_pages_per_seq)
         Key j of sequence s is in page ``block_table[s, j // page_size]``,
         row ``j % page_size``.  Slots past a sequence's last page are never
@@ -172,8 +178,11 @@ def paged_attention(query, key_cache, value_cache, block_table, seq_lens, query_
     -------
     out : ndarray, shape (total_tokens, num_heads, head_dim_v)
         float32 (float64 if the query or the cache is float64; float16 for a
-        float16 query).  A token with no visible key gets 0 (lse -inf, or
-        the sink logit).
+        float16 query over a float16/32 pool).  Over a bfloat16 or int8
+        pool, as :func:`cattn.attention` with that cache: bfloat16 when
+        query and pool are (lse stays float32), else float32 (float64 for a
+        float64 or integer query).  A token with no visible key gets 0 (lse
+        -inf, or the sink logit).
     lse : ndarray, shape (total_tokens, num_heads), if ``return_lse``
 
     Examples
