@@ -137,8 +137,8 @@ _ALLOWED = {
     "_run": {"_bf16", "_kernels", "_operands"},
     "_stages": {"_kernels", "_operands", "_options", "_plan", "_run", "_threads", "_validate"},
     "reference": {"_options"},
-    "_validate_paged": {"_options"},
-    "_paged": {"_kernels", "_threads", "_validate_paged"},
+    "_validate_paged": {"_bf16", "_options", "_quant"},
+    "_paged": {"_bf16", "_kernels", "_quant", "_threads", "_validate_paged"},
 }
 
 
