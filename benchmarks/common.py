@@ -66,10 +66,13 @@ SHAPES = {
     "decode4k": (1, 32, 1, 4096, 128),      # decode: one query per head
     "decode64k": (1, 1, 1, 65536, 128),     # decode, one head, long cache
     "mem16k": (1, 1, 16384, 16384, 64),     # peak memory
+    "8k": (1, 2, 8192, 8192, 64),           # the backward's long sequence
 }
 # what the runner times when no --shapes are given (mem16k: asv Memory only)
 DEFAULT_SHAPES = ("tiny", "small", "batch4_512", "h16_1k", "4k", "d128_2k", "cross",
                   "decode4k", "decode64k")
+# ... and with --backward (training shapes: no decode)
+BACKWARD_SHAPES = ("small", "batch4_512", "h16_1k", "4k", "d128_2k", "cross", "8k")
 
 
 def usable_cpus():
@@ -295,7 +298,8 @@ class BackwardImpl(Impl):
     the forward left when this object was made (cattn: out and lse; torch:
     the autograd graph, kept with ``retain_graph``; numpy: the weights P,
     which a NumPy autograd keeps).  ``variant``: plain or causal.  Raises
-    NotImplementedError (asv: skipped) when it cannot run here.
+    NotImplementedError (asv: skipped) when it cannot run here.  ``inputs``
+    is (q, k, v, dout).
 
     ``cattn``  ``cattn.attention(..., return_lse=True)`` and
                ``cattn.attention_backward``
@@ -313,6 +317,7 @@ class BackwardImpl(Impl):
         q, k, v = make_qkv(dims, dtype, seed)
         dout = np.random.default_rng([seed, 1]).standard_normal(q.shape[:-1] + v.shape[-1:],
                                                                  dtype=np.dtype(dtype))
+        self.inputs = (q, k, v, dout)
         setup = {"cattn": self._cattn, "torch": self._torch_grads, "numpy": self._numpy}
         if impl not in setup:
             raise ValueError("unknown implementation %r" % impl)
