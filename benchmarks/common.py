@@ -27,6 +27,11 @@ Implementations (the ``impl`` parameter):
                  ``torch.set_num_threads(threads)``; skipped when torch is not
                  importable
 
+The backward suites (``bench_backward.py``) and ``python -m tools.bench
+--backward`` time :class:`BackwardImpl` instead: ``cattn``
+(``attention_backward``), ``torch`` (SDPA + ``.backward``) and ``numpy``
+(:func:`naive_attention_backward`).
+
 Combinations that would take more than a few seconds a call raise
 ``NotImplementedError`` in ``setup`` (asv shows them as n/a); the float64
 oracle runs at float32 only at small sizes (it computes in float64 anyway).
