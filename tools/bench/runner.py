@@ -6,6 +6,7 @@ Run from the root of a source checkout (with cattn built in place,
     python -m tools.bench --quick
     python -m tools.bench --shapes 4k decode4k --threads 1 2 --repeat 9 --json run.json
     python -m tools.bench --quick --plot scaling.png
+    python -m tools.bench --backward --shapes h16_1k 4k --causal --threads 1 2
     python -m tools.bench --help
 
 The workers run in the same directory, so they time the cattn that
@@ -45,6 +46,13 @@ is that over the measured read bandwidth.  With ``--causal`` the shapes with
 torch: ``is_causal=True``, numpy: a boolean mask built before timing).  A
 cell that reads ``err`` or ``skip`` carries a footnote mark; the notes under
 the table give the reason (the exception, or the time of the one call).
+
+``--backward`` times training instead (``benchmarks.common.BackwardImpl``):
+per case, forward + backward and the backward alone (from a forward run
+once) of cattn and torch (numpy's naive analytic backward on request), in
+the same workers, rounds and medians; the table puts both side by side
+with their time ratios and cattn's backward GFLOP/s, counted as 2.5x the
+forward's ``4*B*H*Lq*Lk*D``, and its share of the GEMM rate.
 
 "numpy" is the naive float-preserving NumPy a user writes::
 
@@ -259,7 +267,7 @@ def build_parser():
             + ".  Ratios are time ratios (< 1: cattn faster).")
     p.add_argument("--shapes", nargs="+", metavar="SHAPE", default=None,
                    help="shape names or BxHxLqxLkxD specs; 'all' = every named "
-                        "shape (default: all but mem16k)")
+                        "shape (default: %s; --backward: see there)" % " ".join(DEFAULT_SHAPES))
     p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=None,
                    help="default: float32 float64 (--quick: float32)")
     p.add_argument("--threads", nargs="+", type=int, default=None, metavar="N",
