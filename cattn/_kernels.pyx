@@ -778,7 +778,8 @@ cdef struct _Bwd:
     cattn_kernels *kern
     bint q_items
     int64_t n_qblocks
-    char *dq_parts          # per-thread dQ partials (NULL: none)
+    char *dq0               # thread 0's dQ partial: dQ itself (NULL: no partials)
+    char *dq_parts          # the dQ partials of threads 1, 2, ...
     int64_t part_bytes
 
 
@@ -787,19 +788,25 @@ cdef void _bwd_item(void *ctx, int64_t w, void *scratch, int tid) noexcept nogil
     if c.q_items:
         c.kern.bwd_q(c.bp, w // c.n_qblocks, w % c.n_qblocks, scratch)
     else:
-        c.kern.bwd_kv(c.bp, w // c.n_qblocks, w % c.n_qblocks,
-                      c.dq_parts + tid * c.part_bytes if c.dq_parts != NULL else NULL,
-                      scratch)
+        c.kern.bwd_kv(c.bp, w // c.n_qblocks, w % c.n_qblocks, _dq_part(c, tid), scratch)
+
+
+cdef inline void *_dq_part(_Bwd *c, int tid) noexcept nogil:
+    if c.dq0 == NULL:
+        return NULL
+    if tid == 0:
+        return c.dq0
+    return c.dq_parts + (tid - 1) * c.part_bytes
 
 
 cdef int _run_bwd(cattn_bwd_params *bp, cattn_kernels *kern, int64_t n_work, bint q_items,
-                  int64_t n_qblocks, char *dq_parts, int64_t part_bytes, int n_threads,
-                  bint poll) except -1:
+                  int64_t n_qblocks, char *dq0, char *dq_parts, int64_t part_bytes,
+                  int n_threads, bint poll) except -1:
     cdef int status[2]
     cdef double last[1]
     cdef _Bwd c
     c.bp = bp; c.kern = kern; c.q_items = q_items; c.n_qblocks = n_qblocks
-    c.dq_parts = dq_parts; c.part_bytes = part_bytes
+    c.dq0 = dq0; c.dq_parts = dq_parts; c.part_bytes = part_bytes
     _arm(status, last)
     bp.f.stop = &status[1]
     bp.f.poll = NULL
@@ -860,19 +867,23 @@ def flash_backward(KernelArgs a, Operand dout not None, delta, dk, dv, group_sta
         nt = cattn_usable_team(nt)
     if nt < 1:
         nt = 1
-    cdef cnp.ndarray parts
+    # Thread 0 adds its dS K straight into dQ and threads 1.. into partials,
+    # added in place after the loop: the extra memory is the nt - 1 partials
+    # alone (a (nt, ...) stack summed into a new array cost nt + 1 buffers).
+    dq = np.zeros((N, Lq, D), dtype=dt)
+    cdef cnp.ndarray parts = None
     cdef char *pp = NULL
-    if dq_pass:
-        dq = np.zeros((N, Lq, D), dtype=dt)
-        parts = None
-    else:
-        parts = np.zeros((nt, N, Lq, D), dtype=dt)
+    if not dq_pass and nt > 1:
+        parts = np.zeros((nt - 1, N, Lq, D), dtype=dt)
         pp = <char *>cnp.PyArray_DATA(parts)
     if n_work > 0:
-        _run_bwd(&bp, &kern, n_work, False, n_kblocks, pp,
+        _run_bwd(&bp, &kern, n_work, False, n_kblocks,
+                 NULL if dq_pass else <char *>cnp.PyArray_DATA(dq), pp,
                  N * Lq * D * (8 if dt is np.float64 else 4), nt, poll)
     if not dq_pass:
-        return parts[0] if nt == 1 else parts.sum(axis=0)
+        for i in range(nt - 1):          # in thread order, as the stack's sum did
+            dq += parts[i]
+        return dq
     bp.dq = <void *>cnp.PyArray_DATA(dq)
     nt = num_threads
     if nt > N * n_qblocks:
@@ -880,7 +891,7 @@ def flash_backward(KernelArgs a, Operand dout not None, delta, dk, dv, group_sta
     if nt > 1:
         nt = cattn_usable_team(nt)
     if N * n_qblocks > 0 and D > 0:
-        _run_bwd(&bp, &kern, N * n_qblocks, True, n_qblocks, NULL, 0, max(nt, 1), poll)
+        _run_bwd(&bp, &kern, N * n_qblocks, True, n_qblocks, NULL, NULL, 0, max(nt, 1), poll)
     return dq
 
 

@@ -160,21 +160,20 @@ def test_garbage_never_leaks():
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_one_row_pages_whose_ends_line_up(dtype):
-    """Pages of one row in slots p, x, y, p + 3: the first and fourth rows
-    lie three rows apart in memory, the two between elsewhere (the float16
-    decode once took the four as one run and read the NaN rows between)."""
-    rng = np.random.default_rng(12)
-    D, Dv = 16, 4
-    kc = np.full((8, 1, 1, D), np.nan, dtype)
-    vc = np.full((8, 1, 1, Dv), np.nan, dtype)
-    table = np.array([[0, 5, 7, 3]])
-    k = rng.standard_normal((4, 1, D)).astype(dtype)
-    v = rng.standard_normal((4, 1, Dv)).astype(dtype)
-    cattn.cache_write(k, v, kc, vc, table[0])
+def test_rows_adjacent_only_at_the_ends_of_four(dtype):
+    """page_size 1: pages 3 and 6 hold keys 0 and 3 (a span of four keys
+    whose first and last rows are three rows apart in the pool) while keys
+    1 and 2 live elsewhere; a kernel that reads four keys as one run when
+    only the last row's offset matches would read the wrong keys."""
+    rng = np.random.default_rng(9)
+    D, P = 17, 16
+    kc = rng.standard_normal((P, 1, 1, D)).astype(dtype)
+    vc = rng.standard_normal((P, 1, 1, D)).astype(dtype)
+    bt = np.array([[3, 11, 9, 6, 0, 12, 7, 8]], np.int64)
     q = rng.standard_normal((1, 1, D)).astype(np.float32)
-    out = check(q, kc, vc, table, [4], [0, 1])[0]
-    assert np.all(np.isfinite(out))
+    sl, qsl = np.array([8]), np.array([0, 1])
+    out = cattn.paged_attention(q, kc, vc, bt, sl, qsl)
+    assert_close(out, ref.paged_attention(q, kc, vc, bt, sl, qsl), np.float32)
 
 
 def test_nan_in_attended_key_propagates_masked_does_not():
