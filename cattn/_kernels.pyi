@@ -128,15 +128,33 @@ def gemm_batched(
     num_threads: int,
 ) -> None: ...
 def softmax_rows(x: _FloatArray, num_threads: int) -> None: ...
-def flash_serial_contiguous(
-    q: npt.NDArray[Any],
-    k: npt.NDArray[Any],
-    v: npt.NDArray[Any],
-    scale: float,
-    score_kind: int,
-    max_block_q: int,
-    block_k: int,
-) -> npt.NDArray[np.floating[Any]]: ...
+@disjoint_base
+class TilePolicy:
+    """The tile path's block sizes (values and measurements: cattn._plan)."""
+    @property
+    def block_q(self) -> int: ...
+    @property
+    def block_q_f64_narrow(self) -> int: ...
+    @property
+    def block_k(self) -> int: ...
+    def __init__(self, block_q: int, block_q_f64_narrow: int, block_k: int) -> None: ...
+    def tile_blocks(self, N: int, Lq: int, n_threads: int, is_double: bool, D: int,
+                    skips: bool) -> tuple[int, int]: ...
+
+# ``cattn.attention`` of a plain call, or None when the call is not plain.
+def attention_plain(
+    query: Any,
+    key: Any,
+    value: Any,
+    score: Any,
+    scale: Any,
+    causal: Any,
+    return_lse: Any,
+    num_threads: Any,
+    out: Any,
+    tiles: TilePolicy,
+    serial_work: int,
+) -> Any: ...
 
 def flash_backward(a: KernelArgs, dout: Operand, delta: _FloatArray, dk: _FloatArray,
                    dv: _FloatArray, group_start: _Offsets, group_items: _Offsets,

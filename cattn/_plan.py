@@ -15,7 +15,7 @@ from ._bf16 import is_bf16, widen
 from ._threads import threads_for
 from ._validate import AttentionCall
 
-__all__ = ["Plan", "plan_attention", "tile_blocks", "BLOCK_K"]
+__all__ = ["Plan", "plan_attention", "tile_blocks", "BLOCK_K", "TILES"]
 
 BLOCK_Q = 64      # measured: 64 and 128 tie at D = 64, 64 wins by 14% at D = 128
 # float64 with D <= 64: 256-query blocks read each K/V tile for 4x more
@@ -47,16 +47,17 @@ class Plan(NamedTuple):
     gqa_fold: int                     # > 1: query heads folded into queries
 
 
+#: The block policy, shared with the plain path of ``_kernels`` (one
+#: implementation: ``TilePolicy.tile_blocks``).
+TILES = _kernels.TilePolicy(BLOCK_Q, BLOCK_Q_F64_NARROW, BLOCK_K)
+
+
 def tile_blocks(N, Lq, n_threads, cdt=None, D=None, skips_tiles=False):
     """Query/key block sizes: BLOCK_Q queries a block (float64 with D <= 64
     and nothing that skips tiles: BLOCK_Q_F64_NARROW) unless that leaves
     threads idle (then smaller blocks, down to 16)."""
-    wide = cdt == np.float64 and D is not None and D <= 64 and not skips_tiles
-    base = BLOCK_Q_F64_NARROW if wide else BLOCK_Q
-    bq = min(base, max(16, -(-Lq // 16) * 16))
-    while bq > 16 and N * -(-Lq // bq) < 2 * n_threads:
-        bq //= 2
-    return max(bq, 1), BLOCK_K
+    return TILES.tile_blocks(N, Lq, n_threads, cdt == np.float64,
+                             -1 if D is None else D, skips_tiles)
 
 
 def decode_splits(N, Lk, n_threads):
