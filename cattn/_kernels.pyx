@@ -715,18 +715,25 @@ cdef void _softmax_row(floating *x, Py_ssize_t C) noexcept nogil:
 cdef class TilePolicy:
     """The tile path's block sizes (values and measurements: _plan)."""
     cdef readonly int64_t block_q, block_q_f64_narrow, block_k
+    cdef readonly int64_t block_q_short_span, short_span
 
-    def __init__(self, int64_t block_q, int64_t block_q_f64_narrow, int64_t block_k):
-        if block_q < 1 or block_q_f64_narrow < 1 or block_k < 1:
+    def __init__(self, int64_t block_q, int64_t block_q_f64_narrow, int64_t block_k,
+                 int64_t block_q_short_span, int64_t short_span):
+        if min(block_q, block_q_f64_narrow, block_k, block_q_short_span) < 1:
             raise ValueError("TilePolicy: block sizes must be >= 1")
         self.block_q = block_q
         self.block_q_f64_narrow = block_q_f64_narrow
         self.block_k = block_k
+        self.block_q_short_span = block_q_short_span
+        self.short_span = short_span
 
     cdef void blocks(self, int64_t N, int64_t Lq, int n_threads, bint is_double, int64_t D,
-                     bint skips, int64_t *bq_out, int64_t *bk_out) noexcept nogil:
+                     bint skips, int64_t span, int64_t *bq_out,
+                     int64_t *bk_out) noexcept nogil:
         cdef bint wide = is_double and 0 <= D <= 64 and not skips
         cdef int64_t base = self.block_q_f64_narrow if wide else self.block_q
+        if 0 <= span <= self.short_span:
+            base = self.block_q_short_span
         cdef int64_t bq = min(base, max(16, ((Lq + 15) // 16) * 16))
         while bq > 16 and N * ((Lq + bq - 1) // bq) < 2 * n_threads:
             bq //= 2
@@ -734,12 +741,14 @@ cdef class TilePolicy:
         bk_out[0] = self.block_k
 
     def tile_blocks(self, int64_t N, int64_t Lq, int n_threads, bint is_double, int64_t D,
-                    bint skips):
-        """(block_q, block_k): ``block_q`` queries a block (``block_q_f64_narrow``
-        for float64 with 0 <= D <= 64 and nothing that skips tiles), halved
-        down to 16 while that leaves threads idle."""
+                    bint skips, int64_t span):
+        """(block_q, block_k): ``block_q`` queries a block
+        (``block_q_f64_narrow`` for float64 with 0 <= D <= 64 and nothing
+        that skips tiles; ``block_q_short_span`` when a window lets a query
+        see at most ``short_span`` keys, ``span`` >= 0), halved down to 16
+        while that leaves threads idle."""
         cdef int64_t bq, bk
-        self.blocks(N, Lq, n_threads, is_double, D, skips, &bq, &bk)
+        self.blocks(N, Lq, n_threads, is_double, D, skips, span, &bq, &bk)
         return bq, bk
 
 
@@ -882,7 +891,9 @@ cdef object _run_plain(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, int score_ki
     p.scale = scales
     p.win_left = CATTN_UNBOUNDED
     p.win_right = 0 if causal else CATTN_UNBOUNDED
-    tiles.blocks(N, Lq, n_threads, is_double, D, causal, &p.block_q, &p.block_k)
+    # causal: a query may see up to Lk keys
+    tiles.blocks(N, Lq, n_threads, is_double, D, causal, Lk if causal else -1,
+                 &p.block_q, &p.block_k)
     cdef _Run r
     r.p = &p
     r.kern = cattn_kernels_for(is_double, CATTN_KV_NATIVE)
