@@ -735,8 +735,11 @@ cdef class TilePolicy:
         if 0 <= span <= self.short_span:
             base = self.block_q_short_span
         cdef int64_t bq = min(base, max(16, ((Lq + 15) // 16) * 16))
-        while bq > 16 and N * ((Lq + bq - 1) // bq) < 2 * n_threads:
-            bq //= 2
+        # halved while threads would be left without a block, but not
+        # below 32 (a block's queries are computed in panels padded to 32:
+        # a 16-query block costs a 32-query one) and never for one thread
+        while n_threads > 1 and bq > 32 and N * ((Lq + bq - 1) // bq) < 2 * n_threads:
+            bq = max(32, bq // 2)
         bq_out[0] = max(bq, 1)
         bk_out[0] = self.block_k
 
@@ -745,7 +748,7 @@ cdef class TilePolicy:
         """(block_q, block_k): ``block_q`` queries a block
         (``block_q_f64_narrow`` for float64 with 0 <= D <= 64 and nothing
         that skips tiles; ``block_q_short_span`` when a window lets a query
-        see at most ``short_span`` keys, ``span`` >= 0), halved down to 16
+        see at most ``short_span`` keys, ``span`` >= 0), halved down to 32
         while that leaves threads idle."""
         cdef int64_t bq, bk
         self.blocks(N, Lq, n_threads, is_double, D, skips, span, &bq, &bk)

@@ -69,7 +69,7 @@ def tile_blocks(N, Lq, n_threads, cdt=None, D=None, skips_tiles=False, span=-1):
     and nothing that skips tiles: BLOCK_Q_F64_NARROW; a window that lets a
     query see at most SHORT_SPAN keys (``span``, -1: no window):
     BLOCK_Q_SHORT_SPAN) unless that leaves threads idle (then smaller
-    blocks, down to 16)."""
+    blocks, down to 32)."""
     return TILES.tile_blocks(N, Lq, n_threads, cdt == np.float64,
                              -1 if D is None else D, skips_tiles, span)
 

@@ -222,3 +222,26 @@ def test_plain_nonfinite_inputs_propagate_like_the_general_path(rng):
         _same(res, general(q, k, v, causal=causal, return_lse=True))
     out = plain(q, k, v, causal=True)
     assert np.isfinite(out[0, :5]).all()
+
+
+@pytest.mark.parametrize("N", [1, 2, 3, 8, 64])
+@pytest.mark.parametrize("Lq", [1, 9, 16, 17, 32, 64, 100, 128, 1000])
+@pytest.mark.parametrize("n_threads", [1, 2, 4, 16])
+def test_tile_block_policy(N, Lq, n_threads):
+    rup16 = -(-Lq // 16) * 16
+    for cdt, D, span, base in [(np.float32, 64, -1, _plan.BLOCK_Q),
+                               (np.float64, 64, -1, _plan.BLOCK_Q_F64_NARROW),
+                               (np.float32, 64, 128, _plan.BLOCK_Q_SHORT_SPAN),
+                               (np.float32, 64, 4096, _plan.BLOCK_Q)]:
+        bq, bk = _plan.tile_blocks(N, Lq, n_threads, cdt, D, span >= 0, span)
+        assert bk == _plan.BLOCK_K
+        first = min(base, max(16, rup16))
+        if n_threads == 1:
+            assert bq == first             # one thread: blocks are never split
+        else:
+            # split only while threads lack a block, never below 32
+            assert bq <= first and (bq == first or bq >= 32)
+            if bq > 32:
+                assert N * -(-Lq // bq) >= 2 * n_threads
+            if bq < first:
+                assert N * -(-Lq // (2 * bq)) < 2 * n_threads
