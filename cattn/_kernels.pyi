@@ -31,6 +31,7 @@ QBLOCK: int
 SCORE_KINDS: dict[str, int]
 
 def isa_name() -> str: ...
+def preferred_blocks(is_double: bool, kv_format: int) -> tuple[int, int]: ...
 
 @disjoint_base
 class Operand:

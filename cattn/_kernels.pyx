@@ -105,6 +105,7 @@ cdef extern from "_src/flash.h" nogil:
                        void *scratch) noexcept nogil
         void (*bwd_q)(const cattn_bwd_params *bp, int64_t b, int64_t qb,
                       void *scratch) noexcept nogil
+        int64_t block_q, block_k
     cattn_kernels cattn_kernels_for(int is_double, int kv_format)
     const char *cattn_isa_name()
 
@@ -127,6 +128,13 @@ SCORE_KINDS = {"dot": CATTN_SCORE_DOT, "scaled_dot": CATTN_SCORE_DOT,
 def isa_name():
     """The micro-kernel variant chosen for this CPU."""
     return cattn_isa_name().decode()
+
+
+def preferred_blocks(bint is_double, int kv_format):
+    """(block_q, block_k) the tile kernel of this compute type and K/V format
+    runs best at on this CPU; 0 where it leaves the choice to the planner."""
+    cdef cattn_kernels k = cattn_kernels_for(is_double, kv_format)
+    return int(k.block_q), int(k.block_k)
 
 
 # ------------------------------------------------------------ the contract

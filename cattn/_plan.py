@@ -47,16 +47,28 @@ class Plan(NamedTuple):
     gqa_fold: int                     # > 1: query heads folded into queries
 
 
-def tile_blocks(N, Lq, n_threads, cdt=None, D=None, skips_tiles=False):
+def tile_blocks(N, Lq, n_threads, cdt=None, D=None, skips_tiles=False, preferred=(0, 0)):
     """Query/key block sizes: BLOCK_Q queries a block (float64 with D <= 64
-    and nothing that skips tiles: BLOCK_Q_F64_NARROW) unless that leaves
+    and nothing that skips tiles: BLOCK_Q_F64_NARROW; the kernel's own
+    ``preferred`` (block_q, block_k) where it names one) unless that leaves
     threads idle (then smaller blocks, down to 16)."""
     wide = cdt == np.float64 and D is not None and D <= 64 and not skips_tiles
-    base = BLOCK_Q_F64_NARROW if wide else BLOCK_Q
+    base = preferred[0] or (BLOCK_Q_F64_NARROW if wide else BLOCK_Q)
     bq = min(base, max(16, -(-Lq // 16) * 16))
     while bq > 16 and N * -(-Lq // bq) < 2 * n_threads:
         bq //= 2
-    return max(bq, 1), BLOCK_K
+    return max(bq, 1), preferred[1] or BLOCK_K
+
+
+_PREFERRED: "dict[tuple[bool, int], tuple[int, int]]" = {}
+
+
+def _preferred_blocks(is_double, kv_format):
+    """The kernel table's preferred tile (fixed for the process: cached)."""
+    key = (bool(is_double), int(kv_format))
+    if key not in _PREFERRED:
+        _PREFERRED[key] = _kernels.preferred_blocks(*key)
+    return _PREFERRED[key]
 
 
 def decode_splits(N, Lk, n_threads):
@@ -184,7 +196,8 @@ def plan_attention(call):
     unb = _kernels.UNBOUNDED
     skips = (window[0] < unb or window[1] < unb or call.q_seg is not None
              or call.q_len is not None)
-    bq, bk = tile_blocks(call.N, call.Lq, n_threads, cdt, call.D, skips)
+    bq, bk = tile_blocks(call.N, call.Lq, n_threads, cdt, call.D, skips,
+                         _preferred_blocks(cdt == np.float64, kv_format))
     return Plan(call=call, cdt=cdt, kv_format=kv_format,
                 path=path, block_q=bq, block_k=bk,
                 n_split=decode_splits(call.N, call.Lk, n_threads) if path == "decode" else 1,
