@@ -27,6 +27,11 @@ Implementations (the ``impl`` parameter):
                  ``torch.set_num_threads(threads)``; skipped when torch is not
                  importable
 
+The backward suites (``bench_backward.py``) and ``python -m tools.bench
+--backward`` time :class:`BackwardImpl` instead: ``cattn``
+(``attention_backward``), ``torch`` (SDPA + ``.backward``) and ``numpy``
+(:func:`naive_attention_backward`).
+
 Combinations that would take more than a few seconds a call raise
 ``NotImplementedError`` in ``setup`` (asv shows them as n/a); the float64
 oracle runs at float32 only at small sizes (it computes in float64 anyway).
@@ -66,10 +71,13 @@ SHAPES = {
     "decode4k": (1, 32, 1, 4096, 128),      # decode: one query per head
     "decode64k": (1, 1, 1, 65536, 128),     # decode, one head, long cache
     "mem16k": (1, 1, 16384, 16384, 64),     # peak memory
+    "8k": (1, 2, 8192, 8192, 64),           # the backward's long sequence
 }
 # what the runner times when no --shapes are given (mem16k: asv Memory only)
 DEFAULT_SHAPES = ("tiny", "small", "batch4_512", "h16_1k", "4k", "d128_2k", "cross",
                   "decode4k", "decode64k")
+# ... and with --backward (training shapes: no decode)
+BACKWARD_SHAPES = ("small", "batch4_512", "h16_1k", "4k", "d128_2k", "cross", "8k")
 
 
 def usable_cpus():
@@ -133,6 +141,11 @@ def keep_mask(Lq, Lk, variant):
 
 def naive_attention(q, k, v, variant="plain", mask=None):
     """Attention as a NumPy user writes it, in the dtype of the inputs."""
+    return naive_weights(q, k, variant, mask) @ v
+
+
+def naive_weights(q, k, variant="plain", mask=None):
+    """The softmax weights of :func:`naive_attention`, (..., Lq, Lk)."""
     import numpy as np
     if variant == "cosine":
         qn = np.linalg.norm(q, axis=-1, keepdims=True)
@@ -147,8 +160,18 @@ def naive_attention(q, k, v, variant="plain", mask=None):
         s = np.where(mask, s, -np.inf)
     s = s - s.max(axis=-1, keepdims=True)
     p = np.exp(s)
-    p = p / p.sum(axis=-1, keepdims=True)
-    return p @ v
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def naive_attention_backward(q, k, v, p, out, dout):
+    """dq, dk, dv of scaled-dot attention as a NumPy user writes them, from
+    the forward's weights ``p`` and output ``out`` (what an autograd keeps):
+    dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)),
+    dQ = dS K * scale, dK = dS^T Q * scale.  In the dtype of the inputs."""
+    scale = float(q.shape[-1]) ** -0.5          # Python float: float32 stays float32
+    dv = p.swapaxes(-1, -2) @ dout
+    ds = p * (dout @ v.swapaxes(-1, -2) - (dout * out).sum(axis=-1, keepdims=True))
+    return (ds @ k) * scale, (ds.swapaxes(-1, -2) @ q) * scale, dv
 
 
 _CATTN_KW = {"plain": {}, "causal": {"causal": True}, "window": {"window": (WINDOW, 0)},
@@ -198,22 +221,28 @@ class Impl:
                 mask = keep_mask(Lq, Lk, variant)
                 self.fn = lambda q, k, v: naive_attention(q, k, v, variant, mask)
         elif impl == "torch":
-            if not HAVE_TORCH:
-                raise NotImplementedError("torch is not installed")
             if variant == "additive":
                 raise NotImplementedError("torch has no additive attention")
-            try:
-                import torch
-                import torch.nn.functional as F
-            except Exception as exc:  # broken install
-                raise NotImplementedError("torch cannot be imported: %s" % exc)
-            self._limit_blas(threads)
-            old = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            self._restore.append(lambda: torch.set_num_threads(old))
+            torch, F = self._torch(threads)
             self.fn = _torch_fn(torch, F, variant, Lq, Lk)
         else:
             raise ValueError("unknown implementation %r" % impl)
+
+    def _torch(self, threads):
+        """(torch, torch.nn.functional) with ``threads`` threads (restored
+        by close); NotImplementedError when torch cannot be imported."""
+        if not HAVE_TORCH:
+            raise NotImplementedError("torch is not installed")
+        try:
+            import torch
+            import torch.nn.functional as F
+        except Exception as exc:  # broken install
+            raise NotImplementedError("torch cannot be imported: %s" % exc)
+        self._limit_blas(threads)
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        self._restore.append(lambda: torch.set_num_threads(old))
+        return torch, F
 
     def _limit_blas(self, threads):
         try:
@@ -228,22 +257,115 @@ class Impl:
             self._restore.pop()()
 
 
-def _torch_fn(torch, F, variant, Lq, Lk):
-    sdpa, frm = F.scaled_dot_product_attention, torch.from_numpy
+def _torch_sdpa(torch, F, variant, Lq, Lk):
+    """``fn(q, k, v)`` on tensors: SDPA with the ``variant``'s mask (plain,
+    scaled_dot, causal, window), aligned as cattn aligns it."""
+    sdpa = F.scaled_dot_product_attention
     if variant in ("plain", "scaled_dot"):
-        return lambda q, k, v: sdpa(frm(q), frm(k), frm(v)).numpy()
+        return sdpa
     if variant == "causal" and Lq == Lk:     # torch's is_causal is top-left aligned
-        return lambda q, k, v: sdpa(frm(q), frm(k), frm(v), is_causal=True).numpy()
+        return lambda q, k, v: sdpa(q, k, v, is_causal=True)
     if variant in ("causal", "window"):
-        mask = frm(keep_mask(Lq, Lk, variant))
-        return lambda q, k, v: sdpa(frm(q), frm(k), frm(v), attn_mask=mask).numpy()
+        mask = torch.from_numpy(keep_mask(Lq, Lk, variant))
+        return lambda q, k, v: sdpa(q, k, v, attn_mask=mask)
+    raise NotImplementedError("torch: no %s variant" % variant)
+
+
+def _torch_fn(torch, F, variant, Lq, Lk):
+    frm = torch.from_numpy
+    if variant in ("plain", "scaled_dot", "causal", "window"):
+        fn = _torch_sdpa(torch, F, variant, Lq, Lk)
+        return lambda q, k, v: fn(frm(q), frm(k), frm(v)).numpy()
     if variant == "cosine":
         def cosine(q, k, v):
             qt = F.normalize(frm(q), dim=-1, eps=1e-8)
             kt = F.normalize(frm(k), dim=-1, eps=1e-8)
-            return sdpa(qt, kt, frm(v), scale=1.0).numpy()
+            return F.scaled_dot_product_attention(qt, kt, frm(v), scale=1.0).numpy()
         return cosine
     raise NotImplementedError("torch: no %s variant" % variant)
+
+
+BACKWARD_IMPLS = ["cattn", "torch", "numpy"]
+
+
+def backward_flops(dims):
+    """The backward's flops, counted as 2.5x the forward's 4*B*H*Lq*Lk*D
+    (five Lq x Lk x D products to the forward's two)."""
+    return 2.5 * 4.0 * work(dims)
+
+
+class BackwardImpl(Impl):
+    """Forward + backward of one implementation on its own seeded inputs
+    (q, k, v and the output's gradient ``dout``), set up for ``threads``.
+
+    ``fwd_bwd()`` runs the forward and the backward and returns dq, dk, dv
+    (first three items), as a training step does; ``bwd()`` runs the backward alone, from the state
+    the forward left when this object was made (cattn: out and lse; torch:
+    the autograd graph, kept with ``retain_graph``; numpy: the weights P,
+    which a NumPy autograd keeps).  ``variant``: plain or causal.  Raises
+    NotImplementedError (asv: skipped) when it cannot run here.  ``inputs``
+    is (q, k, v, dout).
+
+    ``cattn``  ``cattn.attention(..., return_lse=True)`` and
+               ``cattn.attention_backward``
+    ``torch``  ``scaled_dot_product_attention`` on tensors that require
+               grad, then ``.backward(dout)``; grads set to None before each
+    ``numpy``  :func:`naive_weights` and :func:`naive_attention_backward` in
+               the dtype of the inputs (O(Lq Lk) memory)
+    """
+
+    def __init__(self, impl, threads, variant, dims, dtype, seed=0):
+        self._restore = []
+        if variant not in ("plain", "causal"):
+            raise ValueError("unknown backward variant %r" % variant)
+        import numpy as np
+        q, k, v = make_qkv(dims, dtype, seed)
+        dout = np.random.default_rng([seed, 1]).standard_normal(q.shape[:-1] + v.shape[-1:],
+                                                                 dtype=np.dtype(dtype))
+        self.inputs = (q, k, v, dout)
+        setup = {"cattn": self._cattn, "torch": self._torch_grads, "numpy": self._numpy}
+        if impl not in setup:
+            raise ValueError("unknown implementation %r" % impl)
+        setup[impl](threads, variant, dims, q, k, v, dout)
+
+    def _cattn(self, threads, variant, dims, q, k, v, dout):
+        cattn = import_cattn()
+        kw = {"causal": variant == "causal", "num_threads": threads}
+        fwd, bwd = cattn.attention, cattn.attention_backward
+        out, lse = fwd(q, k, v, return_lse=True, **kw)
+
+        def fwd_bwd():
+            o, l_ = fwd(q, k, v, return_lse=True, **kw)
+            return bwd(dout, q, k, v, o, l_, **kw)
+        self.fwd_bwd = fwd_bwd
+        self.bwd = lambda: bwd(dout, q, k, v, out, lse, **kw)
+
+    def _torch_grads(self, threads, variant, dims, q, k, v, dout):
+        torch, F = self._torch(threads)
+        fn = _torch_sdpa(torch, F, variant, dims[2], dims[3])
+        leaves = [torch.from_numpy(x).requires_grad_() for x in (q, k, v)]
+        tdo = torch.from_numpy(dout)
+
+        def backward(o, keep):
+            for t in leaves:
+                t.grad = None
+            o.backward(tdo, retain_graph=keep)
+            return [t.grad for t in leaves]
+        out = fn(*leaves)
+        self.fwd_bwd = lambda: backward(fn(*leaves), False)
+        self.bwd = lambda: backward(out, True)
+
+    def _numpy(self, threads, variant, dims, q, k, v, dout):
+        self._limit_blas(threads)
+        mask = keep_mask(dims[2], dims[3], variant)
+        p = naive_weights(q, k, variant, mask)
+        out = p @ v
+
+        def fwd_bwd():
+            w = naive_weights(q, k, variant, mask)
+            return naive_attention_backward(q, k, v, w, w @ v, dout)
+        self.fwd_bwd = fwd_bwd
+        self.bwd = lambda: naive_attention_backward(q, k, v, p, out, dout)
 
 
 class _AttentionSuite:

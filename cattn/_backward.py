@@ -119,7 +119,10 @@ def _kv_groups(call):
 
 
 def _scatter_groups(g_arr, rep, shape):
-    """Per-group gradients (G, L, C) summed into an array of ``shape``."""
+    """Per-group gradients (G, L, C) summed into an array of ``shape``
+    (``g_arr`` itself when every item has its own K/V in order: no copy)."""
+    if len(rep) == math.prod(shape[:-2]) and np.array_equal(rep, np.arange(len(rep))):
+        return g_arr.reshape(shape)
     flat = np.zeros((math.prod(shape[:-2]),) + tuple(shape[-2:]), dtype=g_arr.dtype)
     if len(np.unique(rep)) == len(rep):
         flat[rep] = g_arr
@@ -286,13 +289,12 @@ def attention_backward(dout, query, key, value, out, lse, *, score="scaled_dot",
             inverse, G)
         dq_items = dqu
     else:
-        qi = np.broadcast_to(q, lead + (Lq, D)).reshape(N, Lq, D)
-        with np.errstate(invalid="ignore", over="ignore"):
-            # a query row that attended nothing has dQ = 0: its q (maybe NaN) stays out
-            live = (dqu != 0).any(axis=-1)[..., None]
-            dscale_items = np.einsum("bid,bid->b", np.where(live, qi, 0), dqu,
-                                     dtype=np.float64)
-            dq_items = dqu * scale_b.astype(cdt)[:, None, None]
+        if _is_array(scale):
+            dscale_items = _dscale_items(q, dqu, lead, N, Lq, D)
+        # in place: dqu is this call's own buffer (a copy would be one more
+        # (N, Lq, D) array at the backward's peak)
+        dqu *= scale_b.astype(cdt)[:, None, None]
+        dq_items = dqu
 
     # back to the inputs' shapes and dtypes
     dq = _unbroadcast(dq_items.reshape(lead + (Lq, D)), q.shape)
@@ -323,6 +325,15 @@ def attention_backward(dout, query, key, value, out, lse, *, score="scaled_dot",
     if sc == "additive" and _is_array(additive_weight):
         dadd = dw.astype(res_dt(additive_weight))
     return Gradients(dq, dk, dv, dbias, dscale, dsinks, dadd)
+
+
+def _dscale_items(q, dqu, lead, N, Lq, D):
+    """Per item, sum_i q_i . dQ_i (dQ before its scale): the scale's gradient."""
+    qi = np.broadcast_to(q, lead + (Lq, D)).reshape(N, Lq, D)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # a query row that attended nothing has dQ = 0: its q (maybe NaN) stays out
+        live = (dqu != 0).any(axis=-1)[..., None]
+        return np.einsum("bid,bid->b", np.where(live, qi, 0), dqu, dtype=np.float64)
 
 
 def _per_item_grad(g_items, lead, shape, dtype):

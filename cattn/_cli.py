@@ -20,6 +20,7 @@ _PROG = "cattn"
 _BENCH_HOWTO = (
     "  python setup.py build_ext --inplace          # build cattn in the checkout\n"
     "  python -m tools.bench --quick                # cattn, NumPy, PyTorch side by side\n"
+    "  python -m tools.bench --backward --quick     # training: forward + backward, backward alone\n"
     "  python -m tools.bench --help                 # its options (shapes, threads, --json, --plot)\n"
     "  PYTHONPATH=$PWD asv run --python=same --quick  # the asv suites in benchmarks/")
 _BENCH_HELP = (

@@ -31,6 +31,7 @@ QBLOCK: int
 SCORE_KINDS: dict[str, int]
 
 def isa_name() -> str: ...
+def preferred_blocks(is_double: bool, kv_format: int) -> tuple[int, int]: ...
 
 @disjoint_base
 class Operand:
@@ -144,7 +145,8 @@ class TilePolicy:
     def __init__(self, block_q: int, block_q_f64_narrow: int, block_k: int,
                  block_q_short_span: int, short_span: int) -> None: ...
     def tile_blocks(self, N: int, Lq: int, n_threads: int, is_double: bool, D: int,
-                    skips: bool, span: int) -> tuple[int, int]: ...
+                    skips: bool, span: int, pref_q: int = 0,
+                    pref_k: int = 0) -> tuple[int, int]: ...
 
 # ``cattn.attention`` of a plain call, or None when the call is not plain.
 def attention_plain(

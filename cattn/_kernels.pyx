@@ -108,6 +108,7 @@ cdef extern from "_src/flash.h" nogil:
                        void *scratch) noexcept nogil
         void (*bwd_q)(const cattn_bwd_params *bp, int64_t b, int64_t qb,
                       void *scratch) noexcept nogil
+        int64_t block_q, block_k
     cattn_kernels cattn_kernels_for(int is_double, int kv_format)
     const char *cattn_isa_name()
 
@@ -130,6 +131,13 @@ SCORE_KINDS = {"dot": CATTN_SCORE_DOT, "scaled_dot": CATTN_SCORE_DOT,
 def isa_name():
     """The micro-kernel variant chosen for this CPU."""
     return cattn_isa_name().decode()
+
+
+def preferred_blocks(bint is_double, int kv_format):
+    """(block_q, block_k) the tile kernel of this compute type and K/V format
+    runs best at on this CPU; 0 where it leaves the choice to the planner."""
+    cdef cattn_kernels k = cattn_kernels_for(is_double, kv_format)
+    return int(k.block_q), int(k.block_k)
 
 
 # ------------------------------------------------------------ the contract
@@ -728,12 +736,14 @@ cdef class TilePolicy:
         self.short_span = short_span
 
     cdef void blocks(self, int64_t N, int64_t Lq, int n_threads, bint is_double, int64_t D,
-                     bint skips, int64_t span, int64_t *bq_out,
-                     int64_t *bk_out) noexcept nogil:
+                     bint skips, int64_t span, int64_t pref_q, int64_t pref_k,
+                     int64_t *bq_out, int64_t *bk_out) noexcept nogil:
         cdef bint wide = is_double and 0 <= D <= 64 and not skips
         cdef int64_t base = self.block_q_f64_narrow if wide else self.block_q
         if 0 <= span <= self.short_span:
             base = self.block_q_short_span
+        if pref_q > 0:          # the kernel table's own choice (preferred_blocks)
+            base = pref_q
         cdef int64_t bq = min(base, max(16, ((Lq + 15) // 16) * 16))
         # halved while threads would be left without a block, but not
         # below 32 (a block's queries are computed in panels padded to 32:
@@ -741,17 +751,18 @@ cdef class TilePolicy:
         while n_threads > 1 and bq > 32 and N * ((Lq + bq - 1) // bq) < 2 * n_threads:
             bq = max(32, bq // 2)
         bq_out[0] = max(bq, 1)
-        bk_out[0] = self.block_k
+        bk_out[0] = pref_k if pref_k > 0 else self.block_k
 
     def tile_blocks(self, int64_t N, int64_t Lq, int n_threads, bint is_double, int64_t D,
-                    bint skips, int64_t span):
+                    bint skips, int64_t span, int64_t pref_q=0, int64_t pref_k=0):
         """(block_q, block_k): ``block_q`` queries a block
         (``block_q_f64_narrow`` for float64 with 0 <= D <= 64 and nothing
         that skips tiles; ``block_q_short_span`` when a window lets a query
-        see at most ``short_span`` keys, ``span`` >= 0), halved down to 32
-        while that leaves threads idle."""
+        see at most ``short_span`` keys, ``span`` >= 0; the kernel's own
+        ``pref_q``/``pref_k`` where > 0, over all of these), halved down to
+        32 while that leaves threads idle."""
         cdef int64_t bq, bk
-        self.blocks(N, Lq, n_threads, is_double, D, skips, span, &bq, &bk)
+        self.blocks(N, Lq, n_threads, is_double, D, skips, span, pref_q, pref_k, &bq, &bk)
         return bq, bk
 
 
@@ -894,12 +905,12 @@ cdef object _run_plain(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, int score_ki
     p.scale = scales
     p.win_left = CATTN_UNBOUNDED
     p.win_right = 0 if causal else CATTN_UNBOUNDED
-    # causal: a query may see up to Lk keys
-    tiles.blocks(N, Lq, n_threads, is_double, D, causal, Lk if causal else -1,
-                 &p.block_q, &p.block_k)
     cdef _Run r
     r.p = &p
     r.kern = cattn_kernels_for(is_double, CATTN_KV_NATIVE)
+    # causal: a query may see up to Lk keys
+    tiles.blocks(N, Lq, n_threads, is_double, D, causal, Lk if causal else -1,
+                 r.kern.block_q, r.kern.block_k, &p.block_q, &p.block_k)
     r.decode = False
     r.n_qblocks = (Lq + p.block_q - 1) // p.block_q
     r.km_slots = 0
@@ -940,7 +951,8 @@ cdef struct _Bwd:
     cattn_kernels *kern
     bint q_items
     int64_t n_qblocks
-    char *dq_parts          # per-thread dQ partials (NULL: none)
+    char *dq0               # thread 0's dQ partial: dQ itself (NULL: no partials)
+    char *dq_parts          # the dQ partials of threads 1, 2, ...
     int64_t part_bytes
 
 
@@ -949,19 +961,25 @@ cdef void _bwd_item(void *ctx, int64_t w, void *scratch, int tid) noexcept nogil
     if c.q_items:
         c.kern.bwd_q(c.bp, w // c.n_qblocks, w % c.n_qblocks, scratch)
     else:
-        c.kern.bwd_kv(c.bp, w // c.n_qblocks, w % c.n_qblocks,
-                      c.dq_parts + tid * c.part_bytes if c.dq_parts != NULL else NULL,
-                      scratch)
+        c.kern.bwd_kv(c.bp, w // c.n_qblocks, w % c.n_qblocks, _dq_part(c, tid), scratch)
+
+
+cdef inline void *_dq_part(_Bwd *c, int tid) noexcept nogil:
+    if c.dq0 == NULL:
+        return NULL
+    if tid == 0:
+        return c.dq0
+    return c.dq_parts + (tid - 1) * c.part_bytes
 
 
 cdef int _run_bwd(cattn_bwd_params *bp, cattn_kernels *kern, int64_t n_work, bint q_items,
-                  int64_t n_qblocks, char *dq_parts, int64_t part_bytes, int n_threads,
-                  bint poll) except -1:
+                  int64_t n_qblocks, char *dq0, char *dq_parts, int64_t part_bytes,
+                  int n_threads, bint poll) except -1:
     cdef int status[2]
     cdef double last[1]
     cdef _Bwd c
     c.bp = bp; c.kern = kern; c.q_items = q_items; c.n_qblocks = n_qblocks
-    c.dq_parts = dq_parts; c.part_bytes = part_bytes
+    c.dq0 = dq0; c.dq_parts = dq_parts; c.part_bytes = part_bytes
     _arm(status, last)
     bp.f.stop = &status[1]
     bp.f.poll = NULL
@@ -1022,19 +1040,23 @@ def flash_backward(KernelArgs a, Operand dout not None, delta, dk, dv, group_sta
         nt = cattn_usable_team(nt)
     if nt < 1:
         nt = 1
-    cdef cnp.ndarray parts
+    # Thread 0 adds its dS K straight into dQ and threads 1.. into partials,
+    # added in place after the loop: the extra memory is the nt - 1 partials
+    # alone (a (nt, ...) stack summed into a new array cost nt + 1 buffers).
+    dq = np.zeros((N, Lq, D), dtype=dt)
+    cdef cnp.ndarray parts = None
     cdef char *pp = NULL
-    if dq_pass:
-        dq = np.zeros((N, Lq, D), dtype=dt)
-        parts = None
-    else:
-        parts = np.zeros((nt, N, Lq, D), dtype=dt)
+    if not dq_pass and nt > 1:
+        parts = np.zeros((nt - 1, N, Lq, D), dtype=dt)
         pp = <char *>cnp.PyArray_DATA(parts)
     if n_work > 0:
-        _run_bwd(&bp, &kern, n_work, False, n_kblocks, pp,
+        _run_bwd(&bp, &kern, n_work, False, n_kblocks,
+                 NULL if dq_pass else <char *>cnp.PyArray_DATA(dq), pp,
                  N * Lq * D * (8 if dt is np.float64 else 4), nt, poll)
     if not dq_pass:
-        return parts[0] if nt == 1 else parts.sum(axis=0)
+        for i in range(nt - 1):          # in thread order, as the stack's sum did
+            dq += parts[i]
+        return dq
     bp.dq = <void *>cnp.PyArray_DATA(dq)
     nt = num_threads
     if nt > N * n_qblocks:
@@ -1042,7 +1064,7 @@ def flash_backward(KernelArgs a, Operand dout not None, delta, dk, dv, group_sta
     if nt > 1:
         nt = cattn_usable_team(nt)
     if N * n_qblocks > 0 and D > 0:
-        _run_bwd(&bp, &kern, N * n_qblocks, True, n_qblocks, NULL, 0, max(nt, 1), poll)
+        _run_bwd(&bp, &kern, N * n_qblocks, True, n_qblocks, NULL, NULL, 0, max(nt, 1), poll)
     return dq
 
 

@@ -64,14 +64,16 @@ TILES = _kernels.TilePolicy(BLOCK_Q, BLOCK_Q_F64_NARROW, BLOCK_K, BLOCK_Q_SHORT_
                             SHORT_SPAN)
 
 
-def tile_blocks(N, Lq, n_threads, cdt=None, D=None, skips_tiles=False, span=-1):
+def tile_blocks(N, Lq, n_threads, cdt=None, D=None, skips_tiles=False, preferred=(0, 0),
+                span=-1):
     """Query/key block sizes: BLOCK_Q queries a block (float64 with D <= 64
     and nothing that skips tiles: BLOCK_Q_F64_NARROW; a window that lets a
     query see at most SHORT_SPAN keys (``span``, -1: no window):
-    BLOCK_Q_SHORT_SPAN) unless that leaves threads idle (then smaller
-    blocks, down to 32)."""
+    BLOCK_Q_SHORT_SPAN; the kernel's own ``preferred`` (block_q, block_k)
+    where it names one, over all of these) unless that leaves threads idle
+    (then smaller blocks, down to 32)."""
     return TILES.tile_blocks(N, Lq, n_threads, cdt == np.float64,
-                             -1 if D is None else D, skips_tiles, span)
+                             -1 if D is None else D, skips_tiles, span, *preferred)
 
 
 def window_span(window, Lk):
@@ -85,6 +87,17 @@ def window_span(window, Lk):
     if left >= unb or right >= unb:
         return Lk
     return max(0, min(Lk, left + right + 1))
+
+
+_PREFERRED: "dict[tuple[bool, int], tuple[int, int]]" = {}
+
+
+def _preferred_blocks(is_double, kv_format):
+    """The kernel table's preferred tile (fixed for the process: cached)."""
+    key = (bool(is_double), int(kv_format))
+    if key not in _PREFERRED:
+        _PREFERRED[key] = _kernels.preferred_blocks(*key)
+    return _PREFERRED[key]
 
 
 def decode_splits(N, Lk, n_threads):
@@ -213,6 +226,7 @@ def plan_attention(call):
     skips = (window[0] < unb or window[1] < unb or call.q_seg is not None
              or call.q_len is not None)
     bq, bk = tile_blocks(call.N, call.Lq, n_threads, cdt, call.D, skips,
+                         _preferred_blocks(cdt == np.float64, kv_format),
                          window_span(window, call.Lk))
     return Plan(call=call, cdt=cdt, kv_format=kv_format,
                 path=path, block_q=bq, block_k=bk,

@@ -177,6 +177,22 @@ def naive_attention(query, key, value, dtype=np.float32, *, score="scaled_dot",
 # tolerance
 # ---------------------------------------------------------------------------
 
+def fd_grad(f, x, eps=1e-6):
+    """Central differences of the scalar f at x, every entry."""
+    x = np.array(x, dtype=np.float64)
+    g = np.zeros_like(x)
+    flat, gf = x.reshape(-1), g.reshape(-1)
+    for n in range(flat.size):
+        old = flat[n]
+        flat[n] = old + eps
+        hi = f(x)
+        flat[n] = old - eps
+        lo = f(x)
+        flat[n] = old
+        gf[n] = (hi - lo) / (2 * eps)
+    return g
+
+
 def _finite_max_abs(x):
     x = np.asarray(x, np.float64)
     x = x[np.isfinite(x)]

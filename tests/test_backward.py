@@ -13,27 +13,12 @@ import pytest
 import cattn
 import cattn.reference as ref
 from cattn import _backward
+from _oracle import fd_grad
 
 EPS32 = float(np.finfo(np.float32).eps)
 
 
 # ------------------------------------------------------------------ helpers
-def _fd_grad(f, x, eps=1e-6):
-    """Central differences of the scalar f at x, every entry."""
-    x = np.array(x, dtype=np.float64)
-    g = np.zeros_like(x)
-    flat, gf = x.reshape(-1), g.reshape(-1)
-    for n in range(flat.size):
-        old = flat[n]
-        flat[n] = old + eps
-        hi = f(x)
-        flat[n] = old - eps
-        lo = f(x)
-        flat[n] = old
-        gf[n] = (hi - lo) / (2 * eps)
-    return g
-
-
 def _check_fd(q, k, v, dO, names=("query", "key", "value"), rtol=1e-6, **kw):
     """Every gradient attention_backward returns against central differences
     of ``reference.attention``; the differentiable options are taken from
@@ -57,7 +42,7 @@ def _check_fd(q, k, v, dO, names=("query", "key", "value"), rtol=1e-6, **kw):
             with np.errstate(invalid="ignore"):
                 o = ref.attention(args["query"], args["key"], args["value"], **opts, **rest)
             return float(np.sum(np.where(np.isfinite(o), o, 0) * dO))
-        want = _fd_grad(loss, inputs[name])
+        want = fd_grad(loss, inputs[name])
         have = got[name]
         assert have is not None and have.shape == np.shape(inputs[name]), name
         assert np.all(np.isfinite(have)), name
@@ -126,7 +111,7 @@ def test_bias_with_masked_entries_and_softcap():
     def loss(b):
         return float(np.sum(ref.attention(q, k, v, bias=np.where(np.isinf(bias), bias, b),
                                           softcap=1.5) * dO))
-    want = _fd_grad(loss, finite)
+    want = fd_grad(loss, finite)
     assert np.max(np.abs(g.dbias - want)) < 1e-6 * np.max(np.abs(want))
 
 

@@ -363,7 +363,8 @@ def test_cli_bench_points_at_the_source_checkout(capsys):
     err = capsys.readouterr().err
     assert err.startswith("cattn: error:") and "python -m tools.bench" in err
     assert main(["bench", "--help"]) == 0
-    assert "python -m tools.bench" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "python -m tools.bench" in out and "--backward" in out
 
 
 # ------------------------------------------- the benchmark runner (tools/bench)
@@ -423,6 +424,75 @@ def test_bench_err_cells_give_the_reason(bench_runner, tmp_path, capsys):
     results = json.loads(out.read_text())["results"]
     bad = next(r for r in results if r["dims"][-1] == 10**12)
     assert "MemoryError" in bad["impls"]["numpy"]["error"]
+
+
+def test_bench_backward_mode(bench_runner, tmp_path, capsys):
+    # --backward: forward + backward and the backward alone, side by side
+    # (numpy here: torch may be missing); the rates follow from the times
+    out = tmp_path / "run.json"
+    rc = bench_runner.main(["--backward", "--shapes", "1x2x32x48x16", "--causal",
+                            "--impls", "cattn", "numpy", "--dtypes", "float32", "--threads",
+                            "1", "--repeat", "1", "--min-time", "0.001", "--gemm-n", "32",
+                            "--no-progress", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    header = next(ln for ln in text.splitlines() if ln.startswith("| ") and "shape" in ln)
+    for col in ("cattn fwd+bwd ms", "numpy fwd+bwd ms", "cattn bwd ms", "numpy bwd ms",
+                "bwd cattn/numpy", "cattn bwd GFLOP/s"):
+        assert col in header
+    row = next(ln for ln in text.splitlines() if "(1,2,32,48,16)" in ln and "|" in ln)
+    assert "err" not in row and "skip" not in row
+    assert "causal" not in row          # Lq != Lk: no causal row
+    import json
+    results = json.loads(out.read_text())["results"]
+    assert sorted(r["stage"] for r in results) == ["bwd", "fwd_bwd"]
+    for r in results:
+        for impl in ("cattn", "numpy"):
+            d = r["impls"][impl]
+            fwd_flops = 4.0 * 2 * 32 * 48 * 16
+            factor = 2.5 if r["stage"] == "bwd" else 3.5
+            assert d["gflops"] == pytest.approx(factor * fwd_flops / d["median_s"] / 1e9)
+
+
+def test_bench_backward_refuses_plot(bench_runner, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench_runner, "_Worker", _no_workers)
+    with pytest.raises(SystemExit) as exc:
+        bench_runner.main(["--backward", "--plot", str(tmp_path / "a.png")])
+    assert exc.value.code == 2
+    assert "--backward" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant, dims", [("plain", (1, 2, 6, 6, 4)),
+                                           ("causal", (1, 1, 5, 8, 4))])
+def test_bench_backward_baselines_compute_the_gradients(bench_runner, variant, dims):
+    """The benchmarks' backward implementations (cattn, the naive NumPy and,
+    when installed, torch) give the gradients of cattn.reference's attention
+    (central differences): the baselines time the same work."""
+    from _oracle import fd_grad
+    from benchmarks.common import BackwardImpl
+    ran = []
+    for impl in ("cattn", "numpy", "torch"):
+        try:
+            b = BackwardImpl(impl, 1, variant, dims, "float64")
+        except NotImplementedError:
+            continue
+        try:
+            got = [b.fwd_bwd()[:3], b.bwd()[:3], b.bwd()[:3]]   # bwd twice: nothing accumulates
+        finally:
+            b.close()
+        q, k, v, dout = b.inputs
+        for i, x in enumerate((q, k, v)):
+            def loss(y, i=i):
+                args = [q, k, v]
+                args[i] = y
+                return float(np.sum(reference.attention(*args, causal=variant == "causal")
+                                    * dout))
+            want = fd_grad(loss, x)
+            for g in got:
+                np.testing.assert_allclose(np.asarray(g[i]), want, rtol=1e-6, atol=1e-7,
+                                           err_msg="%s, gradient %d" % (impl, i))
+        ran.append(impl)
+    assert ran[:2] == ["cattn", "numpy"]
 
 
 def test_cli_plot(tmp_path, capsys):

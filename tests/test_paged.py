@@ -144,6 +144,23 @@ def test_garbage_never_leaks():
         assert np.all(np.isfinite(out))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_rows_adjacent_only_at_the_ends_of_four(dtype):
+    """page_size 1: pages 3 and 6 hold keys 0 and 3 (a span of four keys
+    whose first and last rows are three rows apart in the pool) while keys
+    1 and 2 live elsewhere; a kernel that reads four keys as one run when
+    only the last row's offset matches would read the wrong keys."""
+    rng = np.random.default_rng(9)
+    D, P = 17, 16
+    kc = rng.standard_normal((P, 1, 1, D)).astype(dtype)
+    vc = rng.standard_normal((P, 1, 1, D)).astype(dtype)
+    bt = np.array([[3, 11, 9, 6, 0, 12, 7, 8]], np.int64)
+    q = rng.standard_normal((1, 1, D)).astype(np.float32)
+    sl, qsl = np.array([8]), np.array([0, 1])
+    out = cattn.paged_attention(q, kc, vc, bt, sl, qsl)
+    assert_close(out, ref.paged_attention(q, kc, vc, bt, sl, qsl), np.float32)
+
+
 def test_nan_in_attended_key_propagates_masked_does_not():
     rng = np.random.default_rng(6)
     q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [40], [10], page_size=16)

@@ -233,7 +233,7 @@ def test_tile_block_policy(N, Lq, n_threads):
                                (np.float64, 64, -1, _plan.BLOCK_Q_F64_NARROW),
                                (np.float32, 64, 128, _plan.BLOCK_Q_SHORT_SPAN),
                                (np.float32, 64, 4096, _plan.BLOCK_Q)]:
-        bq, bk = _plan.tile_blocks(N, Lq, n_threads, cdt, D, span >= 0, span)
+        bq, bk = _plan.tile_blocks(N, Lq, n_threads, cdt, D, span >= 0, span=span)
         assert bk == _plan.BLOCK_K
         first = min(base, max(16, rup16))
         if n_threads == 1:

@@ -703,6 +703,9 @@ CATTN_STEP int SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
     WIDE *Ow = k->Ow, *lw = k->lw;
     int any_rescale = 0, flagged = partial;
     const V neg_inf = vset1(-INFINITY), pos_inf = vset1(INFINITY);
+#ifdef CATTN_TILE_P_PAIRS
+    uint32_t *PP = CATTN_TILE_P_PAIRS(k);
+#endif
     for (int64_t i = 0; i < nqp; i += VL) {
         V mold = vload(mrow + i);
         V mt = neg_inf, lo = pos_inf;
@@ -747,7 +750,16 @@ CATTN_STEP int SUF(softmax_tile)(const SUF(blk) *k, int64_t nk, int partial)
                 /* flag masked entries as -0.0 for the non-finite-V guard */
                 vstore(ST + j * ld + i, vsel(VMASK(s == neg_inf), negzero, e));
             }
-        } else {
+#ifdef CATTN_TILE_P_PAIRS
+            if (PP) SUF(pack_pairs_col)(k, PP, nk, i);
+#endif
+        }
+#ifdef CATTN_TILE_P_PAIRS
+        else if (PP) {
+            lsum = SUF(exp_pairs)(k, PP, nk, i, msub);
+        }
+#endif
+        else {
             for (int64_t j = 0; j < nk; j++) {
                 V e = vexp(vload(ST + j * ld + i) - msub);
                 lsum += e;
@@ -1260,3 +1272,4 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
 #undef CATTN_TILE_LOAD_KV
 #undef CATTN_TILE_SCORES
 #undef CATTN_TILE_PV
+#undef CATTN_TILE_P_PAIRS

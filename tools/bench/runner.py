@@ -6,6 +6,7 @@ Run from the root of a source checkout (with cattn built in place,
     python -m tools.bench --quick
     python -m tools.bench --shapes 4k decode4k --threads 1 2 --repeat 9 --json run.json
     python -m tools.bench --quick --plot scaling.png
+    python -m tools.bench --backward --shapes h16_1k 4k --causal --threads 1 2
     python -m tools.bench --help
 
 The workers run in the same directory, so they time the cattn that
@@ -46,6 +47,13 @@ torch: ``is_causal=True``, numpy: a boolean mask built before timing).  A
 cell that reads ``err`` or ``skip`` carries a footnote mark; the notes under
 the table give the reason (the exception, or the time of the one call).
 
+``--backward`` times training instead (``benchmarks.common.BackwardImpl``):
+per case, forward + backward and the backward alone (from a forward run
+once) of cattn and torch (numpy's naive analytic backward on request), in
+the same workers, rounds and medians; the table puts both side by side
+with their time ratios and cattn's backward GFLOP/s, counted as 2.5x the
+forward's ``4*B*H*Lq*Lk*D``, and its share of the GEMM rate.
+
 "numpy" is the naive float-preserving NumPy a user writes::
 
     s = q @ k.swapaxes(-1, -2) * (D ** -0.5)   # Python float: float32 stays float32
@@ -65,7 +73,8 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import DEFAULT_SHAPES, SHAPES, usable_cpus
+from benchmarks.common import (BACKWARD_SHAPES, DEFAULT_SHAPES, SHAPES, backward_flops,
+                               usable_cpus)
 
 __all__ = ["main", "build_parser"]
 
@@ -75,6 +84,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 SWEEP_L = (256, 512, 1024, 2048, 4096)    # --plot: (1, 8, L, L, 64), float32
 IMPLS = ("cattn", "numpy", "torch")
+BACKWARD_IMPLS = ("cattn", "torch")      # --backward's default (numpy on request)
 DTYPES = ("float32", "float64")
 ENV_FIX = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -257,13 +267,13 @@ def build_parser():
             + ".  Ratios are time ratios (< 1: cattn faster).")
     p.add_argument("--shapes", nargs="+", metavar="SHAPE", default=None,
                    help="shape names or BxHxLqxLkxD specs; 'all' = every named "
-                        "shape (default: all but mem16k)")
+                        "shape (default: %s; --backward: see there)" % " ".join(DEFAULT_SHAPES))
     p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=None,
                    help="default: float32 float64 (--quick: float32)")
     p.add_argument("--threads", nargs="+", type=int, default=None, metavar="N",
                    help="thread counts (default: 1 and the usable CPUs; --quick: the usable CPUs)")
-    p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS),
-                   help="implementations to time (default: all)")
+    p.add_argument("--impls", nargs="+", choices=IMPLS, default=None,
+                   help="implementations to time (default: all; --backward: cattn torch)")
     p.add_argument("--repeat", type=int, default=None, metavar="N",
                    help="alternating rounds per shape, median reported (default 7; --quick 3)")
     p.add_argument("--min-time", type=float, default=None, metavar="S",
@@ -276,6 +286,12 @@ def build_parser():
                    help="float32, the usable CPUs as threads, 3 rounds, short timings")
     p.add_argument("--causal", action="store_true",
                    help="also time the shapes with Lq == Lk with a causal mask")
+    p.add_argument("--backward", action="store_true",
+                   help="time training instead of the forward: forward + backward "
+                        "(cattn.attention + cattn.attention_backward; torch: SDPA + "
+                        ".backward) and the backward alone, with the backward's GFLOP/s "
+                        "(2.5x the forward's flops); default shapes: %s"
+                        % " ".join(BACKWARD_SHAPES))
     p.add_argument("--plot", metavar="FILE.png", default=None, type=_file_name,
                    help="also time (1,8,L,L,64) float32 for L in %s and plot time vs L "
                         "into FILE.png (needs matplotlib)" % (SWEEP_L,))
@@ -406,9 +422,13 @@ def _traffic_bytes(dims, dtype):
     return (2 * B * H * Lq * D + 2 * B * H * Lk * D) * _ITEMSIZE[dtype]
 
 
-def _flops(dims):
+def _flops(dims, stage="forward"):
+    """4*B*H*Lq*Lk*D for the forward (two products), 2.5 times that for the
+    backward (five), their sum for forward + backward; causal counted in full."""
     B, H, Lq, Lk, D = dims
-    return 4.0 * B * H * Lq * Lk * D
+    fwd = 4.0 * B * H * Lq * Lk * D
+    return {"forward": fwd, "bwd": backward_flops(dims),
+            "fwd_bwd": fwd + backward_flops(dims)}[stage]
 
 
 def main(argv=None):
@@ -427,6 +447,9 @@ def main(argv=None):
     args.min_time = args.min_time if args.min_time is not None else 0.1
     if min(args.threads) < 1:
         parser.error("--threads must be >= 1")
+    if args.backward and args.plot:
+        parser.error("--plot sweeps the forward only; it cannot go with --backward")
+    args.impls = args.impls or list(BACKWARD_IMPLS if args.backward else IMPLS)
     for opt, path in (("--json", args.json), ("--plot", args.plot)):
         why = path is not None and _check_writable(path)
         if why:
@@ -439,7 +462,7 @@ def main(argv=None):
                   file=sys.stderr)
             return 1
 
-    names = args.shapes or list(DEFAULT_SHAPES)
+    names = args.shapes or list(BACKWARD_SHAPES if args.backward else DEFAULT_SHAPES)
     if "all" in names:
         names = list(SHAPES)
     try:
@@ -448,25 +471,26 @@ def main(argv=None):
         parser.error(str(exc))
     tmax = max(args.threads)
 
-    # the cases, per thread count: (name, dims, dtype, in_table, in_sweep)
+    # the cases, per thread count: (name, dims, dtype, variant, stage, in_table, in_sweep)
+    stages = ("fwd_bwd", "bwd") if args.backward else ("forward",)
     plan = {}
     for t in args.threads:
         cases = {}
         for name, dims in shapes:
             for dt in args.dtypes:
-                cases[(dims, dt, "plain")] = {"name": name, "dims": dims, "dtype": dt,
-                                              "variant": "plain", "table": True,
-                                              "sweep": False}
-                if args.causal and dims[2] == dims[3]:
-                    cases[(dims, dt, "causal")] = {"name": name, "dims": dims, "dtype": dt,
-                                                   "variant": "causal", "table": True,
-                                                   "sweep": False}
+                for variant in ("plain", "causal"):
+                    if variant == "causal" and not (args.causal and dims[2] == dims[3]):
+                        continue
+                    for stage in stages:
+                        cases[(dims, dt, variant, stage)] = {
+                            "name": name, "dims": dims, "dtype": dt, "variant": variant,
+                            "stage": stage, "table": True, "sweep": False}
         if args.plot and t == tmax:
             for L in SWEEP_L:
                 dims = (1, 8, L, L, 64)
-                c = cases.setdefault((dims, "float32", "plain"),
+                c = cases.setdefault((dims, "float32", "plain", "forward"),
                                      {"name": "sweep%d" % L, "dims": dims, "dtype": "float32",
-                                      "variant": "plain", "table": False})
+                                      "variant": "plain", "stage": "forward", "table": False})
                 c["sweep"] = True
         plan[t] = list(cases.values())
 
@@ -502,16 +526,18 @@ def main(argv=None):
                 machine[t] = _measure_machine(t, gemm_worker, bw_sizes[t], args, prog)
                 for ci, c in enumerate(plan[t]):
                     req = {"op": "case",
-                           "key": "%d:%s:%s:%s" % (t, c["dims"], c["dtype"], c["variant"]),
+                           "key": "%d:%s:%s:%s:%s" % (t, c["dims"], c["dtype"], c["variant"],
+                                                      c["stage"]),
                            "dims": list(c["dims"]), "dtype": c["dtype"],
-                           "variant": c["variant"],
+                           "variant": c["variant"], "stage": c["stage"],
                            "min_time": args.min_time, "max_call_s": args.max_call}
                     samples = {i: [] for i in active}
                     last = {i: None for i in active}
                     for r in range(args.repeat if active else 0):
                         order = active[(r + ci) % len(active):] + active[:(r + ci) % len(active)]
                         for i in order:
-                            prog.step("%dt %s %s %s" % (t, c["name"], c["dtype"], i))
+                            prog.step("%dt %s %s %s %s" % (t, c["name"], c["dtype"], i,
+                                                           c["stage"]))
                             if last[i] is not None and "t" not in last[i]:
                                 continue          # skipped or failed: don't retry
                             res = workers[i].request(req)
@@ -544,6 +570,7 @@ def main(argv=None):
             "platform": platform.platform(), "python": platform.python_version(),
             "threads": args.threads, "dtypes": args.dtypes, "repeat": args.repeat,
             "min_time_s": args.min_time, "env": ENV_FIX, "impls": infos,
+            "backward": args.backward,
             "foreign_cpu_pct": _foreign_cpu_pct(cpu0, _cpu_account(), elapsed, ncpu)}
     _print_report(meta, machine, rows, args, impls)
     rc = 0
@@ -575,7 +602,7 @@ def _derive(rows, machine):
         for i, d in r["impls"].items():
             if "median_s" not in d:
                 continue
-            d["gflops"] = _flops(dims) / d["median_s"] / 1e9
+            d["gflops"] = _flops(dims, r.get("stage", "forward")) / d["median_s"] / 1e9
             d["pct_gemm"] = 100.0 * d["gflops"] / peak if peak else None
             if dims[2] == 1:
                 d["gbs"] = _traffic_bytes(dims, dt) / d["median_s"] / 1e9
@@ -622,8 +649,15 @@ def _print_report(meta, machine, rows, args, impls):
           "*_NUM_THREADS=t); implementations alternated in rotated order, median of "
           "%d rounds, each round >= %.3g s of calls"
           % (", ".join("%s=%s" % kv for kv in ENV_FIX.items()), args.repeat, args.min_time))
-    print("numpy = naive NumPy in the input dtype, softmax(q @ k^T * D**-0.5) @ v; "
-          "torch = torch.nn.functional.scaled_dot_product_attention")
+    if args.backward:
+        print("fwd+bwd = one training step's attention: cattn.attention(return_lse=True) + "
+              "cattn.attention_backward; torch: scaled_dot_product_attention on tensors that "
+              "require grad + .backward(dout); numpy: naive softmax weights + their analytic "
+              "gradients.  bwd = the backward alone, from a forward run once (torch: "
+              "retain_graph; numpy: the weights kept)")
+    else:
+        print("numpy = naive NumPy in the input dtype, softmax(q @ k^T * D**-0.5) @ v; "
+              "torch = torch.nn.functional.scaled_dot_product_attention")
     notes = _Notes()
 
     def measured(d, key):
@@ -642,32 +676,10 @@ def _print_report(meta, machine, rows, args, impls):
         print("machine @ %d thread(s): NumPy matmul %d^2 (median): %s; read bandwidth "
               "(%d process(es) x np.dot(x, x), together): %s" % (t, args.gemm_n, gs, t, bws))
     print()
-    header = ["shape (B,H,Lq,Lk,D)", "dtype", "thr", "cattn ms", "numpy ms", "torch ms",
-              "cattn/torch", "cattn/numpy", "cattn GFLOP/s", "% GEMM", "GB/s", "% BW"]
-    body, slower = [], []
-    f = lambda x, fmt: "-" if x is None else fmt % x
-    for r in rows:
-        if not r["table"]:
-            continue
-        im = r["impls"]
-        ca = im.get("cattn", {})
-        causal = " causal" if r.get("variant") == "causal" else ""
-        body.append([
-            "%s%s (%s)" % (r["name"], causal, ",".join(map(str, r["dims"]))), r["dtype"],
-            r["threads"],
-            _cell(im.get("cattn"), notes, "cattn"), _cell(im.get("numpy"), notes, "numpy"),
-            _cell(im.get("torch"), notes, "torch"),
-            f(r.get("cattn_over_torch"), "%.3g"), f(r.get("cattn_over_numpy"), "%.3g"),
-            f(ca.get("gflops"), "%.1f"), f(ca.get("pct_gemm"), "%.0f%%"),
-            f(ca.get("gbs"), "%.1f"), f(ca.get("pct_bw"), "%.0f%%")])
-        if r.get("cattn_over_torch") and r["cattn_over_torch"] > 1.0:
-            slower.append("%s%s %s %dt (x%.2f)" % (r["name"], causal, r["dtype"], r["threads"],
-                                                  r["cattn_over_torch"]))
-    print(_table(header, body))
-    print("\nratios: time(cattn) / time(other), < 1 = cattn faster.  GFLOP/s = 4*B*H*Lq*Lk*D "
-          "/ time; GB/s (Lq = 1) = (q + k + v + out) bytes / time")
+    slower = (_backward_table if args.backward else _forward_table)(rows, notes, impls)
     if "torch" in impls and "torch" in infos and "error" not in infos["torch"]:
-        print("cattn slower than torch: %s" % ("; ".join(slower) if slower else "none"))
+        print("cattn slower than torch%s: %s" % (" (forward + backward)" if args.backward
+                                                 else "", "; ".join(slower) if slower else "none"))
     for i in impls:
         if "error" in infos.get(i, {}):
             print("%s: not timed (%s)" % (i, infos[i]["error"]))
@@ -679,6 +691,80 @@ def _print_report(meta, machine, rows, args, impls):
                       for r in sorted(sweep, key=lambda r: r["dims"][2])]))
     notes.print()
     print("\nelapsed %.0f s" % meta["elapsed_s"])
+
+
+def _label(r):
+    causal = " causal" if r.get("variant") == "causal" else ""
+    return "%s%s (%s)" % (r["name"], causal, ",".join(map(str, r["dims"]))), causal
+
+
+def _fmt(x, fmt):
+    return "-" if x is None else fmt % x
+
+
+def _forward_table(rows, notes, impls):
+    """Print the forward's table; returns the rows where cattn is slower than torch."""
+    header = ["shape (B,H,Lq,Lk,D)", "dtype", "thr", "cattn ms", "numpy ms", "torch ms",
+              "cattn/torch", "cattn/numpy", "cattn GFLOP/s", "% GEMM", "GB/s", "% BW"]
+    body, slower = [], []
+    f = _fmt
+    for r in rows:
+        if not r["table"]:
+            continue
+        im = r["impls"]
+        ca = im.get("cattn", {})
+        label, causal = _label(r)
+        body.append([
+            label, r["dtype"], r["threads"],
+            _cell(im.get("cattn"), notes, "cattn"), _cell(im.get("numpy"), notes, "numpy"),
+            _cell(im.get("torch"), notes, "torch"),
+            f(r.get("cattn_over_torch"), "%.3g"), f(r.get("cattn_over_numpy"), "%.3g"),
+            f(ca.get("gflops"), "%.1f"), f(ca.get("pct_gemm"), "%.0f%%"),
+            f(ca.get("gbs"), "%.1f"), f(ca.get("pct_bw"), "%.0f%%")])
+        if r.get("cattn_over_torch") and r["cattn_over_torch"] > 1.0:
+            slower.append("%s%s %s %dt (x%.2f)" % (r["name"], causal, r["dtype"], r["threads"],
+                                                  r["cattn_over_torch"]))
+    print(_table(header, body))
+    print("\nratios: time(cattn) / time(other), < 1 = cattn faster.  GFLOP/s = 4*B*H*Lq*Lk*D "
+          "/ time; GB/s (Lq = 1) = (q + k + v + out) bytes / time")
+    return slower
+
+
+def _backward_table(rows, notes, impls):
+    """Print --backward's table, one line per case: forward + backward and
+    the backward alone of each implementation, the ratios, and cattn's
+    backward GFLOP/s.  Returns the cases where cattn's forward + backward is
+    slower than torch's."""
+    others = [i for i in impls if i != "cattn"]
+    cases = {}
+    for r in rows:
+        key = (r["name"], tuple(r["dims"]), r["dtype"], r["variant"], r["threads"])
+        cases.setdefault(key, {})[r["stage"]] = r
+    header = (["shape (B,H,Lq,Lk,D)", "dtype", "thr"]
+              + ["%s fwd+bwd ms" % i for i in impls] + ["%s bwd ms" % i for i in impls]
+              + ["fwd+bwd cattn/%s" % o for o in others] + ["bwd cattn/%s" % o for o in others]
+              + ["cattn bwd GFLOP/s", "% GEMM"])
+    body, slower = [], []
+    for stages in cases.values():
+        fb, bw = stages.get("fwd_bwd", {}), stages.get("bwd", {})
+        r = fb or bw
+        label, causal = _label(r)
+        ca = bw.get("impls", {}).get("cattn", {})
+        body.append(
+            [label, r["dtype"], r["threads"]]
+            + [_cell(fb.get("impls", {}).get(i), notes, i) for i in impls]
+            + [_cell(bw.get("impls", {}).get(i), notes, i) for i in impls]
+            + [_fmt(fb.get("cattn_over_" + o), "%.3g") for o in others]
+            + [_fmt(bw.get("cattn_over_" + o), "%.3g") for o in others]
+            + [_fmt(ca.get("gflops"), "%.1f"), _fmt(ca.get("pct_gemm"), "%.0f%%")])
+        if fb.get("cattn_over_torch") and fb["cattn_over_torch"] > 1.0:
+            slower.append("%s%s %s %dt (x%.2f)" % (r["name"], causal, r["dtype"], r["threads"],
+                                                  fb["cattn_over_torch"]))
+    print(_table(header, body))
+    print("\nratios: time(cattn) / time(other), < 1 = cattn faster.  backward GFLOP/s = "
+          "2.5 * 4*B*H*Lq*Lk*D / time (causal counted in full); % GEMM: of the same-dtype "
+          "GEMM rate at that thread count")
+    return slower
 
 
 def _plot(path, sweep, meta, threads):

@@ -14,7 +14,10 @@ import os
 import sys
 import time
 
-from benchmarks.common import import_cattn, keep_mask, make_qkv, naive_attention
+from benchmarks.common import (BackwardImpl, import_cattn, keep_mask, make_qkv,
+                               naive_attention)
+
+STAGES = ("forward", "fwd_bwd", "bwd")
 
 class _Runner:
     """Lives in a worker process; answers the parent's requests."""
@@ -23,7 +26,7 @@ class _Runner:
         import numpy as np
         self.np = np
         self.impl, self.threads = impl, threads
-        self.key = self.inputs = self.plan = self.fn = None
+        self.key = self.inputs = self.plan = self.fn = self.bimpl = None
         self.bw_array = None
         self.info = {"impl": impl, "threads": threads, "numpy": np.__version__,
                      "pid": os.getpid()}
@@ -91,21 +94,43 @@ class _Runner:
             return {"elapsed": time.perf_counter() - t0, "nbytes": x.nbytes * int(req["reps"])}
         raise ValueError("unknown op %r" % op)
 
-    def _case(self, req):
-        if req["key"] != self.key:
-            self.key = self.inputs = self.plan = self.fn = None
-            dims = req["dims"]
-            variant = req.get("variant", "plain")
-            if variant not in ("plain", "causal"):
-                raise ValueError("unknown variant %r" % variant)
+    def drop(self):
+        """Forget the current case (its inputs, calibration and state)."""
+        if self.bimpl is not None:
+            self.bimpl.close()
+        self.key = self.inputs = self.plan = self.fn = self.bimpl = None
+
+    def _setup(self, req):
+        """Inputs and the timed function of a case: ``fn(*self.inputs)``.
+        Stage "forward" times attention on (q, k, v); "fwd_bwd" and "bwd"
+        time forward + backward and the backward alone
+        (``benchmarks.common.BackwardImpl``, which holds its inputs)."""
+        dims = req["dims"]
+        variant = req.get("variant", "plain")
+        stage = req.get("stage", "forward")
+        if variant not in ("plain", "causal"):
+            raise ValueError("unknown variant %r" % variant)
+        if stage not in STAGES:
+            raise ValueError("unknown stage %r" % stage)
+        if stage == "forward":
             self.inputs = make_qkv(dims, req["dtype"], seed=req.get("seed", 0))
             self.fn = self._fn_for(variant, dims[2], dims[3])
+        else:
+            self.bimpl = BackwardImpl(self.impl, self.threads, variant, dims, req["dtype"],
+                                      seed=req.get("seed", 0))
+            self.inputs = ()
+            self.fn = getattr(self.bimpl, stage)
+
+    def _case(self, req):
+        if req["key"] != self.key:
+            self.drop()
+            self._setup(req)
             self.key = req["key"]
-        q, k, v = self.inputs
+        args = self.inputs
         fn = self.fn
         if self.plan is None:                 # first visit: warm up, calibrate
             t0 = time.perf_counter()
-            fn(q, k, v)
+            fn(*args)
             est = time.perf_counter() - t0
             if est > req["max_call_s"]:
                 self.plan = {"skip": "one call took %.1f s > --max-call %.0f s"
@@ -113,7 +138,7 @@ class _Runner:
             else:
                 if est < 0.5:                 # the 2nd call is the cleaner estimate
                     t0 = time.perf_counter()
-                    fn(q, k, v)
+                    fn(*args)
                     est = time.perf_counter() - t0
                 self.plan = {"inner": max(1, int(math.ceil(req["min_time"] / max(est, 1e-7))))}
         if "skip" in self.plan:
@@ -121,7 +146,7 @@ class _Runner:
         inner = self.plan["inner"]
         t0 = time.perf_counter()
         for _ in range(inner):
-            fn(q, k, v)
+            fn(*args)
         return {"t": (time.perf_counter() - t0) / inner, "inner": inner}
 
     def _gemm(self, req):
@@ -170,7 +195,10 @@ def _worker_main(argv):
         except BaseException as exc:  # MemoryError included: report, keep serving
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
-            runner.key = runner.inputs = runner.plan = runner.fn = None
+            try:
+                runner.drop()
+            except Exception:
+                runner.key = runner.inputs = runner.plan = runner.fn = runner.bimpl = None
             send({"error": "%s: %s" % (type(exc).__name__, exc)})
     return 0
 
