@@ -85,6 +85,29 @@ class Tiny(_AttentionSuite):
         return impl, self.shape, dtype, threads, "plain"
 
 
+class SmallCalls(_AttentionSuite):
+    """cattn's small calls as a caller with a preallocated output makes
+    them (``out=``): ``tiny`` (1, 1, 16, 16, 64) and ``small``
+    (1, 8, 128, 128, 64), plain and causal.  What they cost besides the
+    kernel is the per-call overhead; the peers' rows are in Tiny and
+    IssueShapes."""
+
+    params = [["tiny", "small"], ["plain", "causal"], DTYPES, THREADS]
+    param_names = ["shape", "variant", "dtype", "threads"]
+
+    def args_of(self, shape, variant, dtype, threads):
+        return "cattn", SHAPES[shape], dtype, threads, variant
+
+    def setup(self, *params):
+        import numpy as np      # not at import: the runner's parent only reads params
+        super().setup(*params)
+        q, _, v = self.qkv
+        out = np.empty(q.shape[:-1] + v.shape[-1:], q.dtype)
+        fn = self.fn
+        self.fn = lambda q, k, v: fn(q, k, v, out=out)
+        self.fn(*self.qkv)
+
+
 def _status_kb(key):
     with open("/proc/self/status") as fh:
         for line in fh:

@@ -209,7 +209,7 @@ class Impl:
             cattn = import_cattn()
             kw = dict(_CATTN_KW[variant], num_threads=threads)
             attention = cattn.attention
-            self.fn = lambda q, k, v: attention(q, k, v, **kw)
+            self.fn = lambda q, k, v, **extra: attention(q, k, v, **kw, **extra)
         elif impl in ("numpy_ref", "numpy_naive"):
             self._limit_blas(threads)
             if impl == "numpy_ref":

@@ -6,16 +6,13 @@ The layers (see the package docstring for the whole picture):
 * ``_plan``: ``AttentionCall`` -> ``Plan`` (dtype, path, blocks, threads);
 * ``_run``: ``Plan`` -> the typed kernel contract -> results.
 
-A plain small call (``plain_call``) skips the first two: its checks are a
-predicate on exact types and shapes, and any other call goes the long way.
+A plain call (``_kernels.attention_plain``: contiguous float32/float64
+arrays, at most causal, return_lse and out= as options) skips all three:
+its checks are a predicate on exact types and shapes, and any other call
+goes the long way, which raises the errors.
 """
-import math
-
-import numpy as np
-
 from . import _kernels
-from ._options import MAX_NDIM
-from ._plan import BLOCK_K, BLOCK_Q, plan_attention
+from ._plan import TILES, plan_attention
 from ._run import run_attention
 from ._stages import aggregate, merge, scores, softmax
 from ._threads import SERIAL_WORK, get_num_threads, set_num_threads
@@ -23,9 +20,6 @@ from ._validate import validate_attention
 
 __all__ = ["attention", "scores", "softmax", "aggregate", "merge",
            "get_num_threads", "set_num_threads"]
-
-_PLAIN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_PLAIN_KINDS = {"scaled_dot": 0, "dot": 0, "cosine": 1}
 
 
 def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
@@ -124,15 +118,14 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
     >>> np.round(out, 3)
     array([[12.689]])
     """
-    if (mask is None and bias is None and causal is False and window is None
-            and additive_weight is None and return_weights is False
-            and return_lse is False and out is None and kv_lengths is None
-            and q_lengths is None and q_segments is None and kv_segments is None
-            and softcap is None and sinks is None):
-        s = plain_call(query, key, value, score, scale, num_threads)
-        if s is not None:
-            return _kernels.flash_serial_contiguous(query, key, value, s,
-                                                    _PLAIN_KINDS[score], BLOCK_Q, BLOCK_K)
+    if (mask is None and bias is None and window is None and additive_weight is None
+            and return_weights is False and kv_lengths is None and q_lengths is None
+            and q_segments is None and kv_segments is None and softcap is None
+            and sinks is None):
+        res = _kernels.attention_plain(query, key, value, score, scale, causal, return_lse,
+                                       num_threads, out, TILES, SERIAL_WORK)
+        if res is not None:
+            return res
     call = validate_attention(
         query, key, value, score=score, scale=scale, mask=mask, bias=bias, causal=causal,
         window=window, additive_weight=additive_weight, return_weights=return_weights,
@@ -158,42 +151,3 @@ def _attention_at(query, key, value, q_pos, *, score="scaled_dot", scale=None, m
         q_lengths=q_lengths, q_segments=q_segments, kv_segments=kv_segments,
         softcap=softcap, sinks=sinks, q_pos=q_pos)
     return run_attention(call, plan_attention(call))
-
-
-def plain_call(q, k, v, score, scale, num_threads):
-    """The scale of a plain small call, or None.
-
-    Plain: C-contiguous float32/float64 ndarrays of one dtype with equal
-    leading dims (at most MAX_NDIM dims), more than DECODE_MAX_LQ queries,
-    a dot/scaled_dot/cosine score with a moderate float scale, under the
-    serial threshold (one thread whatever was asked).  Such a call runs on
-    the calling thread without the general operand machinery; anything
-    else returns None and takes validate -> plan -> run.
-    """
-    if not (type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray):
-        return None
-    dt = q.dtype
-    nd = q.ndim
-    if (dt not in _PLAIN_DTYPES or k.dtype != dt or v.dtype != dt or nd < 2
-            or nd > MAX_NDIM or k.ndim != nd or v.ndim != nd):
-        return None
-    qs, ks, vs = q.shape, k.shape, v.shape
-    if qs[:-2] != ks[:-2] or qs[:-2] != vs[:-2] or qs[-1] != ks[-1] or ks[-2] != vs[-2]:
-        return None
-    if not (q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous):
-        return None
-    if q.size == 0 or k.size == 0 or v.size == 0 or qs[-2] <= _kernels.DECODE_MAX_LQ:
-        return None
-    if not (num_threads is None or type(num_threads) is int and num_threads >= 1):
-        return None
-    if q.size // qs[-1] * ks[-2] * qs[-1] >= SERIAL_WORK:
-        return None
-    if type(score) is not str or score not in _PLAIN_KINDS:
-        return None
-    if scale is None:
-        s = 1.0 / math.sqrt(qs[-1]) if score == "scaled_dot" else 1.0
-    else:
-        s = scale
-    if type(s) is not float or not math.isfinite(s) or abs(s) > 1e4:
-        return None      # (a huge scale takes the general path: overflow guard)
-    return s

@@ -31,6 +31,7 @@ QBLOCK: int
 SCORE_KINDS: dict[str, int]
 
 def isa_name() -> str: ...
+def preferred_blocks(is_double: bool, kv_format: int) -> tuple[int, int]: ...
 
 @disjoint_base
 class Operand:
@@ -128,15 +129,39 @@ def gemm_batched(
     num_threads: int,
 ) -> None: ...
 def softmax_rows(x: _FloatArray, num_threads: int) -> None: ...
-def flash_serial_contiguous(
-    q: npt.NDArray[Any],
-    k: npt.NDArray[Any],
-    v: npt.NDArray[Any],
-    scale: float,
-    score_kind: int,
-    max_block_q: int,
-    block_k: int,
-) -> npt.NDArray[np.floating[Any]]: ...
+@disjoint_base
+class TilePolicy:
+    """The tile path's block sizes (values and measurements: cattn._plan)."""
+    @property
+    def block_q(self) -> int: ...
+    @property
+    def block_q_f64_narrow(self) -> int: ...
+    @property
+    def block_k(self) -> int: ...
+    @property
+    def block_q_short_span(self) -> int: ...
+    @property
+    def short_span(self) -> int: ...
+    def __init__(self, block_q: int, block_q_f64_narrow: int, block_k: int,
+                 block_q_short_span: int, short_span: int) -> None: ...
+    def tile_blocks(self, N: int, Lq: int, n_threads: int, is_double: bool, D: int,
+                    skips: bool, span: int, pref_q: int = 0,
+                    pref_k: int = 0) -> tuple[int, int]: ...
+
+# ``cattn.attention`` of a plain call, or None when the call is not plain.
+def attention_plain(
+    query: Any,
+    key: Any,
+    value: Any,
+    score: Any,
+    scale: Any,
+    causal: Any,
+    return_lse: Any,
+    num_threads: Any,
+    out: Any,
+    tiles: TilePolicy,
+    serial_work: int,
+) -> Any: ...
 
 def flash_backward(a: KernelArgs, dout: Operand, delta: _FloatArray, dk: _FloatArray,
                    dv: _FloatArray, group_start: _Offsets, group_items: _Offsets,

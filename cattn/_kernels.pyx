@@ -24,11 +24,14 @@ from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
-from libc.math cimport exp, expf, INFINITY
+from libc.math cimport exp, expf, fabs, sqrt, INFINITY
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 from cattn._openmp_helpers cimport omp_get_thread_num, omp_get_wtime, cattn_usable_team
 import threading
+
+from cattn._options import MAX_NDIM as _MAX_NDIM, check_num_threads as _check_num_threads
+from cattn._threads import threads_for as _threads_for
 
 cnp.import_array()
 
@@ -105,6 +108,7 @@ cdef extern from "_src/flash.h" nogil:
                        void *scratch) noexcept nogil
         void (*bwd_q)(const cattn_bwd_params *bp, int64_t b, int64_t qb,
                       void *scratch) noexcept nogil
+        int64_t block_q, block_k
     cattn_kernels cattn_kernels_for(int is_double, int kv_format)
     const char *cattn_isa_name()
 
@@ -127,6 +131,13 @@ SCORE_KINDS = {"dot": CATTN_SCORE_DOT, "scaled_dot": CATTN_SCORE_DOT,
 def isa_name():
     """The micro-kernel variant chosen for this CPU."""
     return cattn_isa_name().decode()
+
+
+def preferred_blocks(bint is_double, int kv_format):
+    """(block_q, block_k) the tile kernel of this compute type and K/V format
+    runs best at on this CPU; 0 where it leaves the choice to the planner."""
+    cdef cattn_kernels k = cattn_kernels_for(is_double, kv_format)
+    return int(k.block_q), int(k.block_k)
 
 
 # ------------------------------------------------------------ the contract
@@ -699,28 +710,180 @@ cdef void _softmax_row(floating *x, Py_ssize_t C) noexcept nogil:
         x[c] = x[c] * s
 
 
-def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double scale,
-                            int score_kind, int64_t max_block_q, int64_t block_k):
-    """Fast path of ``attention`` for small plain calls on the calling thread:
-    C-contiguous q, k, v of one float dtype, identical leading dims, more
-    than DECODE_MAX_LQ queries, no options (``_api.plain_call`` checks all
-    that).  Skips the general operand machinery (offsets are built here in
-    C), which otherwise dominates the cost of tiny calls."""
-    cdef int nd = q.ndim
+# ------------------------------------------------------------ plain calls
+# A plain call (C-contiguous aligned float32/float64 arrays of one dtype,
+# equal leading dims, a dot/scaled_dot/cosine score, at most causal,
+# return_lse and out= as options) is checked and run here without the
+# operand machinery of _validate/_plan/_run, which otherwise costs more
+# than the kernel below ~2**20 score x feature operations.  What is not
+# plain returns None and takes the general path, which raises the errors:
+# this path only ever says "not mine".
+
+@cython.auto_pickle(False)
+cdef class TilePolicy:
+    """The tile path's block sizes (values and measurements: _plan)."""
+    cdef readonly int64_t block_q, block_q_f64_narrow, block_k
+    cdef readonly int64_t block_q_short_span, short_span
+
+    def __init__(self, int64_t block_q, int64_t block_q_f64_narrow, int64_t block_k,
+                 int64_t block_q_short_span, int64_t short_span):
+        if min(block_q, block_q_f64_narrow, block_k, block_q_short_span) < 1:
+            raise ValueError("TilePolicy: block sizes must be >= 1")
+        self.block_q = block_q
+        self.block_q_f64_narrow = block_q_f64_narrow
+        self.block_k = block_k
+        self.block_q_short_span = block_q_short_span
+        self.short_span = short_span
+
+    cdef void blocks(self, int64_t N, int64_t Lq, int n_threads, bint is_double, int64_t D,
+                     bint skips, int64_t span, int64_t pref_q, int64_t pref_k,
+                     int64_t *bq_out, int64_t *bk_out) noexcept nogil:
+        cdef bint wide = is_double and 0 <= D <= 64 and not skips
+        cdef int64_t base = self.block_q_f64_narrow if wide else self.block_q
+        if 0 <= span <= self.short_span:
+            base = self.block_q_short_span
+        if pref_q > 0:          # the kernel table's own choice (preferred_blocks)
+            base = pref_q
+        cdef int64_t bq = min(base, max(16, ((Lq + 15) // 16) * 16))
+        # halved while threads would be left without a block, but not
+        # below 32 (a block's queries are computed in panels padded to 32:
+        # a 16-query block costs a 32-query one) and never for one thread
+        while n_threads > 1 and bq > 32 and N * ((Lq + bq - 1) // bq) < 2 * n_threads:
+            bq = max(32, bq // 2)
+        bq_out[0] = max(bq, 1)
+        bk_out[0] = pref_k if pref_k > 0 else self.block_k
+
+    def tile_blocks(self, int64_t N, int64_t Lq, int n_threads, bint is_double, int64_t D,
+                    bint skips, int64_t span, int64_t pref_q=0, int64_t pref_k=0):
+        """(block_q, block_k): ``block_q`` queries a block
+        (``block_q_f64_narrow`` for float64 with 0 <= D <= 64 and nothing
+        that skips tiles; ``block_q_short_span`` when a window lets a query
+        see at most ``short_span`` keys, ``span`` >= 0; the kernel's own
+        ``pref_q``/``pref_k`` where > 0, over all of these), halved down to
+        32 while that leaves threads idle."""
+        cdef int64_t bq, bk
+        self.blocks(N, Lq, n_threads, is_double, D, skips, span, pref_q, pref_k, &bq, &bk)
+        return bq, bk
+
+
+_PLAIN_SCORES = {"scaled_dot": CATTN_SCORE_DOT, "dot": CATTN_SCORE_DOT,
+                 "cosine": CATTN_SCORE_COSINE}
+cdef int _PLAIN_MAX_NDIM = _MAX_NDIM
+if _MAX_NDIM > 64:
+    raise ImportError("cattn._kernels: the plain path holds at most 64 dims")
+cdef double _PLAIN_MAX_SCALE = 1e4  # above: the float32 range policy (_plan)
+
+
+cdef inline bint _plain_array(object x, int type_num):
+    """An exact ndarray of ``type_num``, native byte order, C-contiguous and
+    aligned, not empty."""
+    if type(x) is not np.ndarray:
+        return False
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    return (a.descr.type_num == type_num and cnp.PyArray_ISNOTSWAPPED(a)
+            and cnp.PyArray_ISCARRAY_RO(a) and cnp.PyArray_SIZE(a) > 0)
+
+
+cdef inline bint _disjoint(cnp.ndarray a, cnp.ndarray b):
+    """Contiguous arrays: whether their bytes do not intersect."""
+    cdef size_t a0 = <size_t>cnp.PyArray_DATA(a), b0 = <size_t>cnp.PyArray_DATA(b)
+    return (a0 + <size_t>cnp.PyArray_NBYTES(a) <= b0
+            or b0 + <size_t>cnp.PyArray_NBYTES(b) <= a0)
+
+
+cdef object _plain_out(object out, cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, int64_t Dv):
+    """``out`` when it is a plain destination: exact shape and dtype,
+    contiguous, writeable, sharing no byte with q, k, v; else None."""
+    if not _plain_array(out, q.descr.type_num):
+        return None
+    cdef cnp.ndarray o = <cnp.ndarray>out
+    cdef int nd = q.ndim, ax
+    if o.ndim != nd or not cnp.PyArray_ISWRITEABLE(o) or o.shape[nd - 1] != Dv:
+        return None
+    for ax in range(nd - 1):
+        if o.shape[ax] != q.shape[ax]:
+            return None
+    if not (_disjoint(o, q) and _disjoint(o, k) and _disjoint(o, v)):
+        return None
+    return o
+
+
+def attention_plain(query, key, value, score, scale, causal, return_lse, num_threads, out,
+                    TilePolicy tiles not None, int64_t serial_work):
+    """``cattn.attention`` of a plain call (see above), or None when the
+    call is not plain.  ``serial_work``: the serial threshold (_threads)."""
+    if causal is not True and causal is not False:
+        return None
+    if return_lse is not True and return_lse is not False:
+        return None
+    if not (num_threads is None or type(num_threads) is int and num_threads >= 1):
+        return None
+    if type(score) is not str:
+        return None
+    kind = _PLAIN_SCORES.get(score)
+    if kind is None or type(query) is not np.ndarray:
+        return None
+    cdef cnp.ndarray q = <cnp.ndarray>query
+    cdef int type_num = q.descr.type_num
+    if type_num != cnp.NPY_FLOAT and type_num != cnp.NPY_DOUBLE:
+        return None
+    if not (_plain_array(query, type_num) and _plain_array(key, type_num)
+            and _plain_array(value, type_num)):
+        return None
+    cdef cnp.ndarray k = <cnp.ndarray>key, v = <cnp.ndarray>value
+    cdef int nd = q.ndim, ax
+    if nd < 2 or nd > _PLAIN_MAX_NDIM or k.ndim != nd or v.ndim != nd:
+        return None
+    for ax in range(nd - 2):
+        if k.shape[ax] != q.shape[ax] or v.shape[ax] != q.shape[ax]:
+            return None
+    cdef int64_t Lq = q.shape[nd - 2], D = q.shape[nd - 1]
+    cdef int64_t Lk = k.shape[nd - 2], Dv = v.shape[nd - 1]
+    if k.shape[nd - 1] != D or v.shape[nd - 2] != Lk or Lq <= CATTN_DECODE_MAX_LQ:
+        return None
+    cdef double s
+    if scale is None:
+        s = 1.0 / sqrt(<double>D) if score == "scaled_dot" else 1.0
+    elif type(scale) is float:
+        s = scale
+        if not (fabs(s) <= _PLAIN_MAX_SCALE):       # also NaN
+            return None
+    else:
+        return None
+    if out is not None:
+        out = _plain_out(out, q, k, v, Dv)
+        if out is None:
+            return None
+    return _run_plain(q, k, v, <int>kind, s, causal, return_lse, num_threads, out, tiles,
+                      serial_work)
+
+
+cdef object _run_plain(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, int score_kind,
+                       double scale, bint causal, bint return_lse, object num_threads,
+                       object out, TilePolicy tiles, int64_t serial_work):
+    cdef int nd = q.ndim, ax
     cdef int64_t Lq = q.shape[nd - 2], D = q.shape[nd - 1]
     cdef int64_t Lk = k.shape[nd - 2], Dv = v.shape[nd - 1]
     cdef int64_t N = 1, b
-    cdef int ax
     for ax in range(nd - 2):
         N *= q.shape[ax]
     cdef bint is_double = q.descr.type_num == cnp.NPY_DOUBLE
+    # score x feature operations, in double: cannot overflow
+    cdef double work = <double>N * <double>Lq * <double>Lk * <double>D
+    cdef int n_threads = 1
+    if work >= serial_work:
+        n_threads = _threads_for(_check_num_threads(num_threads), <int64_t>work)
     cdef cnp.npy_intp dims[64]
-    if nd > 64:
-        raise ValueError(f"query has {nd} dims; at most 64 are supported")
     for ax in range(nd - 1):
         dims[ax] = q.shape[ax]
-    dims[nd - 1] = Dv
-    cdef cnp.ndarray out = cnp.PyArray_EMPTY(nd, dims, q.descr.type_num, 0)
+    if out is None:
+        dims[nd - 1] = Dv
+        out = cnp.PyArray_EMPTY(nd, dims, q.descr.type_num, 0)
+    lse = None
+    if return_lse:
+        lse = cnp.PyArray_EMPTY(nd - 1, dims, q.descr.type_num, 0)
+    cdef cattn_params p
+    memset(&p, 0, sizeof(p))
     cdef int64_t *offs = <int64_t *>malloc(4 * N * sizeof(int64_t) + N * sizeof(double))
     if offs == NULL:
         raise MemoryError()
@@ -731,40 +894,50 @@ def flash_serial_contiguous(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, double 
         offs[2 * N + b] = b * Lk * Dv
         offs[3 * N + b] = b * Lq * Dv
         scales[b] = scale
-    cdef cattn_params p
-    memset(&p, 0, sizeof(p))
     p.n_batch = N; p.Lq = Lq; p.Lk = Lk; p.D = D; p.Dv = Dv
-    p.score_kind = score_kind; p.mode = CATTN_MODE_ATTENTION
+    p.score_kind = score_kind; p.mode = CATTN_MODE_ATTENTION; p.kv_format = CATTN_KV_NATIVE
     p.q.base = cnp.PyArray_DATA(q); p.q.off = offs; p.q.rs = D; p.q.cs = 1
     p.k.base = cnp.PyArray_DATA(k); p.k.off = offs + N; p.k.rs = D; p.k.cs = 1
     p.v.base = cnp.PyArray_DATA(v); p.v.off = offs + 2 * N; p.v.rs = Dv; p.v.cs = 1
-    p.out.base = cnp.PyArray_DATA(out); p.out.off = offs + 3 * N
+    p.out.base = cnp.PyArray_DATA(<cnp.ndarray>out); p.out.off = offs + 3 * N
     p.out.rs = Dv; p.out.cs = 1
+    p.lse = <void *>_ptr(lse)
     p.scale = scales
-    p.win_left = CATTN_UNBOUNDED; p.win_right = CATTN_UNBOUNDED
-    cdef int64_t block_q = ((Lq + 15) // 16) * 16
-    if block_q > max_block_q:
-        block_q = max_block_q
-    p.block_q = block_q; p.block_k = block_k
-    cdef cattn_kernels kern = cattn_kernels_for(is_double, CATTN_KV_NATIVE)
-    cdef int64_t n_qblocks = (Lq + block_q - 1) // block_q
-    cdef int64_t n_work = N * n_qblocks, w
-    cdef size_t scratch_bytes
+    p.win_left = CATTN_UNBOUNDED
+    p.win_right = 0 if causal else CATTN_UNBOUNDED
+    cdef _Run r
+    r.p = &p
+    r.kern = cattn_kernels_for(is_double, CATTN_KV_NATIVE)
+    # causal: a query may see up to Lk keys
+    tiles.blocks(N, Lq, n_threads, is_double, D, causal, Lk if causal else -1,
+                 r.kern.block_q, r.kern.block_k, &p.block_q, &p.block_k)
+    r.decode = False
+    r.n_qblocks = (Lq + p.block_q - 1) // p.block_q
+    r.km_slots = 0
+    r.b0 = 0
+    cdef int64_t n_work = N * r.n_qblocks, w
+    cdef size_t scratch_bytes = r.kern.tile_scratch(&p)
     cdef void *raw
     cdef void *scratch
     try:
-        scratch_bytes = kern.tile_scratch(&p)
-        raw = malloc(scratch_bytes + 64)
-        if raw == NULL:
-            raise MemoryError()
-        scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
-        with nogil:
-            for w in range(n_work):
-                kern.tile(&p, w // n_qblocks, w % n_qblocks, scratch)
-        free(raw)
-        return out
+        if n_threads > 1 or work >= serial_work:
+            _run(&r, n_work, scratch_bytes, n_threads, _poll_signals())
+        else:
+            # a call this short needs no Ctrl-C polling
+            raw = malloc(scratch_bytes + 64)
+            if raw == NULL:
+                raise MemoryError("cattn: cannot allocate %d bytes of scratch"
+                                  % scratch_bytes)
+            scratch = <void *>((<size_t>raw + 63) & ~(<size_t>63))
+            with nogil:
+                for w in range(n_work):
+                    r.kern.tile(&p, w // r.n_qblocks, w % r.n_qblocks, scratch)
+            free(raw)
     finally:
         free(offs)
+    if return_lse:
+        return out, lse
+    return out
 
 
 # ------------------------------------------------------------ the backward

@@ -115,9 +115,12 @@ def lead_offsets(arr, n_trailing, out_lead, group_axis=None, group=1, strides=No
     nd = len(out_lead)
     if lead_shape == tuple(out_lead) and group == 1 and lead_strides:
         # the common case: item k sits at k * (stride of the last lead axis)
-        step = lead_strides[-1]
-        if all(n == 1 or st == step * math.prod(lead_shape[ax + 1:])
-               for ax, (n, st) in enumerate(zip(lead_shape, lead_strides))):
+        step = want = lead_strides[-1]
+        for n, st in zip(reversed(lead_shape), reversed(lead_strides)):
+            if n != 1 and st != want:
+                break
+            want *= n
+        else:
             return np.arange(math.prod(lead_shape), dtype=np.int64) * step
     off = np.zeros(out_lead, dtype=np.int64)
     for ax, (n_in, st) in enumerate(zip(lead_shape, lead_strides)):

@@ -15,7 +15,7 @@ from ._bf16 import is_bf16, widen
 from ._threads import threads_for
 from ._validate import AttentionCall
 
-__all__ = ["Plan", "plan_attention", "tile_blocks", "BLOCK_K"]
+__all__ = ["Plan", "plan_attention", "tile_blocks", "BLOCK_K", "TILES"]
 
 BLOCK_Q = 64      # measured: 64 and 128 tie at D = 64, 64 wins by 14% at D = 128
 # float64 with D <= 64: 256-query blocks read each K/V tile for 4x more
@@ -25,6 +25,17 @@ BLOCK_Q = 64      # measured: 64 and 128 tie at D = 64, 64 wins by 14% at D = 12
 # causal, 1 thread: 16 -> 22 ms)
 BLOCK_Q_F64_NARROW = 256
 BLOCK_K = 128
+# A window (causal included) under which a query sees at most SHORT_SPAN
+# keys: 32-query blocks, so the partial tiles along the diagonal waste
+# half as much.  Measured (1 thread, float32 causal, min of rounds, ms):
+# (1,8,64,64,64) 0.109 -> 0.090, (1,8,128,128,64) 0.302 -> 0.265 (float64
+# 0.588 -> 0.514; 2 threads 0.165 -> 0.141), (1,8,256,256,64) 0.936 ->
+# 0.872, (4,8,512,512,64) 25.9 -> 25.4, (1,16,1024,1024,64) 47.8 -> 46.4,
+# (1,8,2048,2048,64) 90.2 -> 88.6 (medians tie), (1,8,4096,4096,64) 336 ->
+# 361 (worse: hence the bound); window (128, 0) at 4096 keys 37.3 -> 34.9,
+# (512, 0) and (2048, 0) tie.  Plain calls: 64 and 32 tie at 128 keys.
+BLOCK_Q_SHORT_SPAN = 32
+SHORT_SPAN = 1024
 
 _F32_MAX = float(np.finfo(np.float32).max)
 _F32_TINY = float(np.finfo(np.float32).tiny)
@@ -47,16 +58,46 @@ class Plan(NamedTuple):
     gqa_fold: int                     # > 1: query heads folded into queries
 
 
-def tile_blocks(N, Lq, n_threads, cdt=None, D=None, skips_tiles=False):
+#: The block policy, shared with the plain path of ``_kernels`` (one
+#: implementation: ``TilePolicy.tile_blocks``).
+TILES = _kernels.TilePolicy(BLOCK_Q, BLOCK_Q_F64_NARROW, BLOCK_K, BLOCK_Q_SHORT_SPAN,
+                            SHORT_SPAN)
+
+
+def tile_blocks(N, Lq, n_threads, cdt=None, D=None, skips_tiles=False, preferred=(0, 0),
+                span=-1):
     """Query/key block sizes: BLOCK_Q queries a block (float64 with D <= 64
-    and nothing that skips tiles: BLOCK_Q_F64_NARROW) unless that leaves
-    threads idle (then smaller blocks, down to 16)."""
-    wide = cdt == np.float64 and D is not None and D <= 64 and not skips_tiles
-    base = BLOCK_Q_F64_NARROW if wide else BLOCK_Q
-    bq = min(base, max(16, -(-Lq // 16) * 16))
-    while bq > 16 and N * -(-Lq // bq) < 2 * n_threads:
-        bq //= 2
-    return max(bq, 1), BLOCK_K
+    and nothing that skips tiles: BLOCK_Q_F64_NARROW; a window that lets a
+    query see at most SHORT_SPAN keys (``span``, -1: no window):
+    BLOCK_Q_SHORT_SPAN; the kernel's own ``preferred`` (block_q, block_k)
+    where it names one, over all of these) unless that leaves threads idle
+    (then smaller blocks, down to 32)."""
+    return TILES.tile_blocks(N, Lq, n_threads, cdt == np.float64,
+                             -1 if D is None else D, skips_tiles, span, *preferred)
+
+
+def window_span(window, Lk):
+    """The most keys one query may see through the kernel window (left,
+    right): Lk with one side bounded (causal), left + right + 1 (at most
+    Lk) with both, -1 when neither is."""
+    unb = _kernels.UNBOUNDED
+    left, right = window
+    if left >= unb and right >= unb:
+        return -1
+    if left >= unb or right >= unb:
+        return Lk
+    return max(0, min(Lk, left + right + 1))
+
+
+_PREFERRED: "dict[tuple[bool, int], tuple[int, int]]" = {}
+
+
+def _preferred_blocks(is_double, kv_format):
+    """The kernel table's preferred tile (fixed for the process: cached)."""
+    key = (bool(is_double), int(kv_format))
+    if key not in _PREFERRED:
+        _PREFERRED[key] = _kernels.preferred_blocks(*key)
+    return _PREFERRED[key]
 
 
 def decode_splits(N, Lk, n_threads):
@@ -184,7 +225,9 @@ def plan_attention(call):
     unb = _kernels.UNBOUNDED
     skips = (window[0] < unb or window[1] < unb or call.q_seg is not None
              or call.q_len is not None)
-    bq, bk = tile_blocks(call.N, call.Lq, n_threads, cdt, call.D, skips)
+    bq, bk = tile_blocks(call.N, call.Lq, n_threads, cdt, call.D, skips,
+                         _preferred_blocks(cdt == np.float64, kv_format),
+                         window_span(window, call.Lk))
     return Plan(call=call, cdt=cdt, kv_format=kv_format,
                 path=path, block_q=bq, block_k=bk,
                 n_split=decode_splits(call.N, call.Lk, n_threads) if path == "decode" else 1,

@@ -320,23 +320,16 @@ OVERLAP_MAX_WORK = 100_000
 SELF_OVERLAP_LIST = 1 << 20
 
 
-# NumPy 2 moved both; NumPy 1.23-1.26 has them at the top level
-_byte_bounds = getattr(getattr(np.lib, "array_utils", None), "byte_bounds", None) \
-    or getattr(np, "byte_bounds")
+# NumPy 2 moved it; NumPy 1.23-1.26 has it at the top level
 _TooHardError = getattr(getattr(np, "exceptions", None), "TooHardError", None) \
     or getattr(np, "TooHardError")
-
-
-def _extents(a):
-    """[low, high) byte addresses that ``a`` can touch."""
-    return _byte_bounds(a)
 
 
 def _self_overlaps(out):
     """Whether two elements of ``out`` share memory (zero strides, rows
     that overlap); None when that cannot be decided cheaply."""
-    if out.size <= 1:
-        return False
+    if out.size <= 1 or out.flags.c_contiguous or out.flags.f_contiguous:
+        return False            # contiguous: every element has its own bytes
     if any(st == 0 and n > 1 for st, n in zip(out.strides, out.shape)):
         return True
     axes = sorted((abs(st), n) for st, n in zip(out.strides, out.shape) if n > 1)
@@ -356,14 +349,12 @@ def _self_overlaps(out):
     return bool(np.any(np.diff(offsets) < out.itemsize))
 
 
-def _overlap(out, x, out_ext):
+def _overlap(out, x):
     """Whether ``out`` and array ``x`` share memory; None when undecidable
-    within ``OVERLAP_MAX_WORK``."""
+    within ``OVERLAP_MAX_WORK``.  (NumPy compares the byte extents first:
+    disjoint ones, the common case, never reach the solver.)"""
     if out.size == 0 or x.size == 0:
         return False
-    low, high = _extents(x)
-    if high <= out_ext[0] or out_ext[1] <= low:
-        return False            # disjoint extents: the common case, no solver
     try:
         return bool(np.shares_memory(out, x, max_work=OVERLAP_MAX_WORK))
     except _TooHardError:
@@ -397,11 +388,10 @@ def check_out(out, shape, dtype, inputs):
         raise ValueError(
             f"out (strides {out.strides}): whether its elements overlap cannot be "
             f"decided cheaply; pass a contiguous out")
-    out_ext = _extents(out)
     for x in inputs:
         if not isinstance(x, np.ndarray):
             continue
-        shared = _overlap(out, x, out_ext)
+        shared = _overlap(out, x)
         if shared:
             raise ValueError("out must not overlap an input array")
         if shared is None:

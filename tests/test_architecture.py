@@ -202,3 +202,24 @@ def test_gqa_heads_that_do_not_divide_name_the_rule():
     kv = np.zeros((3, 5, 8))
     with pytest.raises(ValueError, match="grouped-query attention"):
         cattn.attention(q, kv, kv)
+
+
+def test_planner_takes_the_kernel_tables_preferred_tile():
+    """The tile comes from the kernel table where it names one (the bf16
+    VDPBF16PS kernels: 128 x 256), else the planner's default; a call with
+    few queries still gets smaller blocks, and every tile gives the same
+    result as the reference."""
+    from cattn import _plan
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    for fmt in (_kernels.KV_NATIVE, _kernels.KV_BF16):
+        pq, pk = _kernels.preferred_blocks(False, fmt)
+        assert (pq, pk) == (0, 0) or (pq >= 16 and pk >= 16)
+        bq, bk = _plan.tile_blocks(1, 4096, 1, np.float32, 64, False, (pq, pk))
+        assert (bq, bk) == (pq or _plan.BLOCK_Q, pk or _plan.BLOCK_K)
+        assert _plan.tile_blocks(1, 20, 1, np.float32, 64, False, (pq, pk))[0] <= 32
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, 2, 300, 64)).astype(ml_dtypes.bfloat16)
+               for _ in range(3))
+    out = cattn.attention(q, k, v, causal=True).astype(np.float64)
+    e = ref.attention(*(x.astype(np.float64) for x in (q, k, v)), causal=True)
+    assert np.linalg.norm(out - e) <= 4e-3 * np.linalg.norm(e)

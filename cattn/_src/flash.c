@@ -173,10 +173,11 @@ enum { ISA_BASE = 0, ISA_HASWELL = 1, ISA_SKYLAKE = 2, ISA_COOPERLAKE = 3, ISA_C
 
 /* the bfloat16-cache kernels: widening (b16) everywhere, VDPBF16PS tiles
    on Cooper Lake */
-#define CATTN_TABLE_BF16(name, isa, tile_scratch, tile) {                   \
-    #name, tile_scratch##_b16_##isa, tile##_b16_##isa,                      \
-    decode_scratch_bytes_b16_##isa, decode_block_b16_##isa,                 \
-    decode_finish_b16_##isa }
+#define CATTN_TABLE_BF16(nm, is, scr, tl, bq, bk) {                           \
+    .isa = #nm, .tile_scratch = scr##_b16_##is, .tile = tl##_b16_##is,      \
+    .decode_scratch = decode_scratch_bytes_b16_##is,                        \
+    .decode = decode_block_b16_##is, .decode_finish = decode_finish_b16_##is, \
+    .block_q = bq, .block_k = bk }
 
 /*
  * The rows of every table, one per ISA level (ISA_*), in one X-macro list:
@@ -201,16 +202,19 @@ static const cattn_kernels tables[][2] = {CATTN_ISAS(CATTN_ROW)};
    (b16); VDPBF16PS tiles on Cooper Lake */
 #if CATTN_PORTABLE
 static const cattn_kernels tables_bf16[] = {
-    CATTN_TABLE_BF16(portable, portable, scratch_bytes, flash_block)};
+    CATTN_TABLE_BF16(portable, portable, scratch_bytes, flash_block, 0, 0)};
 #elif CATTN_X86_DISPATCH
 static const cattn_kernels tables_bf16[] = {
-    CATTN_TABLE_BF16(generic, generic, scratch_bytes, flash_block),
-    CATTN_TABLE_BF16(haswell, haswell, scratch_bytes, flash_block),
-    CATTN_TABLE_BF16(skylake, skylake, scratch_bytes, flash_block),
-    CATTN_TABLE_BF16(cooperlake, cooperlake, scratch_bytes_dp, flash_block)};
+    CATTN_TABLE_BF16(generic, generic, scratch_bytes, flash_block, 0, 0),
+    CATTN_TABLE_BF16(haswell, haswell, scratch_bytes, flash_block, 0, 0),
+    CATTN_TABLE_BF16(skylake, skylake, scratch_bytes, flash_block, 0, 0),
+    /* 128 x 256 tiles: the V pair interleave and the per-tile steps spread
+       over more products; (1,8,2048,2048,64), 1 thread, min of 7:
+       64 x 128 154-156 GFLOP/s, 128 x 256 160-163 */
+    CATTN_TABLE_BF16(cooperlake, cooperlake, scratch_bytes_dp, flash_block, 128, 256)};
 #else
 static const cattn_kernels tables_bf16[] = {
-    CATTN_TABLE_BF16(generic, generic, scratch_bytes, flash_block)};
+    CATTN_TABLE_BF16(generic, generic, scratch_bytes, flash_block, 0, 0)};
 #endif
 
 /* int8 K/V decode (decode_q8_impl.h), per (ISA, compute type) */

@@ -145,6 +145,8 @@ typedef struct cattn_bwd_params {
  *     block of K/V group g (and dS K added to a per-thread dQ partial when
  *     dq_part is not NULL); scratch is bwd_scratch(bp) bytes.
  *   bwd_q(bp, b, qb, scratch): the backward's dQ of one query block.
+ *   block_q, block_k: the query/key block the tile kernel prefers (0: the
+ *     planner's default); the planner reads them, the kernels accept any.
  * Next kinds (paged decode) are new slots here.
  */
 typedef struct cattn_kernels {
@@ -160,6 +162,8 @@ typedef struct cattn_kernels {
     void (*bwd_kv)(const cattn_bwd_params *bp, int64_t g, int64_t kb, void *dq_part,
                    void *scratch);
     void (*bwd_q)(const cattn_bwd_params *bp, int64_t b, int64_t qb, void *scratch);
+    /* the tile these kernels run best at (0: the planner's default) */
+    int64_t block_q, block_k;
 } cattn_kernels;
 
 /* The kernels for compute type float64 (is_double) or float32 and a K/V

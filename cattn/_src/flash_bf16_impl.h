@@ -175,6 +175,52 @@ CATTN_STEP void SUF(tile_scores_dp)(const SUF(blk) *k, const T *Kt, int64_t k_rs
 }
 #undef CATTN_DP_SCORES_BLOCK
 
+CATTN_STEP uint32_t *SUF(p_pairs)(const SUF(blk) *k)
+{
+    if (k->p->score_kind == CATTN_SCORE_ADDITIVE) return NULL;
+    int64_t off[4];
+    SUF(dp_layout)(k->p, off);
+    return (uint32_t *)(k->QT + off[0]);
+}
+
+/* P^T = exp(S^T - msub) of the VL queries from i, two keys at a time,
+   straight into key pairs (lane i of pair row t: P[2t], P[2t + 1]); returns
+   the float32 column sums (flash-attention's: P unrounded in the sums).
+   Saves the store of P into S^T and its re-read by pv_tile_dp (measured
+   at (1,8,2048,2048,64), 1 thread: see pv_tile_dp). */
+CATTN_STEP V SUF(exp_pairs)(const SUF(blk) *k, uint32_t *PP, int64_t nk, int64_t i, V msub)
+{
+    const int64_t ld = k->ld, nqp = k->nqp;
+    const T *ST = k->ST;
+    V lsum0 = vset1(0), lsum1 = vset1(0);
+    int64_t j = 0;
+    for (; j + 2 <= nk; j += 2) {
+        const V e0 = vexp(vload(ST + j * ld + i) - msub);
+        const V e1 = vexp(vload(ST + (j + 1) * ld + i) - msub);
+        lsum0 += e0;
+        lsum1 += e1;
+        SUF(vb_store)(PP + (j / 2) * nqp + i, SUF(vb_pairs)(e0, e1));
+    }
+    if (j < nk) {
+        const V e0 = vexp(vload(ST + j * ld + i) - msub);
+        lsum0 += e0;
+        SUF(vb_store)(PP + (j / 2) * nqp + i, SUF(vb_pairs)(e0, vset1(0)));
+    }
+    return lsum0 + lsum1;
+}
+
+/* The key pairs of the VL queries from i, from P^T in S^T (a flagged group:
+   masked entries are -0.0, which bfloat16 keeps). */
+CATTN_STEP void SUF(pack_pairs_col)(const SUF(blk) *k, uint32_t *PP, int64_t nk, int64_t i)
+{
+    const int64_t ld = k->ld, nqp = k->nqp;
+    const T *ST = k->ST;
+    for (int64_t j = 0; j < nk; j += 2) {
+        const V hi = j + 1 < nk ? vload(ST + (j + 1) * ld + i) : vset1(0);
+        SUF(vb_store)(PP + (j / 2) * nqp + i, SUF(vb_pairs)(vload(ST + j * ld + i), hi));
+    }
+}
+
 /* a bfloat16 value that is inf or NaN */
 static inline int SUF(bf16_nonfinite)(uint16_t h) { return (h & 0x7f80u) == 0x7f80u; }
 
@@ -187,19 +233,20 @@ CATTN_STEP void SUF(pv_tile_dp)(const SUF(blk) *k, const T *Vt, int64_t v_rs, in
     const cattn_params *p = k->p;
     if (p->score_kind == CATTN_SCORE_ADDITIVE) { SUF(pv_tile)(k, Vt, v_rs, nk, partial); return; }
     const uint16_t *Vb = (const uint16_t *)(const void *)Vt;
-    const int64_t ld = k->ld, nqp = k->nqp, nq = k->nq, Dv = p->Dv;
-    T *ST = k->ST, *O = k->O;
+    const int64_t nqp = k->nqp, nq = k->nq, Dv = p->Dv;
+    T *O = k->O;
     if (partial) {
         int bad = 0;
         for (int64_t j = 0; j < nk && !bad; j++)
             for (int64_t c = 0; c < Dv; c++)
                 if (SUF(bf16_nonfinite)(Vb[j * v_rs + c])) { bad = 1; break; }
         if (bad) {
+            const uint32_t *PPr = SUF(p_pairs)(k);
             for (int64_t j = 0; j < nk; j++)
                 for (int64_t i = 0; i < nq; i++) {
-                    const T pw = ST[j * ld + i];
-                    if (signbit(pw)) continue;          /* masked: skip */
-                    const T pr = cattn_bf16_to_float(cattn_float_to_bf16(pw));
+                    const uint16_t pb = (uint16_t)(PPr[(j / 2) * nqp + i] >> (16 * (j & 1)));
+                    if (pb & 0x8000u) continue;          /* masked (-0.0): skip */
+                    const T pr = cattn_bf16_to_float(pb);
                     for (int64_t c = 0; c < Dv; c++)
                         O[i * Dv + c] += pr * cattn_bf16_to_float(Vb[j * v_rs + c]);
                 }
@@ -208,7 +255,7 @@ CATTN_STEP void SUF(pv_tile_dp)(const SUF(blk) *k, const T *Vt, int64_t v_rs, in
     }
     int64_t off[4];
     SUF(dp_layout)(p, off);
-    uint32_t *PP = (uint32_t *)(k->QT + off[0]);
+    uint32_t *PP = (uint32_t *)(k->QT + off[0]);   /* written by softmax_tile */
     uint32_t *VP = (uint32_t *)(k->QT + off[1]);
     const int64_t nk2 = (nk + 1) / 2, Dv32 = RUP32(Dv);
     /* V in key pairs, 32 columns at a time (the last block zero-padded) */
@@ -222,15 +269,7 @@ CATTN_STEP void SUF(pv_tile_dp)(const SUF(blk) *k, const T *Vt, int64_t v_rs, in
             SUF(vb_store)(VP + t * Dv32 + c + 16, o1);
         }
     }
-    /* P^T in key pairs, rounded to bfloat16 */
     const V zero = vset1(0);
-    for (int64_t t = 0; t < nk2; t++) {
-        const T *s0 = ST + 2 * t * ld;
-        for (int64_t i = 0; i < nqp; i += VL) {
-            const V hi = 2 * t + 1 < nk ? vload(s0 + ld + i) : zero;
-            SUF(vb_store)(PP + t * nqp + i, SUF(vb_pairs)(vload(s0 + i), hi));
-        }
-    }
     /* 8 query rows x 32 columns: sixteen accumulators */
     for (int64_t c = 0; c < Dv; c += 32) {
         const int64_t n0 = imin(VL, Dv - c), n1 = imin(VL, Dv - c - VL);
