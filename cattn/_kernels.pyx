@@ -954,12 +954,18 @@ cdef struct _Bwd:
     char *dq0               # thread 0's dQ partial: dQ itself (NULL: no partials)
     char *dq_parts          # the dQ partials of threads 1, 2, ...
     int64_t part_bytes
+    bint whole_groups       # an item is a whole K/V group, every key block
 
 
 cdef void _bwd_item(void *ctx, int64_t w, void *scratch, int tid) noexcept nogil:
     cdef _Bwd *c = <_Bwd *>ctx
+    cdef int64_t kb
     if c.q_items:
         c.kern.bwd_q(c.bp, w // c.n_qblocks, w % c.n_qblocks, scratch)
+    elif c.whole_groups:
+        # the group's queries are its own: its dS K goes straight into dQ
+        for kb in range(c.n_qblocks):
+            c.kern.bwd_kv(c.bp, w, kb, c.dq0, scratch)
     else:
         c.kern.bwd_kv(c.bp, w // c.n_qblocks, w % c.n_qblocks, _dq_part(c, tid), scratch)
 
@@ -974,12 +980,13 @@ cdef inline void *_dq_part(_Bwd *c, int tid) noexcept nogil:
 
 cdef int _run_bwd(cattn_bwd_params *bp, cattn_kernels *kern, int64_t n_work, bint q_items,
                   int64_t n_qblocks, char *dq0, char *dq_parts, int64_t part_bytes,
-                  int n_threads, bint poll) except -1:
+                  int n_threads, bint poll, bint whole_groups=False) except -1:
     cdef int status[2]
     cdef double last[1]
     cdef _Bwd c
     c.bp = bp; c.kern = kern; c.q_items = q_items; c.n_qblocks = n_qblocks
     c.dq0 = dq0; c.dq_parts = dq_parts; c.part_bytes = part_bytes
+    c.whole_groups = whole_groups
     _arm(status, last)
     bp.f.stop = &status[1]
     bp.f.poll = NULL
@@ -1040,10 +1047,23 @@ def flash_backward(KernelArgs a, Operand dout not None, delta, dk, dv, group_sta
         nt = cattn_usable_team(nt)
     if nt < 1:
         nt = 1
-    # Thread 0 adds its dS K straight into dQ and threads 1.. into partials,
-    # added in place after the loop: the extra memory is the nt - 1 partials
-    # alone (a (nt, ...) stack summed into a new array cost nt + 1 buffers).
     dq = np.zeros((N, Lq, D), dtype=dt)
+    # Enough K/V groups to share evenly: a thread takes whole groups, whose
+    # queries no other thread touches, and adds dS K straight into dQ (no
+    # partials, no dQ pass).  2 threads, medians of 3 alternating runs:
+    # (1,12,2048,2048,128), whose partials exceed the cap and took the dQ
+    # pass, 532 -> 443 ms; (1,16,1024,1024,64) 79 -> 71; (2,8,256,2048,64)
+    # 41 -> 39.
+    if nt > 1 and G >= nt and (G % nt == 0 or G >= 4 * nt):
+        nt = cattn_usable_team(min(num_threads, <int>G))
+        if G > 0 and Lk > 0:
+            _run_bwd(&bp, &kern, G, False, n_kblocks, <char *>cnp.PyArray_DATA(dq), NULL,
+                     0, nt, poll, True)
+        return dq
+    # Otherwise thread 0 adds its dS K straight into dQ and threads 1.. into
+    # partials, added in place after the loop: the extra memory is the nt - 1
+    # partials alone (a (nt, ...) stack summed into a new array cost nt + 1
+    # buffers).
     cdef cnp.ndarray parts = None
     cdef char *pp = NULL
     if not dq_pass and nt > 1:

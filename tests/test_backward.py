@@ -301,6 +301,25 @@ def test_dq_partials_and_dq_pass_agree_on_two_threads(monkeypatch, dq_pass):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("heads", [(2, 2), (3, 3), (8, 4), (8, 8)])
+def test_two_threads_by_whole_groups_or_key_blocks_agree_with_one(monkeypatch, heads):
+    """2 threads over H query heads and Hkv K/V heads: whole K/V groups per
+    thread where they share out evenly (Hkv 2, 4, 8), key blocks with dQ
+    partials otherwise (Hkv 3): the gradients of one thread either way."""
+    H, Hkv = heads
+    rng = np.random.default_rng(13)
+    q, k, v, dO = _qkv(rng, (1, H), 97, 260, 24, 16, kv_lead=(1, Hkv))
+    kw = {"causal": True}
+    out, lse = cattn.attention(q, k, v, return_lse=True, **kw)
+    serial = cattn.attention_backward(dO, q, k, v, out, lse, num_threads=1, **kw)
+    monkeypatch.setattr(_backward, "threads_for", lambda n, work: 2)
+    par = cattn.attention_backward(dO, q, k, v, out, lse, num_threads=2, **kw)
+    want = naive_backward(q, k, v, dO, np.float64, **kw)
+    for a, b, w in zip(par[:3], serial[:3], want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(a, w, rtol=1e-9, atol=1e-9)
+
+
 ISA_SCRIPT = textwrap.dedent("""
     import numpy as np, cattn, sys
     sys.path.insert(0, sys.argv[1])
