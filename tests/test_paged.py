@@ -323,24 +323,31 @@ def test_bad_options_are_named(kw, msg):
 
 # ----------------------------------------------------------------- properties
 if HAVE_HYPOTHESIS:
-    @settings(max_examples=40, deadline=None)
+    try:
+        import ml_dtypes
+        _POOLS = [np.float32, np.float16, "int8", np.dtype(ml_dtypes.bfloat16)]
+    except ImportError:      # pragma: no cover
+        _POOLS = [np.float32, np.float16, "int8"]
+
+    @settings(max_examples=60, deadline=None)
     @given(seed=st.integers(0, 2**32 - 1),
            n_seqs=st.integers(1, 5),
            page_size=st.sampled_from([1, 2, 7, 16, 33]),
            heads=st.sampled_from([(1, 1), (2, 1), (4, 2), (6, 3)]),
            causal=st.booleans(),
            window=st.sampled_from([None, (4, None), (3, 2), (None, 0)]),
-           half=st.booleans(), threads=st.sampled_from([1, 2, 3]))
-    def test_random_batches(seed, n_seqs, page_size, heads, causal, window, half, threads):
+           pool=st.sampled_from(_POOLS), threads=st.sampled_from([1, 2, 3]))
+    def test_random_batches(seed, n_seqs, page_size, heads, causal, window, pool, threads):
+        """Random ragged batches over every pool format (float32, float16,
+        int8, bfloat16) against the reference on the gathered pages."""
         rng = np.random.default_rng(seed)
         seq_lens = rng.integers(0, 90, n_seqs)
         q_lens = [int(rng.integers(0, s + 1)) if rng.random() < 0.5
                   else int(min(s, rng.integers(0, 3))) for s in seq_lens]
         H, Hkv = heads
         q, kc, vc, bt, sl, qsl, _, _ = make_batch(
-            rng, list(seq_lens), q_lens, H=H, Hkv=Hkv, D=int(rng.integers(1, 20)),
-            Dv=int(rng.integers(1, 20)), page_size=page_size,
-            dtype=np.float16 if half else np.float32)
+            rng, list(seq_lens), q_lens, H=H, Hkv=Hkv, D=int(rng.integers(1, 70)),
+            Dv=int(rng.integers(1, 70)), page_size=page_size, dtype=pool)
         check(q, kc, vc, bt, sl, qsl, causal=causal, window=window, num_threads=threads)
 
 

@@ -25,12 +25,6 @@ try:
 except ImportError:      # pragma: no cover
     BF = None
 
-try:
-    from hypothesis import given, settings, strategies as st
-    HAVE_HYPOTHESIS = True
-except ImportError:      # pragma: no cover
-    HAVE_HYPOTHESIS = False
-
 needs_bf16 = pytest.mark.skipif(BF is None, reason="bfloat16 needs ml_dtypes")
 FORMATS = [pytest.param("bf16", marks=needs_bf16), "int8"]
 
@@ -362,24 +356,7 @@ def test_cache_write_hostile(fmt):
 
 
 # ---------------------------------------------------------------- properties
-if HAVE_HYPOTHESIS:
-    @settings(max_examples=30, deadline=None)
-    @given(seed=st.integers(0, 2**32 - 1), n_seqs=st.integers(1, 5),
-           page_size=st.sampled_from([1, 2, 7, 16, 33]),
-           heads=st.sampled_from([(1, 1), (2, 1), (4, 2), (6, 3)]),
-           causal=st.booleans(), window=st.sampled_from([None, (4, None), (3, 2)]),
-           fmt=st.sampled_from(["int8"] + (["bf16"] if BF is not None else [])),
-           threads=st.sampled_from([1, 2, 3]))
-    def test_random_batches(seed, n_seqs, page_size, heads, causal, window, fmt, threads):
-        rng = np.random.default_rng(seed)
-        seq_lens = rng.integers(0, 90, n_seqs)
-        q_lens = [int(rng.integers(0, s + 1)) if rng.random() < 0.5
-                  else int(min(s, rng.integers(0, 3))) for s in seq_lens]
-        H, Hkv = heads
-        q, kc, vc, bt, sl, qsl, _, _ = make_batch(
-            rng, list(seq_lens), q_lens, H=H, Hkv=Hkv, D=int(rng.integers(1, 70)),
-            Dv=int(rng.integers(1, 70)), page_size=page_size, dtype=_dtype(fmt))
-        check(q, kc, vc, bt, sl, qsl, causal=causal, window=window, num_threads=threads)
+# (random batches over every pool format: test_paged.test_random_batches)
 
 
 # ---------------------------------------------------------------- ISA variants
