@@ -48,6 +48,15 @@ def run_script(script, *args, timeout=TIMEOUT, env=None):
                     f"{exc.stdout}\n{exc.stderr}")
 
 
+def run_code_under_isa(isa, code, *args, timeout=300):
+    """``python -c code args...`` with ``CATTN_ISA=isa`` (that kernel
+    variant) and the repository root first on ``PYTHONPATH``."""
+    env = dict(os.environ, CATTN_ISA=isa)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run([sys.executable, "-c", code, *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def describe(proc):
     """How a finished subprocess ended, with the tails of its output."""
     how = (f"killed by signal {-proc.returncode}" if proc.returncode < 0

@@ -4,8 +4,6 @@ Every result is compared with cattn.reference.paged_attention (pages
 gathered, then the float64 oracle) and with cattn.attention on the gathered
 contiguous arrays."""
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -14,6 +12,7 @@ import pytest
 import cattn
 import cattn.reference as ref
 from _oracle import assert_close
+from _subproc import run_code_under_isa
 
 try:
     from hypothesis import given, settings, strategies as st
@@ -380,9 +379,5 @@ ISA_SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("isa", ["generic", "haswell", "skylake"])
 def test_isa_variants(isa):
-    env = dict(os.environ, CATTN_ISA=isa)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cattn.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    res = subprocess.run([sys.executable, "-c", ISA_SCRIPT, os.path.dirname(__file__)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    res = run_code_under_isa(isa, ISA_SCRIPT, os.path.dirname(__file__))
     assert res.returncode == 0, res.stderr

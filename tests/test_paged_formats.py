@@ -7,8 +7,6 @@ gathered -- int8 rows dequantized -- then the float64 oracle) and with
 cattn.attention on the gathered contiguous cache (bfloat16 arrays, or a
 QuantizedKV of the gathered data and scales)."""
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -17,6 +15,7 @@ import pytest
 import cattn
 import cattn.reference as ref
 from _oracle import assert_close
+from _subproc import run_code_under_isa
 from test_paged import OPTIONS, SEQS, check, make_batch
 
 try:
@@ -395,9 +394,5 @@ ISA_SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("isa", ["generic", "haswell", "skylake", "cooperlake"])
 def test_isa_variants(isa):
-    env = dict(os.environ, CATTN_ISA=isa)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cattn.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    res = subprocess.run([sys.executable, "-c", ISA_SCRIPT, os.path.dirname(__file__)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    res = run_code_under_isa(isa, ISA_SCRIPT, os.path.dirname(__file__))
     assert res.returncode == 0, res.stderr
