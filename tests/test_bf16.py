@@ -2,9 +2,6 @@
 cache read in place (VDPBF16PS products on the cooperlake variant, widening
 elsewhere), every option, against the float64 oracle (which widens the
 bfloat16 inputs exactly)."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -13,6 +10,7 @@ import pytest
 import cattn
 from cattn import _bf16
 from cattn import reference as ref
+from _subproc import run_code_under_isa
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 BF = np.dtype(ml_dtypes.bfloat16)
@@ -207,11 +205,7 @@ VARIANT = textwrap.dedent(
 
 @pytest.mark.parametrize("isa", ["generic", "haswell", "skylake", "cooperlake"])
 def test_variants(isa):
-    env = dict(os.environ, CATTN_ISA=isa)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cattn.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    res = subprocess.run([sys.executable, "-c", VARIANT], env=env, capture_output=True,
-                         text=True, timeout=300)
+    res = run_code_under_isa(isa, VARIANT)
     assert res.returncode == 0, res.stderr
     chosen, status = res.stdout.split("\n")[:2]
     assert status == "ok"

@@ -2,9 +2,6 @@
 format, its hostile inputs, and every path and option of ``attention`` over
 it against ``cattn.reference`` over the dequantized cache (the kernel adds
 no error beyond quantization: the project's float32 bound holds)."""
-import os
-import subprocess
-import sys
 import textwrap
 import tracemalloc
 
@@ -14,6 +11,7 @@ import pytest
 import cattn
 import cattn.reference as ref
 from _oracle import assert_close, check_attention
+from _subproc import run_code_under_isa
 
 
 def _qkv(rng, lead_q, lead_kv, Lq, Lk, D, Dv, dtype=np.float32):
@@ -291,11 +289,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("isa", ["generic", "haswell", "skylake"])
 def test_variant_matches_reference(isa):
-    env = dict(os.environ, CATTN_ISA=isa)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cattn.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=300)
+    res = run_code_under_isa(isa, SCRIPT)
     assert res.returncode == 0, res.stderr
     chosen, status = res.stdout.split("\n")[:2]
     assert status == "ok"

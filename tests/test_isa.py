@@ -3,12 +3,12 @@ AVX-512) against the float64 oracle.  The variant is chosen once per process,
 so each runs in a subprocess with CATTN_ISA capping the choice."""
 import os
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
 import cattn
+from _subproc import run_code_under_isa
 
 SCRIPT = textwrap.dedent(
     """
@@ -45,11 +45,7 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.parametrize("isa", ["generic", "haswell", "skylake", "cooperlake"])
 def test_variant_matches_reference(isa):
-    env = dict(os.environ, CATTN_ISA=isa)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(cattn.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=120)
+    res = run_code_under_isa(isa, SCRIPT, timeout=120)
     assert res.returncode == 0, res.stderr
     chosen, status = res.stdout.split("\n")[:2]
     assert status.startswith("ok")

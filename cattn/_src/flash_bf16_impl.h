@@ -165,13 +165,7 @@ CATTN_STEP void SUF(tile_scores_dp)(const SUF(blk) *k, const T *Kt, int64_t k_rs
                 vstore(ST + jj * ld + i, vload(ST + jj * ld + i) * f);
         }
     }
-    const T softcap = (T)p->softcap;
-    if (softcap > 0) {
-        const T inv = (T)1 / softcap;
-        for (int64_t jj = 0; jj < nk; jj++)
-            for (int64_t i = 0; i < nqp; i += VL)
-                vstore(ST + jj * ld + i, vtanh(vload(ST + jj * ld + i) * inv) * softcap);
-    }
+    SUF(softcap_tile)(k, nk);
 }
 #undef CATTN_DP_SCORES_BLOCK
 

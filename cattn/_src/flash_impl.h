@@ -553,6 +553,19 @@ CATTN_STEP void SUF(load_kv_tile)(const SUF(blk) *k, int64_t j0, int64_t nk,
     }
 }
 
+/* S^T = softcap * tanh(S^T / softcap) over a tile (softcap <= 0: none) */
+CATTN_STEP void SUF(softcap_tile)(const SUF(blk) *k, int64_t nk)
+{
+    const T softcap = (T)k->p->softcap;
+    if (softcap <= 0) return;
+    const T inv = (T)1 / softcap;
+    const int64_t ld = k->ld, nqp = k->nqp;
+    T *ST = k->ST;
+    for (int64_t j = 0; j < nk; j++)
+        for (int64_t i = 0; i < nqp; i += VL)
+            vstore(ST + j * ld + i, vtanh(vload(ST + j * ld + i) * inv) * softcap);
+}
+
 /* S^T of one tile: the scores (dot, cosine or additive, scaled), softcapped. */
 CATTN_STEP void SUF(tile_scores)(const SUF(blk) *k, const T *Kt, int64_t kt_rs, int64_t nk)
 {
@@ -591,13 +604,7 @@ CATTN_STEP void SUF(tile_scores)(const SUF(blk) *k, const T *Kt, int64_t kt_rs, 
             }
         }
     }
-    const T softcap = (T)p->softcap;
-    if (softcap > 0) {
-        const T inv = (T)1 / softcap;
-        for (int64_t j = 0; j < nk; j++)
-            for (int64_t i = 0; i < nqp; i += VL)
-                vstore(ST + j * ld + i, vtanh(vload(ST + j * ld + i) * inv) * softcap);
-    }
+    SUF(softcap_tile)(k, nk);
 }
 
 /* Masked pairs of a partial tile become -inf (the window, then keep_pair). */
