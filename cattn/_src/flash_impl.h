@@ -938,9 +938,20 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
 /* float16 rows are prefetched this many rows ahead (measured: 8 too few,
    32 best, 64 no better at one and two threads) */
 #define PFK 32
+/* pv_mq reads a float32/64 V row in passes of a few vectors: its rows are
+   prefetched (into L2) this many keys ahead, whole, by the first pass
+   (measured 1.3x faster at (1,32,1,2048,128) over 8 key/value heads) */
+#define DEC_PFV 8
 static inline void SUF(prefetch_row)(const void *row, int64_t bytes)
 {
     for (int64_t o = 0; o < bytes; o += 64) CATTN_PREFETCH((const char *)row + o);
+}
+/* into L2 only: from pages read in random order, one core measured 17 GB/s
+   with the next 8 KiB run prefetched into L2, 10-11.6 GB/s prefetched into
+   L1 or not at all (sequential: 31 GB/s) -- the L1 miss buffers fill */
+static inline void SUF(prefetch_row_l2)(const void *row, int64_t bytes)
+{
+    for (int64_t o = 0; o < bytes; o += 64) CATTN_PREFETCH_L2((const char *)row + o);
 }
 
 /* Four float16 keys' dot products with one query, two accumulators each:
@@ -1012,13 +1023,225 @@ static inline void SUF(pv_rows_h)(const T *e, const int64_t *rows, int64_t nk,
     }
 }
 
+/* Several query rows over the same K/V rows (GQA folded, or a few new
+   tokens): each K and V row is loaded (and widened) once for all of them
+   and P.V accumulates in registers across the chunk's keys.  One query row
+   at a time measured 26 ns per key and row at (1,32,1,2048,128) over 8
+   key/value heads, float32, every row re-reading the chunk from L2 and
+   adding into its accumulator through memory key by key.  NQC (the rows,
+   <= 4) is a constant where these are inlined (a switch picks it; more
+   rows go in passes of four), so the accumulators live in registers.  Rows are addressed
+   by element offsets (ko, vo) from a base: a contiguous cache or pages;
+   with pf > 0, the row pf keys ahead (offsets known for navail keys) is
+   prefetched, into L1 (float16/bfloat16 rows: see PFK) or, with pf < 0,
+   the row -pf keys ahead into L2 (prefetch_row_l2). */
+CATTN_STEP void SUF(prefetch_mq)(const void *row, int64_t bytes, int pf)
+{
+    if (pf > 0) SUF(prefetch_row)(row, bytes);
+    else SUF(prefetch_row_l2)(row, bytes);
+}
+#define CATTN_DEFINE_MQ(name, BT, LOADB, CONV)                                    \
+CATTN_STEP void SUF(scores_mq_##name##_n)(const T *qs, int64_t qld, const BT *kb,   \
+        const int64_t *ko, int64_t nk, int64_t navail, int pf, int64_t D,           \
+        T *S, int64_t sld, const int NQC)                                           \
+{                                                                                   \
+    for (int64_t j = 0; j < nk; j++) {                                              \
+        const BT *x = kb + ko[j];                                                   \
+        if (pf) SUF(prefetch_mq)(kb + ko[imin(j + (pf < 0 ? -pf : pf), navail - 1)], D * sizeof(BT), pf);  \
+        V a[4], b[4];                           \
+        for (int i = 0; i < NQC; i++) a[i] = b[i] = vset1(0);                       \
+        int64_t c = 0;                                                              \
+        for (; c + 2 * VL <= D; c += 2 * VL) {                                      \
+            const V k0 = LOADB(x + c), k1 = LOADB(x + c + VL);                      \
+            for (int i = 0; i < NQC; i++) {                                         \
+                a[i] += vload(qs + i * qld + c) * k0;                               \
+                b[i] += vload(qs + i * qld + c + VL) * k1;                          \
+            }                                                                       \
+        }                                                                           \
+        for (; c + VL <= D; c += VL) {                                              \
+            const V k0 = LOADB(x + c);                                              \
+            for (int i = 0; i < NQC; i++) a[i] += vload(qs + i * qld + c) * k0;     \
+        }                                                                           \
+        for (int i = 0; i < NQC; i++) {                                             \
+            T t = hsum(a[i] + b[i]);                                                \
+            for (int64_t d = c; d < D; d++) t += qs[i * qld + d] * CONV(x[d]);      \
+            S[i * sld + j] = t;                                                     \
+        }                                                                           \
+    }                                                                               \
+}                                                                                   \
+                                                                                    \
+/* acc_i[c:c + CB VL] += sum_t E[i * eld + t] row_t[c:...], CB vectors per row */   \
+CATTN_STEP void SUF(pv_mq_##name##_blk)(const T *E, int64_t eld, const BT *vb,      \
+        const int64_t *vo, int64_t nk, int64_t navail, int pf, int64_t Dv, T *acc,   \
+        int64_t ald, int64_t c, const int NQC, const int CB)                        \
+{                                                                                   \
+    V a[4][8];                                                    \
+    for (int i = 0; i < NQC; i++)                                                   \
+        for (int u = 0; u < CB; u++) a[i][u] = vload(acc + i * ald + c + u * VL);    \
+    for (int64_t t = 0; t < nk; t++) {                                              \
+        const BT *x = vb + vo[t] + c;                                               \
+        if (pf) SUF(prefetch_mq)(vb + vo[imin(t + (pf < 0 ? -pf : pf), navail - 1)], Dv * sizeof(BT), pf);  \
+        V v[8];                                                                     \
+        for (int u = 0; u < CB; u++) v[u] = LOADB(x + u * VL);                      \
+        for (int i = 0; i < NQC; i++) {                                             \
+            const V w = vset1(E[i * eld + t]);                                      \
+            for (int u = 0; u < CB; u++) a[i][u] += w * v[u];                       \
+        }                                                                           \
+    }                                                                               \
+    for (int i = 0; i < NQC; i++)                                                   \
+        for (int u = 0; u < CB; u++) vstore(acc + i * ald + c + u * VL, a[i][u]);    \
+}                                                                                   \
+                                                                                    \
+CATTN_STEP void SUF(pv_mq_##name##_n)(const T *E, int64_t eld, const BT *vb,        \
+        const int64_t *vo, int64_t nk, int64_t navail, int pf, T *acc, int64_t ald,  \
+        int64_t Dv, const int NQC)                                                  \
+{                                                                                   \
+    /* accumulators: about 3/4 of the registers, CB vectors per row */            \
+    const int room = 3 * CATTN_NREGS / 4 / NQC;                                     \
+    const int CB = room >= 8 ? 8 : room >= 4 ? 4 : room >= 2 ? 2 : 1;              \
+    int64_t c = 0;                                                                  \
+    for (; c + CB * VL <= Dv; c += CB * VL, pf = 0)                                 \
+        SUF(pv_mq_##name##_blk)(E, eld, vb, vo, nk, navail, pf, Dv, acc, ald, c, NQC, CB); \
+    for (; c + VL <= Dv; c += VL, pf = 0)                                           \
+        SUF(pv_mq_##name##_blk)(E, eld, vb, vo, nk, navail, pf, Dv, acc, ald, c, NQC, 1); \
+    for (; c < Dv; c++)                                                             \
+        for (int i = 0; i < NQC; i++) {                                             \
+            T a0 = acc[i * ald + c];                                                \
+            for (int64_t t = 0; t < nk; t++) a0 += E[i * eld + t] * CONV(vb[vo[t] + c]); \
+            acc[i * ald + c] = a0;                                                  \
+        }                                                                           \
+}                                                                                   \
+                                                                                    \
+/* any number of rows, in passes of at most four (the first prefetches) */       \
+static void SUF(scores_mq_##name)(const T *qs, int64_t qld, int64_t nq, const BT *kb, \
+        const int64_t *ko, int64_t nk, int64_t navail, int pf, int64_t D, T *S,      \
+        int64_t sld)                                                                \
+{                                                                                   \
+    for (int64_t r = 0; r < nq; r += 4, pf = 0) {                                   \
+        const T *q = qs + r * qld;                                                  \
+        T *o = S + r * sld;                                                         \
+        switch (imin(4, nq - r)) {                                                  \
+        case 1: SUF(scores_mq_##name##_n)(q, qld, kb, ko, nk, navail, pf, D, o, sld, 1); break; \
+        case 2: SUF(scores_mq_##name##_n)(q, qld, kb, ko, nk, navail, pf, D, o, sld, 2); break; \
+        case 3: SUF(scores_mq_##name##_n)(q, qld, kb, ko, nk, navail, pf, D, o, sld, 3); break; \
+        default: SUF(scores_mq_##name##_n)(q, qld, kb, ko, nk, navail, pf, D, o, sld, 4); \
+        }                                                                           \
+    }                                                                               \
+}                                                                                   \
+                                                                                    \
+static void SUF(pv_mq_##name)(const T *E, int64_t eld, int64_t nq, const BT *vb,    \
+        const int64_t *vo, int64_t nk, int64_t navail, int pf, T *acc, int64_t ald,  \
+        int64_t Dv)                                                                 \
+{                                                                                   \
+    for (int64_t r = 0; r < nq; r += 4, pf = 0) {                                   \
+        const T *e = E + r * eld;                                                   \
+        T *a = acc + r * ald;                                                       \
+        switch (imin(4, nq - r)) {                                                  \
+        case 1: SUF(pv_mq_##name##_n)(e, eld, vb, vo, nk, navail, pf, a, ald, Dv, 1); break; \
+        case 2: SUF(pv_mq_##name##_n)(e, eld, vb, vo, nk, navail, pf, a, ald, Dv, 2); break; \
+        case 3: SUF(pv_mq_##name##_n)(e, eld, vb, vo, nk, navail, pf, a, ald, Dv, 3); break; \
+        default: SUF(pv_mq_##name##_n)(e, eld, vb, vo, nk, navail, pf, a, ald, Dv, 4); \
+        }                                                                           \
+    }                                                                               \
+}
+CATTN_DEFINE_MQ(f, T, vload, (T))
+CATTN_DEFINE_MQ(h, uint16_t, vload_h, SUF(half1))
+#undef CATTN_DEFINE_MQ
+
 static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
 {
     return (size_t)(CATTN_DECODE_MAX_LQ * RUP16(p->D) + RUP16(p->D) + 4 * DCH
                     + (p->kv_format == CATTN_KV_F16 ? DCH * (RUP16(p->D) + RUP16(p->Dv)) : 0)
                     + CATTN_DECODE_MAX_LQ * RUP16(p->Dv)) * sizeof(T)
            + DCH * sizeof(int64_t)
-           + (size_t)(CATTN_DECODE_MAX_LQ * (RUP16(p->Dv) + 1)) * sizeof(WIDE) + 64;
+           + (size_t)(CATTN_DECODE_MAX_LQ * (RUP16(p->Dv) + 1)) * sizeof(WIDE)
+           + (size_t)(2 * CATTN_DECODE_MAX_LQ * DCH) * sizeof(T)       /* S, E (mq) */
+           + (size_t)(2 * (DCH + PFK)) * sizeof(int64_t) + 64;         /* ko, vo (mq) */
+}
+
+/* The online-softmax step of one row over n finite-or-+inf scores sc[0:n]:
+   running max mm, sum llw, the row's double sums accw and float partial
+   part rescaled when the max moves; the weights into e. */
+CATTN_STEP void SUF(softmax_row)(const T *sc, int64_t n, T *e, T *mm, WIDE *llw, WIDE *accw,
+                                 T *part, int64_t Dv)
+{
+    /* the max in vectors: a scalar running max is one latency chain */
+    V mv = vset1(-INFINITY);
+    int64_t t = 0;
+    for (; t + VL <= n; t += VL) mv = vmax(vload(sc + t), mv);
+    T mc = -INFINITY;
+    for (int v = 0; v < VL; v++) mc = VLANE(mv, v) > mc ? VLANE(mv, v) : mc;
+    for (; t < n; t++) mc = sc[t] > mc ? sc[t] : mc;
+    const T mold = *mm, mnew = mc > mold ? mc : mold;
+    /* at a +inf max, +inf scores weigh exp(hi), not NaN (see softmax_tile) */
+    const T msub = mnew == -INFINITY ? (T)0
+                   : mnew == (T)INFINITY ? (T)(CATTN_F64 ? DBL_MAX : FLT_MAX) : mnew;
+    if (mnew != mold && mold != -INFINITY) {
+        const WIDE a = exp((double)(mold - mnew));
+        *llw *= a;
+        for (int64_t c = 0; c < Dv; c++) accw[c] *= a;
+        for (int64_t c = 0; c < Dv; c++) part[c] *= (T)a;
+    }
+    V ls = vset1(0);
+    for (t = 0; t + VL <= n; t += VL) {
+        const V x = vexp(vload(sc + t) - msub);
+        vstore(e + t, x);
+        ls += x;
+    }
+    T lsum = hsum(ls);
+    for (; t < n; t++) lsum += e[t] = SUF(exp1)(sc[t] - msub);
+    *llw += lsum;
+    *mm = mnew;
+}
+
+/* A decode chunk [j0, j0 + nk) for all nq rows at once (scores_mq, pv_mq)
+   when every row sees the same keys of it and no score is -inf (a -inf
+   score's key must be skipped, never multiplied).  Returns 0, having
+   changed nothing, otherwise: the caller runs the row-by-row body.  K and
+   V: the batch item's bases (float16/bfloat16 rows: uint16_t). */
+CATTN_STEP int SUF(decode_chunk_mq)(const cattn_params *p, const void *K, const void *Vm,
+                                    int64_t nq, int64_t shift, int64_t j0, int64_t nk,
+                                    int64_t je, const T *qs, T *S, T *E, int64_t *ko,
+                                    int64_t *vo, T *part, WIDE *accw, WIDE *llw, T *mm)
+{
+    const int64_t D = p->D, Dv = p->Dv, D16 = RUP16(D), Dv16 = RUP16(Dv);
+    const int64_t wl = p->win_left, wr = p->win_right;
+    const T softcap = (T)p->softcap;
+    /* the windows of the first and last rows bound every row's */
+    int64_t jlo = j0, jhi = j0 + nk, jlo1 = j0, jhi1 = j0 + nk;
+    if (wl < CATTN_UNBOUNDED) {
+        jlo = imax(jlo, shift - wl);
+        jlo1 = imax(jlo1, nq - 1 + shift - wl);
+    }
+    if (wr < CATTN_UNBOUNDED) {
+        jhi = imin(jhi, shift + wr + 1);
+        jhi1 = imin(jhi1, nq - 1 + shift + wr + 1);
+    }
+    if (jlo != jlo1 || jhi != jhi1 || jlo >= jhi) return 0;
+    const int half = p->kv_format == CATTN_KV_F16;
+    const int64_t n = jhi - jlo, navail = imin(je, jhi + PFK) - jlo;
+    for (int64_t t = 0; t < navail; t++) {
+        ko[t] = (jlo + t) * p->k.rs;
+        vo[t] = (jlo + t) * p->v.rs;
+    }
+    if (half)
+        SUF(scores_mq_h)(qs, D16, nq, (const uint16_t *)K, ko, n, navail, PFK, D, S, DCH);
+    else
+        SUF(scores_mq_f)(qs, D16, nq, (const T *)K, ko, n, navail, 0, D, S, DCH);
+    for (int64_t i = 0; i < nq; i++) {
+        T *si = S + i * DCH;
+        if (softcap > 0)
+            for (int64_t t = 0; t < n; t++) si[t] = softcap * SUF(tanh1)(si[t] / softcap);
+        for (int64_t t = 0; t < n; t++) if (si[t] == -INFINITY) return 0;
+    }
+    for (int64_t i = 0; i < nq; i++)
+        SUF(softmax_row)(S + i * DCH, n, E + i * DCH, mm + i, llw + i, accw + i * Dv16,
+                         part + i * Dv16, Dv);
+    if (half)
+        SUF(pv_mq_h)(E, DCH, nq, (const uint16_t *)Vm, vo, n, navail, PFK, part, Dv16, Dv);
+    else
+        SUF(pv_mq_f)(E, DCH, nq, (const T *)Vm, vo, n, navail, -DEC_PFV, part, Dv16, Dv);
+    return 1;
 }
 
 static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int64_t je,
@@ -1040,6 +1263,10 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     T *part = kbuf + (p->kv_format == CATTN_KV_F16 ? DCH * (D16 + Dv16) : 0);   /* Lq x Dv16 */
     WIDE *accw = (WIDE *)(part + CATTN_DECODE_MAX_LQ * Dv16);   /* Lq x Dv16 */
     WIDE *llw = accw + CATTN_DECODE_MAX_LQ * Dv16; /* Lq */
+    T *Smq = (T *)(llw + CATTN_DECODE_MAX_LQ);     /* Lq x DCH: scores (mq) */
+    T *Emq = Smq + CATTN_DECODE_MAX_LQ * DCH;      /* Lq x DCH: weights (mq) */
+    int64_t *ko = (int64_t *)(Emq + CATTN_DECODE_MAX_LQ * DCH);   /* DCH + PFK */
+    int64_t *vo = ko + DCH + PFK;                                  /* DCH + PFK */
     const uint16_t *Kh = (const uint16_t *)p->k.base + p->k.off[b];
     const uint16_t *Vh = (const uint16_t *)p->v.base + p->v.off[b];
     const int64_t q_len = p->q_len ? p->q_len[b] : Lq;
@@ -1100,6 +1327,11 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                                          : SUF(inv_norm)(kr, 1, D);
                 inv_k[j] = f >= cos_tiny ? (T)f : (T)0;   /* 0: see below */
             }
+        if (nq > 1 && score == CATTN_SCORE_DOT && !mask && !kseg && !bias
+            && SUF(decode_chunk_mq)(p, half ? (const void *)Kh : (const void *)K,
+                                    half ? (const void *)Vh : (const void *)Vm, nq, shift,
+                                    j0, nk, je, qs, Smq, Emq, ko, vo, part, accw, llw, mm))
+            goto chunk_done;
         for (int64_t i = 0; i < nq; i++) {
             const int64_t pos = i + shift;
             int64_t jlo = j0, jhi = j0 + nk;
@@ -1196,6 +1428,7 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             llw[i] += lsum;
             mm[i] = mnew;
         }
+    chunk_done:
         if (++pending == DEC_BLOCK) {
             for (int64_t i = 0; i < nq; i++)
                 for (int64_t c = 0; c < Dv; c++) {
