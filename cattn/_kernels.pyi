@@ -27,6 +27,9 @@ KV_NATIVE: int
 KV_F16: int
 KV_BF16: int
 KV_I8: int
+IO_NATIVE: int
+IO_F16: int
+IO_BF16: int
 QBLOCK: int
 SCORE_KINDS: dict[str, int]
 
@@ -59,6 +62,8 @@ class KernelArgs:
     block_k: int
     score_kind: int
     kv_format: int
+    q_format: int       # IO_*: IO_F16/IO_BF16 hold q (out) as 16-bit bits
+    out_format: int
     q: Operand
     k: Operand
     v: Operand
@@ -86,7 +91,8 @@ class KernelArgs:
     # keyword-only: n_batch, Lq, Lk, D, Dv, block_q, block_k, score_kind,
     # scale, q, k, v (required); out, kv_format, mask, bias, q_seg, kv_seg,
     # lse, lse_m, lse_logl, weights, key_mass, add_w, kv_len, q_len, q_pos,
-    # sinks, softcap, win_left, win_right, k_scale, v_scale (optional), as
+    # sinks, softcap, win_left, win_right, k_scale, v_scale, q_format,
+    # out_format (optional), as
     # the fields above.
     def __init__(self, *args: Any, **kwargs: Any) -> None: ...
 

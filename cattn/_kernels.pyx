@@ -49,6 +49,9 @@ cdef extern from "_src/flash.h" nogil:
         CATTN_KV_F16
         CATTN_KV_BF16
         CATTN_KV_I8
+        CATTN_IO_NATIVE
+        CATTN_IO_F16
+        CATTN_IO_BF16
     int64_t CATTN_UNBOUNDED
     int64_t CATTN_QBLOCK
     int64_t CATTN_DECODE_MAX_LQ
@@ -62,6 +65,7 @@ cdef extern from "_src/flash.h" nogil:
         int score_kind
         int mode
         int kv_format
+        int q_format, out_format
         cattn_operand q, k, v, out, mask, bias, q_seg, kv_seg
         cattn_operand k_scale, v_scale
         void *lse
@@ -121,6 +125,9 @@ KV_NATIVE = CATTN_KV_NATIVE
 KV_F16 = CATTN_KV_F16
 KV_BF16 = CATTN_KV_BF16
 KV_I8 = CATTN_KV_I8
+IO_NATIVE = CATTN_IO_NATIVE
+IO_F16 = CATTN_IO_F16
+IO_BF16 = CATTN_IO_BF16
 QBLOCK = CATTN_QBLOCK
 UNBOUNDED = CATTN_UNBOUNDED
 DECODE_MAX_LQ = CATTN_DECODE_MAX_LQ
@@ -169,7 +176,7 @@ cdef class KernelArgs:
     """Everything a fused-kernel call reads: geometry, options and
     operands, in the compute dtype (see cattn_params in _src/flash.h)."""
     cdef readonly int64_t n_batch, Lq, Lk, D, Dv, block_q, block_k
-    cdef readonly int score_kind, kv_format
+    cdef readonly int score_kind, kv_format, q_format, out_format
     cdef readonly Operand q, k, v, out, mask, bias, q_seg, kv_seg
     cdef readonly Operand k_scale, v_scale
     cdef readonly object lse, lse_m, lse_logl, weights, key_mass
@@ -185,10 +192,20 @@ cdef class KernelArgs:
                  lse_logl=None, weights=None, key_mass=None, add_w=None, kv_len=None,
                  q_len=None, q_pos=None, sinks=None, double softcap=0.0,
                  int64_t win_left=CATTN_UNBOUNDED, int64_t win_right=CATTN_UNBOUNDED,
-                 Operand k_scale=None, Operand v_scale=None):
+                 Operand k_scale=None, Operand v_scale=None,
+                 int q_format=CATTN_IO_NATIVE, int out_format=CATTN_IO_NATIVE):
         self.n_batch = n_batch; self.Lq = Lq; self.Lk = Lk; self.D = D; self.Dv = Dv
         self.block_q = block_q; self.block_k = block_k
         self.score_kind = score_kind; self.kv_format = kv_format
+        # a 16-bit q or out: float32 math, dot-product scores, 2-byte elements
+        for fmt, op, name in ((q_format, q, "q"), (out_format, out, "out")):
+            if fmt == CATTN_IO_NATIVE:
+                continue
+            if fmt not in (CATTN_IO_F16, CATTN_IO_BF16) or score_kind != CATTN_SCORE_DOT:
+                raise ValueError(f"KernelArgs.{name}_format: 16-bit only, dot scores only")
+            if op is None or (<Operand>op).array.dtype.itemsize != 2:
+                raise TypeError(f"KernelArgs.{name} must hold 16-bit values for its format")
+        self.q_format = q_format; self.out_format = out_format
         self.q = q; self.k = k; self.v = v; self.out = out
         self.mask = mask; self.bias = bias; self.q_seg = q_seg; self.kv_seg = kv_seg
         self.k_scale = k_scale; self.v_scale = v_scale
@@ -248,6 +265,7 @@ cdef void _fill_params(cattn_params *p, KernelArgs a, int mode):
     p.n_batch = a.n_batch; p.Lq = a.Lq; p.Lk = a.Lk; p.D = a.D; p.Dv = a.Dv
     p.block_q = a.block_q; p.block_k = a.block_k
     p.score_kind = a.score_kind; p.mode = mode; p.kv_format = a.kv_format
+    p.q_format = a.q_format; p.out_format = a.out_format
     _operand(&p.q, a.q); _operand(&p.k, a.k); _operand(&p.v, a.v)
     _operand(&p.out, a.out); _operand(&p.mask, a.mask); _operand(&p.bias, a.bias)
     _operand(&p.q_seg, a.q_seg); _operand(&p.kv_seg, a.kv_seg)
@@ -506,7 +524,8 @@ def _poll_signals():
 
 
 cdef bint _is_double(KernelArgs a):
-    return a.q.array.dtype == np.float64
+    # a 16-bit q computes in float32
+    return a.q_format == CATTN_IO_NATIVE and a.q.array.dtype == np.float64
 
 
 def flash(KernelArgs a, int mode, int num_threads):

@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 
 from . import _kernels
-from ._bf16 import is_bf16, widen
+from ._bf16 import is_bf16, is_bf16_dtype, widen
 from ._threads import threads_for
 from ._validate import AttentionCall
 
@@ -56,6 +56,8 @@ class Plan(NamedTuple):
     sinks: Optional[np.ndarray]
     window: Tuple[int, int]           # kernel terms: UNBOUNDED for None
     gqa_fold: int                     # > 1: query heads folded into queries
+    q_format: int = _kernels.IO_NATIVE    # IO_F16: the kernels read a float16 q
+    out_format: int = _kernels.IO_NATIVE  # IO_F16/IO_BF16: and write out narrow
 
 
 #: The block policy, shared with the plain path of ``_kernels`` (one
@@ -194,6 +196,20 @@ def _range_policy(call):
     return cdt, scale, softcap, sinks
 
 
+def io_formats(call, cdt):
+    """How the kernels hold q and out: a float16 query is read as float16
+    and a float16/bfloat16 result written narrow by the kernels (float32
+    math, dot-product scores), so neither has a float32 copy; anything
+    else is converted in NumPy."""
+    if cdt != np.float32 or call.options.score not in ("dot", "scaled_dot"):
+        return _kernels.IO_NATIVE, _kernels.IO_NATIVE
+    q_fmt = _kernels.IO_F16 if call.q.dtype == np.float16 else _kernels.IO_NATIVE
+    rdt = call.rdt if call.out is None else call.out.dtype    # out= may ask for float32
+    out_fmt = (_kernels.IO_F16 if rdt == np.float16
+               else _kernels.IO_BF16 if is_bf16_dtype(rdt) else _kernels.IO_NATIVE)
+    return q_fmt, out_fmt
+
+
 def plan_attention(call):
     """The ``Plan`` of a validated call."""
     call, g = fold_gqa_decode(call)
@@ -228,7 +244,9 @@ def plan_attention(call):
     bq, bk = tile_blocks(call.N, call.Lq, n_threads, cdt, call.D, skips,
                          _preferred_blocks(cdt == np.float64, kv_format),
                          window_span(window, call.Lk))
-    return Plan(call=call, cdt=cdt, kv_format=kv_format,
+    q_format, out_format = io_formats(call, cdt)
+    return Plan(call=call, cdt=cdt, kv_format=kv_format, q_format=q_format,
+                out_format=out_format,
                 path=path, block_q=bq, block_k=bk,
                 n_split=decode_splits(call.N, call.Lk, n_threads) if path == "decode" else 1,
                 n_threads=n_threads, scale=scale, softcap=softcap, sinks=sinks,

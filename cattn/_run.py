@@ -72,8 +72,11 @@ class _Outputs:
         cdt, o = plan.cdt, call.options
         out = call.out
         shape = call.out_lead + (call.Lq, call.Dv)
-        self.direct = out is not None and out.dtype == cdt and element_strides(out) is not None
-        self.res = out if self.direct else np.empty(shape, dtype=cdt)
+        # the kernels write out in its own dtype where they can (out_format)
+        odt = cdt if plan.out_format == _kernels.IO_NATIVE else (
+            call.rdt if out is None else out.dtype)
+        self.direct = out is not None and out.dtype == odt and element_strides(out) is not None
+        self.res = out if self.direct else np.empty(shape, dtype=odt)
         need_lse = o.return_lse or bool(o.return_weights)
         self.lse = np.empty((call.N, call.Lq), dtype=cdt) if need_lse else None
         self.lse_m = self.lse_logl = self.weights = self.key_mass = None
@@ -96,7 +99,8 @@ def kernel_args(plan, outs):
     if plan.kv_format == _kernels.KV_BF16:    # the bits, read in place
         kk, vv, kv_dt = bits(kk), bits(vv), np.dtype(np.uint16)
     # q: any strides; k, v: unit stride along their last axis
-    q = as_strided_dtype(call.q, cdt)
+    q = as_strided_dtype(call.q, np.float16 if plan.q_format == _kernels.IO_F16 else cdt)
+    res = outs.res if plan.out_format != _kernels.IO_BF16 else bits(outs.res)
     k, k_scale = _kv_operand(kk, kv_dt, lead, call.groups.get("key", (None, 1)))
     v, v_scale = _kv_operand(vv, kv_dt, lead, call.groups.get("value", (None, 1)))
     mask = bias = q_seg = kv_seg = None
@@ -112,7 +116,8 @@ def kernel_args(plan, outs):
         block_q=plan.block_q, block_k=plan.block_k,
         score_kind=_kernels.SCORE_KINDS[call.options.score], scale=plan.scale,
         q=_matrix(q, lead), k=k, v=v, k_scale=k_scale, v_scale=v_scale,
-        out=_matrix(outs.res, lead), kv_format=plan.kv_format,
+        out=_matrix(res, lead), kv_format=plan.kv_format,
+        q_format=plan.q_format, out_format=plan.out_format,
         mask=mask, bias=bias, q_seg=q_seg, kv_seg=kv_seg,
         lse=outs.lse, lse_m=outs.lse_m, lse_logl=outs.lse_logl,
         weights=outs.weights, key_mass=outs.key_mass, add_w=_in(call.add_w, cdt),
@@ -143,7 +148,7 @@ def _results(user_call, plan, outs):
     else:
         with np.errstate(over="ignore"):
             res = outs.res.reshape(lead + (Lq, call.Dv))
-            result = res if rdt == plan.cdt else res.astype(rdt)
+            result = res if rdt == res.dtype else res.astype(rdt)
     ret = [result]
     if rdt.kind == "V" and rdt.name == "bfloat16":     # bfloat16: out only; weights, key_mass, lse in float32
         rdt = plan.cdt

@@ -14,4 +14,5 @@ CATTN_PORTABLE=1 python setup.py -q build_ext --inplace >/dev/null
 python -c "import cattn; assert cattn._kernels.isa_name() == 'portable'"
 python -m pytest -q -p no:cacheprovider tests/test_core.py tests/test_production.py \
     tests/test_gqa_decode.py tests/test_isa.py tests/test_backward.py tests/test_bf16.py \
-    tests/test_int8_cache.py tests/test_paged.py tests/test_paged_formats.py
+    tests/test_int8_cache.py tests/test_paged.py tests/test_paged_formats.py \
+    tests/test_decode_rows.py tests/test_io_formats.py

@@ -51,7 +51,6 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
     const int score = p->score_kind;
     const T scale = (T)p->scale[b];
     const T softcap = (T)p->softcap;
-    const T *Q = (const T *)p->q.base + p->q.off[b];
     const uint8_t *mask = p->mask.base ? (const uint8_t *)p->mask.base + p->mask.off[b] : NULL;
     const T *bias = p->bias.base ? (const T *)p->bias.base + p->bias.off[b] : NULL;
     const int64_t *qseg = p->q_seg.base ? (const int64_t *)p->q_seg.base + p->q_seg.off[b] : NULL;
@@ -71,11 +70,7 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
     je = imin(je, kv_len);
     if (js >= je || nq == 0) return;
 
-    for (int64_t i = 0; i < nq; i++) {
-        const T *qr = Q + i * p->q.rs;
-        const T f = SUF(row_factor)(p, qr, scale);
-        for (int64_t d = 0; d < D; d++) qs[i * D16 + d] = qr[d * p->q.cs] * f;
-    }
+    for (int64_t i = 0; i < nq; i++) SUF(q_row_scaled)(p, b, i, scale, qs + i * D16, 1);
 
     for (int64_t j0 = js; j0 < je; j0 += DCH) {
         /* Ctrl-C: the call raises (polled every 4 chunks: a poll reads the clock) */

@@ -90,6 +90,62 @@ static inline float cattn_half_to_float(uint16_t h)
     return f;
 }
 
+/* bfloat16 (bits) -> float, exact */
+static inline float cattn_bf16_to_float(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* float -> bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN */
+static inline uint16_t cattn_float_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* float -> float16 bits, round to nearest even (as NumPy's astype):
+   overflow is inf, NaN stays a quiet NaN, subnormals exact */
+static inline uint16_t cattn_float_to_half(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    const uint32_t a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u)                        /* inf, NaN */
+        return (uint16_t)(sign | 0x7c00u | (a > 0x7f800000u ? 0x200u | ((a >> 13) & 0x3ffu) : 0));
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);   /* rounds past 65504 */
+    if (a < 0x38800000u) {                       /* below 2^-14: a subnormal half or 0 */
+        if (a < 0x33000000u) return sign;        /* below half the smallest subnormal */
+        const uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
+        const uint32_t shift = 126 - e;          /* to units of 2^-24 */
+        uint32_t h = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1u))) h++;
+        return (uint16_t)(sign | h);
+    }
+    /* normal: rebias the exponent, round the 13 dropped bits (a carry into
+       the exponent is right, up to inf) */
+    uint32_t h = ((a - 0x38000000u) >> 13);
+    const uint32_t rem = a & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
+}
+
+/* q and out in a 16-bit format (cattn_io_format), one value */
+static inline float cattn_io_to_float(int fmt, uint16_t h)
+{
+    return fmt == CATTN_IO_BF16 ? cattn_bf16_to_float(h) : cattn_half_to_float(h);
+}
+static inline uint16_t cattn_io_from_float(int fmt, float f)
+{
+    return fmt == CATTN_IO_BF16 ? cattn_float_to_bf16(f) : cattn_float_to_half(f);
+}
+
 /* ---- the variants ---- */
 #if CATTN_PORTABLE
 #define CATTN_ISA portable

@@ -54,6 +54,18 @@ typedef enum cattn_kv_format {
                                   V where v_scale.base != NULL, else the compute type */
 } cattn_kv_format;
 
+/* The storage of q and out (K/V: cattn_kv_format): the compute type, or
+   16-bit floats with float32 math -- q widened as it is packed, out
+   narrowed (round to nearest even) as it is written, so a float16 or
+   bfloat16 call makes no float32 copy of either.  Dot-product scores only
+   (the planner's rule: cosine and additive read q rows in the compute
+   type). */
+typedef enum cattn_io_format {
+    CATTN_IO_NATIVE = 0,
+    CATTN_IO_F16 = 1,          /* IEEE float16 bits */
+    CATTN_IO_BF16 = 2          /* bfloat16 bits */
+} cattn_io_format;
+
 /* int8 K/V: one float32 scale per this many values along D (the last
    block of a row may be shorter); value = int8 * scale. */
 #define CATTN_QBLOCK 32
@@ -75,6 +87,7 @@ typedef struct cattn_params {
     int score_kind;            /* CATTN_SCORE_* */
     int mode;                  /* CATTN_MODE_* */
     int kv_format;             /* cattn_kv_format of K and V */
+    int q_format, out_format;  /* cattn_io_format of q and out */
     /* K and V have unit stride along their last axis (cs = 1). */
     cattn_operand q, k, v, out, mask, bias, q_seg, kv_seg;
     /* CATTN_KV_I8: the float32 scales of K and V, (.., L, ceil(D / 32)) rows

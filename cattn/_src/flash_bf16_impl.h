@@ -61,16 +61,21 @@ CATTN_STEP void SUF(pack_q_dp)(SUF(blk) *k)
     uint32_t *QB = (uint32_t *)k->QT;
     const int64_t D = p->D, D2 = (D + 1) / 2, nq = k->nq, nqp = k->nqp;
     const int64_t q_rs = p->q.rs, q_cs = p->q.cs;
-    const T *Q = k->Q + k->i0 * q_rs;
+    const int qf = p->q_format;
+    const char *Qb = SUF(q_rows)(p, k->b);
+    const int64_t qsz = SUF(io_size)(qf);
     for (int64_t i = 0; i < nqp; i++) {
         uint32_t *dst = QB + (i / NQ) * D2 * NQ + i % NQ;
         if (i < nq) {
-            const T *qr = Q + i * q_rs;
-            fqv[i] = SUF(row_factor)(p, qr, k->scale);
+            /* q read in its storage: the compute type or 16-bit (io_get) */
+            const char *qr = Qb + (k->i0 + i) * q_rs * qsz;
+            fqv[i] = qf == CATTN_IO_NATIVE ? SUF(row_factor)(p, (const T *)qr, k->scale)
+                                           : (double)k->scale;
             int64_t t = 0;
             for (; 2 * t + 1 < D; t++)
-                dst[t * NQ] = SUF(pair_of)(qr[2 * t * q_cs], qr[(2 * t + 1) * q_cs]);
-            if (D & 1) dst[t * NQ] = SUF(pair_of)(qr[(D - 1) * q_cs], 0);
+                dst[t * NQ] = SUF(pair_of)(SUF(io_get)(qf, qr, 2 * t * q_cs),
+                                           SUF(io_get)(qf, qr, (2 * t + 1) * q_cs));
+            if (D & 1) dst[t * NQ] = SUF(pair_of)(SUF(io_get)(qf, qr, (D - 1) * q_cs), 0);
         } else {
             fqv[i] = 0;
             for (int64_t t = 0; t < D2; t++) dst[t * NQ] = 0;

@@ -304,6 +304,48 @@ static inline double SUF(row_factor)(const cattn_params *p, const T *qr, T scale
     return (double)scale * SUF(inv_norm)(qr, p->q.cs, p->D);
 }
 
+/* q and out in their storage (cattn_io_format): the element size, the
+   address of element idx of batch item b's rows, one value read / written */
+CATTN_STEP int64_t SUF(io_size)(int fmt) { return fmt == CATTN_IO_NATIVE ? (int64_t)sizeof(T) : 2; }
+CATTN_STEP T SUF(io_get)(int fmt, const void *base, int64_t idx)
+{
+    if (fmt == CATTN_IO_NATIVE) return ((const T *)base)[idx];
+    return (T)cattn_io_to_float(fmt, ((const uint16_t *)base)[idx]);
+}
+CATTN_STEP void SUF(io_put)(int fmt, void *base, int64_t idx, T x)
+{
+    if (fmt == CATTN_IO_NATIVE) ((T *)base)[idx] = x;
+    else ((uint16_t *)base)[idx] = cattn_io_from_float(fmt, (float)x);
+}
+/* batch item b's q (or out) rows, as bytes */
+CATTN_STEP const char *SUF(q_rows)(const cattn_params *p, int64_t b)
+{
+    return (const char *)p->q.base + p->q.off[b] * SUF(io_size)(p->q_format);
+}
+CATTN_STEP char *SUF(out_rows)(const cattn_params *p, int64_t b)
+{
+    return (char *)p->out.base + p->out.off[b] * SUF(io_size)(p->out_format);
+}
+
+/* Query row i of batch item b times its row factor, into dst (stride ds),
+   widened from a 16-bit q: the product in double, rounded once.  A 16-bit
+   q comes with dot-product scores only, whose factor is the scale. */
+CATTN_STEP void SUF(q_row_scaled)(const cattn_params *p, int64_t b, int64_t i, T scale,
+                                  T *dst, int64_t ds)
+{
+    const int64_t D = p->D, cs = p->q.cs;
+    const char *qb = SUF(q_rows)(p, b);
+    if (p->q_format == CATTN_IO_NATIVE) {
+        const T *qr = (const T *)qb + i * p->q.rs;
+        const double f = SUF(row_factor)(p, qr, scale);
+        for (int64_t d = 0; d < D; d++) dst[d * ds] = (T)((double)qr[d * cs] * f);
+    } else {
+        const uint16_t *qr = (const uint16_t *)qb + i * p->q.rs;
+        for (int64_t d = 0; d < D; d++)
+            dst[d * ds] = (T)((double)cattn_io_to_float(p->q_format, qr[d * cs]) * (double)scale);
+    }
+}
+
 /* Whether query ii may attend key jj by the mask, the segment ids and the
    bias (a -inf bias masks); a finite bias is added to *sc.  The window is
    not checked here: both paths clip key ranges to it. */
@@ -429,7 +471,7 @@ CATTN_STEP void SUF(blk_init)(SUF(blk) *k, const cattn_params *p, int64_t b, int
        window centre sit at each sequence's own end, kv_len - q_len */
     k->shift = p->q_pos ? p->q_pos[b] : k->kv_len - q_len;
     k->scale = (T)p->scale[b];
-    k->Q = (const T *)p->q.base + p->q.off[b];
+    k->Q = p->q_format == CATTN_IO_NATIVE ? (const T *)p->q.base + p->q.off[b] : NULL;
     k->K = (const T *)p->k.base + p->k.off[b];
     k->Vm = (const T *)p->v.base + p->v.off[b];
     k->Kh = (const uint16_t *)p->k.base + p->k.off[b];
@@ -470,9 +512,9 @@ CATTN_STEP void SUF(pack_q)(SUF(blk) *k)
 {
     const cattn_params *p = k->p;
     const int64_t D = p->D, nq = k->nq, nqp = k->nqp, q_rs = p->q.rs, q_cs = p->q.cs;
-    const T *Q = k->Q + k->i0 * q_rs;
+    const T *Q = p->q_format == CATTN_IO_NATIVE ? k->Q + k->i0 * q_rs : NULL;
     T *QT = k->QT;
-    if (p->score_kind == CATTN_SCORE_DOT) {
+    if (p->score_kind == CATTN_SCORE_DOT && p->q_format == CATTN_IO_NATIVE) {
         /* the factor is the scale, a T: q * scale in T is the product
            rounded once, as below.  Panel rows are written whole (a
            column at a time cost one scalar store per element: 5% of a
@@ -496,9 +538,7 @@ CATTN_STEP void SUF(pack_q)(SUF(blk) *k)
     for (int64_t i = 0; i < nqp; i++) {
         T *dst = QT + (i / NQ) * D * NQ + i % NQ;
         if (i < nq) {
-            const T *qr = Q + i * q_rs;
-            const double f = SUF(row_factor)(p, qr, k->scale);
-            for (int64_t d = 0; d < D; d++) dst[d * NQ] = (T)((double)qr[d * q_cs] * f);
+            SUF(q_row_scaled)(p, k->b, k->i0 + i, k->scale, dst, NQ);
         } else {
             for (int64_t d = 0; d < D; d++) dst[d * NQ] = 0;
         }
@@ -836,14 +876,15 @@ CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
     const cattn_params *p = k->p;
     const int64_t Lq = p->Lq, Dv = p->Dv, b = k->b, i0 = k->i0, nq = k->nq;
     const int64_t out_rs = p->out.rs, out_cs = p->out.cs;
-    T *out = (T *)p->out.base + p->out.off[b];
+    const int of = p->out_format;
+    char *out = SUF(out_rows)(p, b);
     T *lse = k->lse;
     const T *O = k->O, *mrow = k->mrow;
     const int has_sink = p->sinks != NULL;
     const T sink = has_sink ? (T)p->sinks[b] : (T)0;
     const int64_t nq_blk = k->nq_blk;
     for (int64_t i = 0; i < nq_blk; i++) {
-        T *orow = out + (i0 + i) * out_rs;
+        void *orow = out + (i0 + i) * out_rs * SUF(io_size)(of);
         T m = i < nq ? mrow[i] : (T)-INFINITY;
         WIDE l = i < nq ? k->lw[i] : 0;
         WIDE f;
@@ -855,7 +896,7 @@ CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
         }
         if (l == 0 || i >= nq) {
             /* no key left (or a padded query): zeros, lse -inf */
-            for (int64_t c = 0; c < Dv; c++) orow[c * out_cs] = 0;
+            for (int64_t c = 0; c < Dv; c++) SUF(io_put)(of, orow, c * out_cs, 0);
             if (lse) lse[i0 + i] = -INFINITY;
             if (p->lse_m) ((T *)p->lse_m)[b * Lq + i0 + i] = -INFINITY;
         } else {
@@ -866,11 +907,13 @@ CATTN_STEP void SUF(finish_block)(const SUF(blk) *k)
             const WIDE *ow = k->Ow + i * Dv;
             const T *o = O + i * Dv;
             if (!k->flushed)
-                for (int64_t c = 0; c < Dv; c++) orow[c * out_cs] = (T)((WIDE)o[c] * f);
+                for (int64_t c = 0; c < Dv; c++)
+                    SUF(io_put)(of, orow, c * out_cs, (T)((WIDE)o[c] * f));
             else if (k->pending)
-                for (int64_t c = 0; c < Dv; c++) orow[c * out_cs] = (T)((ow[c] + (WIDE)o[c]) * f);
+                for (int64_t c = 0; c < Dv; c++)
+                    SUF(io_put)(of, orow, c * out_cs, (T)((ow[c] + (WIDE)o[c]) * f));
             else
-                for (int64_t c = 0; c < Dv; c++) orow[c * out_cs] = (T)(ow[c] * f);
+                for (int64_t c = 0; c < Dv; c++) SUF(io_put)(of, orow, c * out_cs, (T)(ow[c] * f));
             if (!lse && !p->lse_m) continue;
             const T logl = m == (T)INFINITY ? (l == l ? (T)0 : (T)NAN) : (T)log(l);
             if (lse) lse[i0 + i] = m + logl;
@@ -1277,7 +1320,6 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     const int score = p->score_kind;
     const T scale = (T)p->scale[b];
     const T softcap = (T)p->softcap;
-    const T *Q = (const T *)p->q.base + p->q.off[b];
     const T *K = (const T *)p->k.base + p->k.off[b];
     const T *Vm = (const T *)p->v.base + p->v.off[b];
     const uint8_t *mask = p->mask.base ? (const uint8_t *)p->mask.base + p->mask.off[b] : NULL;
@@ -1298,11 +1340,7 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
     }
     int pending = 0;   /* chunks summed in part, not yet added into accw */
 
-    for (int64_t i = 0; i < nq; i++) {
-        const T *qr = Q + i * p->q.rs;
-        const double f = SUF(row_factor)(p, qr, scale);
-        for (int64_t d = 0; d < D; d++) qs[i * D16 + d] = (T)((double)qr[d * p->q.cs] * f);
-    }
+    for (int64_t i = 0; i < nq; i++) SUF(q_row_scaled)(p, b, i, scale, qs + i * D16, 1);
 
     for (int64_t j0 = js; j0 < je; j0 += DCH) {
         /* Ctrl-C: the call raises (polled every 4 chunks: a poll reads the clock) */
@@ -1452,7 +1490,8 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
     /* partial s of (b, i): acc[s * Lq * Dv + i * Dv], mm/ll[s * Lq + i] */
     const int64_t Lq = p->Lq, Dv = p->Dv;
     const int64_t q_len = p->q_len ? p->q_len[b] : Lq;
-    T *orow = (T *)p->out.base + p->out.off[b] + i * p->out.rs;
+    const int of = p->out_format;
+    void *orow = SUF(out_rows)(p, b) + i * p->out.rs * SUF(io_size)(of);
     T *lse = p->lse ? (T *)p->lse + b * Lq : NULL;
     T M = -INFINITY;
     for (int64_t s = 0; s < n_split; s++) { T m = mm[s * Lq + i]; if (m > M) M = m; }
@@ -1471,7 +1510,7 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
         f_extra = SUF(fold_sink)((T)p->sinks[b], &M, &L);
     }
     if (i >= q_len || L == 0) {
-        for (int64_t c = 0; c < Dv; c++) orow[c * p->out.cs] = 0;
+        for (int64_t c = 0; c < Dv; c++) SUF(io_put)(of, orow, c * p->out.cs, 0);
         if (lse) lse[i] = -INFINITY;
         return;
     }
@@ -1494,7 +1533,7 @@ static void SUF(decode_finish)(const cattn_params *p, int64_t b, int64_t i, int6
             o += (WIDE)acc[(s * Lq + i) * Dv + c] * w;
         }
         /* a +inf logit: NaN (inf - inf), as finish_block */
-        orow[c * p->out.cs] = M == (T)INFINITY ? (T)NAN : (T)(o * f);
+        SUF(io_put)(of, orow, c * p->out.cs, M == (T)INFINITY ? (T)NAN : (T)(o * f));
     }
     /* a +inf logit: lse +inf, or NaN with a NaN logit too (L is NaN only then) */
     if (lse) lse[i] = M == (T)INFINITY ? (L == L ? M : (T)NAN) : M + (T)log(L);

@@ -4,25 +4,8 @@
  * bfloat16 (T float).  bfloat16 is the top half of a float32, so widening
  * is a 16-bit shift: SUF(vload_h) widens VL values (exact), on every ISA.
  */
-#ifndef CATTN_BF16_SCALAR
-#define CATTN_BF16_SCALAR
-/* bfloat16 (bits) -> float, exact */
-static inline float cattn_bf16_to_float(uint16_t h)
-{
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-/* float -> bfloat16 bits, round to nearest even; NaN stays a (quiet) NaN */
-static inline uint16_t cattn_float_to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-#endif
+/* the scalar conversions (cattn_bf16_to_float, cattn_float_to_bf16) are
+   flash.c's */
 
 #if VL == 1
 static inline V SUF(vload_h)(const uint16_t *p) { return (T)cattn_bf16_to_float(p[0]); }
