@@ -205,6 +205,11 @@ cdef class KernelArgs:
                 raise ValueError(f"KernelArgs.{name}_format: 16-bit only, dot scores only")
             if op is None or (<Operand>op).array.dtype.itemsize != 2:
                 raise TypeError(f"KernelArgs.{name} must hold 16-bit values for its format")
+        # 16-bit formats come with float32 math only (a float64 q would
+        # round twice on the way out)
+        if (q_format != CATTN_IO_NATIVE or out_format != CATTN_IO_NATIVE) and not (
+                q_format != CATTN_IO_NATIVE or q.array.dtype == np.float32):
+            raise TypeError("KernelArgs: 16-bit q/out formats need float32 math")
         self.q_format = q_format; self.out_format = out_format
         self.q = q; self.k = k; self.v = v; self.out = out
         self.mask = mask; self.bias = bias; self.q_seg = q_seg; self.kv_seg = kv_seg

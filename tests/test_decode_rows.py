@@ -109,3 +109,22 @@ for dt in t.DTYPES:
 def test_isa_variants(isa):
     res = run_code_under_isa(isa, ISA_SCRIPT, os.path.dirname(__file__))
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2)])      # one row per item, four
+def test_paged_plus_inf_score(heads):
+    """A +inf score: output NaN and lse +inf on every path (the multi-row
+    chunk, the row-by-row one), as cattn.attention and the oracle."""
+    rng = np.random.default_rng(8)
+    H, Hkv = heads
+    kc = rng.standard_normal((4, Hkv, 16, 8)).astype(np.float32)
+    vc = rng.standard_normal((4, Hkv, 16, 8)).astype(np.float32)
+    kc[2, :, 5, 0] = np.inf
+    q = rng.standard_normal((1, H, 8)).astype(np.float32)
+    q[..., 0] = np.abs(q[..., 0]) + 0.5
+    bt = np.array([[1, 2, 0]])
+    args = (q, kc, vc, bt, np.array([40]), np.array([0, 1]))
+    out, lse = cattn.paged_attention(*args, return_lse=True)
+    e_out, e_lse = ref.paged_attention(*args, return_lse=True)
+    assert np.isnan(out).all() and np.isposinf(lse).all()
+    assert np.isnan(e_out).all() and np.isposinf(e_lse).all()

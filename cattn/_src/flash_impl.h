@@ -978,13 +978,19 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
 /* ---------------------------------------------------------------------- */
 #define DCH 64   /* keys per chunk: their scores stay in L1 */
 
-/* float16 rows are prefetched this many rows ahead (measured: 8 too few,
-   32 best, 64 no better at one and two threads) */
+/* row offsets known this many keys past a chunk (room for the prefetch
+   distances below; a float16 prefetch into L1 measured best 32 ahead) */
 #define PFK 32
 /* pv_mq reads a float32/64 V row in passes of a few vectors: its rows are
    prefetched (into L2) this many keys ahead, whole, by the first pass
    (measured 1.3x faster at (1,32,1,2048,128) over 8 key/value heads) */
 #define DEC_PFV 8
+/* float16/bfloat16 rows: K and V prefetched into L2 this many keys ahead
+   (prefetch_row_l2).  GQA rows together, 8 sequences x 4,096 keys, GQA
+   32/8, D 128: 12.8 ms against 15.5 prefetched PFK ahead into L1 at one
+   thread, 6.8 against 8.3 at two; one query row, (1,32,1,32768,128):
+   50 ms against 57 at one thread, 25-26.5 against 29.5-31 at two */
+#define DEC_PF_L2 16
 static inline void SUF(prefetch_row)(const void *row, int64_t bytes)
 {
     for (int64_t o = 0; o < bytes; o += 64) CATTN_PREFETCH((const char *)row + o);
@@ -1076,8 +1082,8 @@ static inline void SUF(pv_rows_h)(const T *e, const int64_t *rows, int64_t nk,
    rows go in passes of four), so the accumulators live in registers.  Rows are addressed
    by element offsets (ko, vo) from a base: a contiguous cache or pages;
    with pf > 0, the row pf keys ahead (offsets known for navail keys) is
-   prefetched, into L1 (float16/bfloat16 rows: see PFK) or, with pf < 0,
-   the row -pf keys ahead into L2 (prefetch_row_l2). */
+   prefetched into L1, or with pf < 0 the row -pf keys ahead into L2
+   (prefetch_row_l2: DEC_PF_L2, DEC_PFV). */
 CATTN_STEP void SUF(prefetch_mq)(const void *row, int64_t bytes, int pf)
 {
     if (pf > 0) SUF(prefetch_row)(row, bytes);
@@ -1268,7 +1274,7 @@ CATTN_STEP int SUF(decode_chunk_mq)(const cattn_params *p, const void *K, const 
         vo[t] = (jlo + t) * p->v.rs;
     }
     if (half)
-        SUF(scores_mq_h)(qs, D16, nq, (const uint16_t *)K, ko, n, navail, PFK, D, S, DCH);
+        SUF(scores_mq_h)(qs, D16, nq, (const uint16_t *)K, ko, n, navail, -DEC_PF_L2, D, S, DCH);
     else
         SUF(scores_mq_f)(qs, D16, nq, (const T *)K, ko, n, navail, 0, D, S, DCH);
     for (int64_t i = 0; i < nq; i++) {
@@ -1281,7 +1287,7 @@ CATTN_STEP int SUF(decode_chunk_mq)(const cattn_params *p, const void *K, const 
         SUF(softmax_row)(S + i * DCH, n, E + i * DCH, mm + i, llw + i, accw + i * Dv16,
                          part + i * Dv16, Dv);
     if (half)
-        SUF(pv_mq_h)(E, DCH, nq, (const uint16_t *)Vm, vo, n, navail, PFK, part, Dv16, Dv);
+        SUF(pv_mq_h)(E, DCH, nq, (const uint16_t *)Vm, vo, n, navail, -DEC_PF_L2, part, Dv16, Dv);
     else
         SUF(pv_mq_f)(E, DCH, nq, (const T *)Vm, vo, n, navail, -DEC_PFV, part, Dv16, Dv);
     return 1;
@@ -1385,12 +1391,13 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
                 if (half && score == CATTN_SCORE_DOT) {
                     const uint16_t *kh = Kh + jlo * p->k.rs;
                     for (; j + 4 <= jhi; j += 4, kh += 4 * p->k.rs) {
-                        /* software prefetch PFK rows ahead: float16 rows carry
-                           half the bytes per instruction, too few misses in
-                           flight for one core to reach the streaming rate */
+                        /* software prefetch DEC_PF_L2 rows ahead (into L2): float16
+                           rows carry half the bytes per instruction, too few misses
+                           in flight for one core to reach the streaming rate */
                         if (i == 0)   /* once per chunk, not per query */
                             for (int r = 0; r < 4; r++)
-                                SUF(prefetch_row)(Kh + imin(j + r + PFK, je - 1) * p->k.rs, 2 * D);
+                                SUF(prefetch_row_l2)(Kh + imin(j + r + DEC_PF_L2, je - 1) * p->k.rs,
+                                                     2 * D);
                         SUF(dot4_h)(qi, kh, p->k.rs, D, s + (j - jlo));
                     }
                     for (; j < jhi; j++) s[j - jlo] = SUF(dot_h)(qi, Kh + j * p->k.rs, D);
@@ -1454,7 +1461,7 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             int64_t nk2 = 0;
             for (j = 0; j < n; j++) {
                 if (half && i == 0)
-                    SUF(prefetch_row)(Vh + imin(jlo + j + PFK, je - 1) * p->v.rs, 2 * Dv);
+                    SUF(prefetch_row_l2)(Vh + imin(jlo + j + DEC_PF_L2, je - 1) * p->v.rs, 2 * Dv);
                 if (s[j] == -INFINITY) continue;
                 lsum += e[j];
                 e[nk2] = e[j];

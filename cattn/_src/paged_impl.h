@@ -21,14 +21,14 @@
 #define PG_RUP16(x) ((((x) + 15) / 16) * 16)
 #define PG_RUPQ(x) ((((x) + 31) / 32) * 32)
 #define PDCH 64   /* keys per decode chunk (as the contiguous decode path) */
-/* float16 K/V rows prefetched this many keys ahead, across chunks and
-   pages (as the contiguous path).  Not float32: prefetching its rows 2-32
-   keys ahead, every row or only those in another page, measured 5-15%
-   slower at page_size 16 and 128 (GQA 32/8, D 128, 4,096 keys) */
+/* row offsets known this many keys past a chunk: room for the prefetch
+   distance (PG_PF_L2) across chunks and pages */
 #define PPFK 32
-/* float32/64 pools, GQA rows together (paged_chunk_mq): K and V rows
-   prefetched into L2 this many keys ahead (page_size 16, 4,096 keys, GQA
-   32/8: 30.9 ms against 33.1 with V only 8 ahead; prefetch_row_l2) */
+/* GQA rows together (paged_chunk_mq): K and V rows prefetched into L2
+   this many keys ahead (prefetch_row_l2).  8 sequences x 4,096 keys, GQA
+   32/8, D 128, page_size 16, one thread: float32 30.9 ms against 33.1 with
+   V only 8 ahead; float16 16.1 ms against 17.5 prefetched 32 ahead into
+   L1, and at page_size 128 13.9 against 15.9 */
 #define PG_PF_L2 16
 #define PDEC_BLOCK 4   /* chunks whose P.V is summed in T before the double sum
                           (ACCUMULATION in flash_impl.h, as its DEC_BLOCK) */
@@ -154,7 +154,7 @@ CATTN_STEP int SUF(paged_chunk_mq)(const cattn_paged_params *pp, int64_t rows, i
     const int64_t n = jhi - jlo, off = jlo - j0, nav = navail - off;
     const T softcap = (T)pp->softcap;
     if (half)
-        SUF(scores_mq_h)(qs, D16, rows, (const uint16_t *)pp->k_cache, ko + off, n, nav, PPFK,
+        SUF(scores_mq_h)(qs, D16, rows, (const uint16_t *)pp->k_cache, ko + off, n, nav, -PG_PF_L2,
                          D, S, PDCH);
     else
         SUF(scores_mq_f)(qs, D16, rows, (const T *)pp->k_cache, ko + off, n, nav, -PG_PF_L2, D, S,
@@ -175,7 +175,7 @@ CATTN_STEP int SUF(paged_chunk_mq)(const cattn_paged_params *pp, int64_t rows, i
         SUF(softmax_row)(S + i * PDCH, n, E + i * PDCH, mm + i, llw + i, accw + i * Dv16,
                          part + i * Dv16, Dv);
     if (half)
-        SUF(pv_mq_h)(E, PDCH, rows, (const uint16_t *)pp->v_cache, vo + off, n, nav, PPFK,
+        SUF(pv_mq_h)(E, PDCH, rows, (const uint16_t *)pp->v_cache, vo + off, n, nav, -PG_PF_L2,
                      part, Dv16, Dv);
     else
         SUF(pv_mq_f)(E, PDCH, rows, (const T *)pp->v_cache, vo + off, n, nav, -PG_PF_L2, part,
@@ -230,8 +230,8 @@ CATTN_STEP void SUF(paged_chunk)(const cattn_paged_params *pp, int64_t rows, int
             for (; j + 4 <= jhi; j += 4) {
                 if (i == 0)   /* once per chunk, not per row */
                     for (int r = 0; r < 4; r++)
-                        SUF(prefetch_row)(Kc + esz * ko[imin(j + r + PPFK - j0, navail - 1)],
-                                          esz * D);
+                        SUF(prefetch_row_l2)(Kc + esz * ko[imin(j + r + PG_PF_L2 - j0, navail - 1)],
+                                             esz * D);
                 const int64_t o = ko[j - j0];
                 /* four rows one after another (one page, or adjacent pages:
                    every row checked, the pool's order is arbitrary) */
@@ -273,7 +273,9 @@ CATTN_STEP void SUF(paged_chunk)(const cattn_paged_params *pp, int64_t rows, int
         for (int64_t t = 0; t < n; t++) if (sc[t] > mc) mc = sc[t];
         const T mold = mm[i];
         const T mnew = mc > mold ? mc : mold;
-        const T msub = mnew == -INFINITY ? (T)0 : mnew;
+        /* at a +inf max, +inf scores weigh exp(hi), not NaN (as softmax_row) */
+        const T msub = mnew == -INFINITY ? (T)0
+                       : mnew == (T)INFINITY ? (T)(CATTN_F64 ? DBL_MAX : FLT_MAX) : mnew;
         if (mnew != mold && mold != -INFINITY) {
             const WIDE a = exp((double)(mold - mnew));
             llw[i] *= a;
@@ -288,7 +290,8 @@ CATTN_STEP void SUF(paged_chunk)(const cattn_paged_params *pp, int64_t rows, int
         int64_t nk2 = 0;
         for (t = 0; t < n; t++) {
             if (half && i == 0)
-                SUF(prefetch_row)(Vc + esz * vo[imin(jlo + t + PPFK - j0, navail - 1)], esz * Dv);
+                SUF(prefetch_row_l2)(Vc + esz * vo[imin(jlo + t + PG_PF_L2 - j0, navail - 1)],
+                                     esz * Dv);
             if (sc[t] == -INFINITY) continue;
             lsum += e[t];
             e[nk2] = e[t];
