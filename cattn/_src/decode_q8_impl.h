@@ -105,15 +105,21 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
             T *s = S + i * DCH + (k_mq ? jlo - j0 : 0);
             T *e = v_mq ? E + i * DCH + (jlo - j0) : E + i * DCH;
             if (score != CATTN_SCORE_ADDITIVE && !k_mq) {
-                if (k_direct)
-                    for (int64_t j = jlo; j < jhi; j++)
+                if (k_direct) {
+                    /* four keys at a time: their sums reduced together */
+                    int64_t j = jlo;
+                    for (; j + 4 <= jhi; j += 4)
+                        SUF(dot4_q8)(qi, K8 + j * p->k.rs, p->k.rs, Ks + j * ks_rs, ks_rs, D,
+                                     s + (j - jlo));
+                    for (; j < jhi; j++)
                         s[j - jlo] = SUF(dot_q8)(qi, K8 + j * p->k.rs, Ks + j * ks_rs, D);
+                }
                 else
                     for (int64_t j = jlo; j < jhi; j++)
                         s[j - jlo] = SUF(dot)(qi, Kc + (j - j0) * kc_rs, D);
             }
             if (softcap <= 0 && !mask && !kseg && !bias && score == CATTN_SCORE_DOT) {
-                for (int64_t t = 0; t < jhi - jlo; t++) if (s[t] > mc) mc = s[t];
+                mc = SUF(row_max)(s, jhi - jlo);
             } else
             for (int64_t j = jlo; j < jhi; j++) {
                 T sc;

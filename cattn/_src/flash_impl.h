@@ -1025,8 +1025,7 @@ static inline void SUF(dot4_h)(const T *a, const uint16_t *k, int64_t rs, int64_
         c2 += x * vload_h(k + 2 * rs + d); c3 += x * vload_h(k + 3 * rs + d);
         d += VL;
     }
-    out[0] = hsum(c0 + d0); out[1] = hsum(c1 + d1);
-    out[2] = hsum(c2 + d2); out[3] = hsum(c3 + d3);
+    hsum4(c0 + d0, c1 + d1, c2 + d2, c3 + d3, out);
     for (; d < n; d++)
         for (int r = 0; r < 4; r++) out[r] += a[d] * SUF(half1)(k[r * rs + d]);
 }
@@ -1111,10 +1110,12 @@ CATTN_STEP void SUF(scores_mq_##name##_n)(const T *qs, int64_t qld, const BT *kb
             const V k0 = LOADB(x + c);                                              \
             for (int i = 0; i < NQC; i++) a[i] += vload(qs + i * qld + c) * k0;     \
         }                                                                           \
+        T t[4];                                                                     \
+        if (NQC == 4) hsum4(a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], t);  \
+        else for (int i = 0; i < NQC; i++) t[i] = hsum(a[i] + b[i]);                \
         for (int i = 0; i < NQC; i++) {                                             \
-            T t = hsum(a[i] + b[i]);                                                \
-            for (int64_t d = c; d < D; d++) t += qs[i * qld + d] * CONV(x[d]);      \
-            S[i * sld + j] = t;                                                     \
+            for (int64_t d = c; d < D; d++) t[i] += qs[i * qld + d] * CONV(x[d]);   \
+            S[i * sld + j] = t[i];                                                  \
         }                                                                           \
     }                                                                               \
 }                                                                                   \
@@ -1208,19 +1209,28 @@ static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
            + (size_t)(2 * (DCH + PFK)) * sizeof(int64_t) + 64;         /* ko, vo (mq) */
 }
 
+/* max of x[0:n] (-inf for none; NaN ignored, as `x > m`), in vectors: a
+   scalar running max is one compare-and-move latency chain per element
+   (measured: the scalar loop was 10% of a GQA float32 decode call) */
+CATTN_STEP T SUF(row_max)(const T *x, int64_t n)
+{
+    V mv = vset1(-INFINITY);
+    int64_t t = 0;
+    for (; t + VL <= n; t += VL) mv = vmax(vload(x + t), mv);
+    T m = -INFINITY;
+    for (int v = 0; v < VL; v++) m = VLANE(mv, v) > m ? VLANE(mv, v) : m;
+    for (; t < n; t++) m = x[t] > m ? x[t] : m;
+    return m;
+}
+
 /* The online-softmax step of one row over n finite-or-+inf scores sc[0:n]:
    running max mm, sum llw, the row's double sums accw and float partial
    part rescaled when the max moves; the weights into e. */
 CATTN_STEP void SUF(softmax_row)(const T *sc, int64_t n, T *e, T *mm, WIDE *llw, WIDE *accw,
                                  T *part, int64_t Dv)
 {
-    /* the max in vectors: a scalar running max is one latency chain */
-    V mv = vset1(-INFINITY);
-    int64_t t = 0;
-    for (; t + VL <= n; t += VL) mv = vmax(vload(sc + t), mv);
-    T mc = -INFINITY;
-    for (int v = 0; v < VL; v++) mc = VLANE(mv, v) > mc ? VLANE(mv, v) : mc;
-    for (; t < n; t++) mc = sc[t] > mc ? sc[t] : mc;
+    const T mc = SUF(row_max)(sc, n);
+    int64_t t;
     const T mold = *mm, mnew = mc > mold ? mc : mold;
     /* at a +inf max, +inf scores weigh exp(hi), not NaN (see softmax_tile) */
     const T msub = mnew == -INFINITY ? (T)0
@@ -1407,7 +1417,7 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             }
             if (softcap <= 0 && !mask && !kseg && !bias && score == CATTN_SCORE_DOT) {
                 /* plain scores: s holds them already */
-                for (int64_t t = 0; t < jhi - jlo; t++) if (s[t] > mc) mc = s[t];
+                mc = SUF(row_max)(s, jhi - jlo);
             } else
             for (int64_t j = jlo; j < jhi; j++) {
                 T sc;

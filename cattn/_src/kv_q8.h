@@ -55,6 +55,30 @@ static inline T SUF(dot_q8)(const T *a, const int8_t *x, const float *xs, int64_
     return s;
 }
 
+/* dot_q8 of one query with four int8 rows (x, x + rs, ...; scales xs,
+   xs + srs, ...): each query vector loaded once for the four, the four
+   sums reduced together (hsum4).  Rows whose length is not a whole number
+   of blocks go one at a time. */
+static inline void SUF(dot4_q8)(const T *a, const int8_t *x, int64_t rs, const float *xs,
+                                int64_t srs, int64_t n, T *out)
+{
+    if (n % QB || QB % (2 * VL)) {
+        for (int r = 0; r < 4; r++) out[r] = SUF(dot_q8)(a, x + r * rs, xs + r * srs, n);
+        return;
+    }
+    V acc[4] = {vset1(0), vset1(0), vset1(0), vset1(0)};
+    for (int64_t c0 = 0, g = 0; c0 < n; c0 += QB, g++) {
+        V b[4] = {vset1(0), vset1(0), vset1(0), vset1(0)};
+        for (int64_t c = c0; c < c0 + QB; c += 2 * VL) {
+            const V q0 = vload(a + c), q1 = vload(a + c + VL);
+            for (int r = 0; r < 4; r++)
+                b[r] += q0 * vload_i8(x + r * rs + c) + q1 * vload_i8(x + r * rs + c + VL);
+        }
+        for (int r = 0; r < 4; r++) acc[r] += b[r] * vset1((T)xs[r * srs + g]);
+    }
+    hsum4(acc[0], acc[1], acc[2], acc[3], out);
+}
+
 /* acc[c:c + U VL] += sum_t e[t] * row(keys[t])[c:c + U VL] for nk int8 rows
    (row j at j rs past xb, its scales at j srs past sb): U accumulator
    vectors held in registers across the rows, as pv_rows_h does for
@@ -122,10 +146,12 @@ CATTN_STEP void SUF(scores_mq_q8_n)(const T *qs, int64_t qld, const int8_t *kb, 
             const V k0 = vload_i8(x + c) * vset1((T)xs[c / QB]);
             for (int i = 0; i < NQC; i++) a[i] += vload(qs + i * qld + c) * k0;
         }
+        T t[CATTN_DECODE_MAX_LQ];
+        if (NQC == 4) hsum4(a[0], a[1], a[2], a[3], t);
+        else for (int i = 0; i < NQC; i++) t[i] = hsum(a[i]);
         for (int i = 0; i < NQC; i++) {
-            T t = hsum(a[i]);
-            for (int64_t d = c; d < D; d++) t += qs[i * qld + d] * ((T)x[d] * (T)xs[d / QB]);
-            S[i * sld + j] = t;
+            for (int64_t d = c; d < D; d++) t[i] += qs[i * qld + d] * ((T)x[d] * (T)xs[d / QB]);
+            S[i * sld + j] = t[i];
         }
     }
 }

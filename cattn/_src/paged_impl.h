@@ -270,7 +270,7 @@ CATTN_STEP void SUF(paged_chunk)(const cattn_paged_params *pp, int64_t rows, int
             }
         }
         T mc = -INFINITY;
-        for (int64_t t = 0; t < n; t++) if (sc[t] > mc) mc = sc[t];
+        mc = SUF(row_max)(sc, n);
         const T mold = mm[i];
         const T mnew = mc > mold ? mc : mold;
         /* at a +inf max, +inf scores weigh exp(hi), not NaN (as softmax_row) */

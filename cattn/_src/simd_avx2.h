@@ -18,6 +18,14 @@ static inline V SUF(vload_h)(const uint16_t *p)
 {
     return (V)_mm256_cvtps_pd(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)p)));
 }
+/* the four sums of a, b, c, d into o[0..3] (hadd, a 128-bit swap) */
+static inline void SUF(hsum4)(V a, V b, V c, V d, T *o)
+{
+    const __m256d ab = _mm256_hadd_pd((__m256d)a, (__m256d)b);
+    const __m256d cd = _mm256_hadd_pd((__m256d)c, (__m256d)d);
+    _mm256_storeu_pd(o, _mm256_add_pd(_mm256_permute2f128_pd(ab, cd, 0x20),
+                                      _mm256_permute2f128_pd(ab, cd, 0x31)));
+}
 /* 4 int8 -> double: vpmovsxbd + vcvtdq2pd */
 static inline V SUF(vload_i8)(const int8_t *p)
 {
@@ -41,6 +49,14 @@ static inline T SUF(hsum)(V x)
 static inline V SUF(vload_h)(const uint16_t *p)
 {
     return (V)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+/* the four sums of a, b, c, d into o[0..3]: hadd(hadd(a, b), hadd(c, d))
+   and its two 128-bit halves added */
+static inline void SUF(hsum4)(V a, V b, V c, V d, T *o)
+{
+    const __m256 r = _mm256_hadd_ps(_mm256_hadd_ps((__m256)a, (__m256)b),
+                                    _mm256_hadd_ps((__m256)c, (__m256)d));
+    _mm_storeu_ps(o, _mm_add_ps(_mm256_castps256_ps128(r), _mm256_extractf128_ps(r, 1)));
 }
 /* 8 int8 -> float: vpmovsxbd + vcvtdq2ps */
 static inline V SUF(vload_i8)(const int8_t *p)

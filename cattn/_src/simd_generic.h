@@ -45,3 +45,9 @@ static inline V SUF(vload_i8)(const int8_t *p)
     memcpy(&b, p, sizeof b);
     return __builtin_convertvector(b, V);
 }
+
+/* the four sums of a, b, c, d into o[0..3] */
+static inline void SUF(hsum4)(V a, V b, V c, V d, T *o)
+{
+    o[0] = SUF(hsum)(a); o[1] = SUF(hsum)(b); o[2] = SUF(hsum)(c); o[3] = SUF(hsum)(d);
+}

@@ -12,6 +12,7 @@
 #define vmax SUF(vmax)
 #define vmin SUF(vmin)
 #define hsum SUF(hsum)
+#define hsum4 SUF(hsum4)
 #define vload_h SUF(vload_h)
 #define vload_i8 SUF(vload_i8)
 

@@ -31,3 +31,9 @@ static inline V SUF(vmin)(V a, V b) { return a < b ? a : b; }
 static inline T SUF(hsum)(V x) { return x; }
 static inline V SUF(vload_h)(const uint16_t *p) { return (T)cattn_half_to_float(p[0]); }
 static inline V SUF(vload_i8)(const int8_t *p) { return (T)p[0]; }
+
+/* the four sums of a, b, c, d into o[0..3] */
+static inline void SUF(hsum4)(V a, V b, V c, V d, T *o)
+{
+    o[0] = SUF(hsum)(a); o[1] = SUF(hsum)(b); o[2] = SUF(hsum)(c); o[3] = SUF(hsum)(d);
+}

@@ -16,6 +16,7 @@
 #undef vmin
 #undef vclamp
 #undef hsum
+#undef hsum4
 #undef vload_h
 #undef vload_i8
 #undef vexp
