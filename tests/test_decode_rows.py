@@ -62,7 +62,7 @@ def test_minus_inf_score_falls_back_and_never_multiplies(dtype):
     np.testing.assert_array_equal(cattn.attention(q, k, v), out)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES + ["int8"])
 @pytest.mark.parametrize("kw", [{"causal": True}, {"causal": True, "window": (30, None)},
                                 {"alibi_slopes": 0.1, "softcap": 3.0}])
 def test_paged_rows(dtype, kw):
@@ -72,8 +72,12 @@ def test_paged_rows(dtype, kw):
     H, Hkv, D, ps = 16, 1, 32, 16
     seq_lens, q_lens = [300, 77, 129], [3, 1, 1]
     pages = [-(-s // ps) for s in seq_lens]
-    kc = rng.standard_normal((sum(pages) + 2, Hkv, ps, D)).astype(dtype)
-    vc = rng.standard_normal((sum(pages) + 2, Hkv, ps, D)).astype(dtype)
+    kc, vc = (rng.standard_normal((sum(pages) + 2, Hkv, ps, D)) for _ in range(2))
+    if dtype == "int8":       # int8 pools (QuantizedKV): rows by index, scales beside
+        kc, vc = cattn.quantize_kv(kc), cattn.quantize_kv(vc)
+        dtype = np.float32
+    else:
+        kc, vc = kc.astype(dtype), vc.astype(dtype)
     perm = rng.permutation(sum(pages) + 2)
     bt = np.zeros((3, max(pages)), np.int64)
     c = 0
@@ -102,6 +106,7 @@ for dt in t.DTYPES:
         t.test_gqa_decode_rows(g, dt, {"softcap": 2.0})
     t.test_minus_inf_score_falls_back_and_never_multiplies(dt)
     t.test_paged_rows(dt, {"causal": True, "window": (30, None)})
+t.test_paged_rows("int8", {"causal": True})
 """
 
 

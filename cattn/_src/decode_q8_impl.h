@@ -84,7 +84,7 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
         }
         if (k_mq)
             SUF(scores_mq_q8)(qs, D16, nq, K8 + j0 * p->k.rs, p->k.rs, Ks + j0 * ks_rs, ks_rs,
-                              nk, D, S, DCH);
+                              NULL, nk, D, S, DCH);
         if (v_mq)
             for (int64_t t = 0; t < nq * DCH; t++) E[t] = 0;
         if (score == CATTN_SCORE_COSINE)
@@ -178,7 +178,7 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
             mm[i] = mnew;
         }
         if (v_mq)
-            SUF(pv_mq_q8)(E, DCH, nq, V8 + j0 * p->v.rs, p->v.rs, Vs + j0 * vs_rs, vs_rs, nk,
+            SUF(pv_mq_q8)(E, DCH, nq, V8 + j0 * p->v.rs, p->v.rs, Vs + j0 * vs_rs, vs_rs, NULL, nk,
                           acc, Dv, Dv);
     }
 }

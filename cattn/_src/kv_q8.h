@@ -117,7 +117,9 @@ static inline void SUF(pv_rows_q8)(const T *e, const int64_t *keys, int64_t nk,
     }
 }
 
-/* Several queries (GQA folded, Lq <= 8) over the same int8 rows: each row
+/* Several queries (GQA folded, Lq <= 8; paged rows in passes of 8) over
+   the same int8 rows (row j at ri[j] rows past the base, or j where ri is
+   NULL): each row
    is widened and scaled once for all of them (the per-query path widens
    it once per query; measured 1.0x the float16 time at (1,32,1,4096,128)
    with 8 key/value heads, where widening, not memory, was the bound).
@@ -126,12 +128,13 @@ static inline void SUF(pv_rows_q8)(const T *e, const int64_t *keys, int64_t nk,
 
 /* S[i * sld + j] = q_i . row_j for the nk rows of a chunk, i < NQC */
 CATTN_STEP void SUF(scores_mq_q8_n)(const T *qs, int64_t qld, const int8_t *kb, int64_t rs,
-                                    const float *sb, int64_t srs, int64_t nk, int64_t D,
-                                    T *S, int64_t sld, const int NQC)
+                                    const float *sb, int64_t srs, const int64_t *ri,
+                                    int64_t nk, int64_t D, T *S, int64_t sld, const int NQC)
 {
     for (int64_t j = 0; j < nk; j++) {
-        const int8_t *x = kb + j * rs;
-        const float *xs = sb + j * srs;
+        const int64_t r = ri ? ri[j] : j;
+        const int8_t *x = kb + r * rs;
+        const float *xs = sb + r * srs;
         V a[CATTN_DECODE_MAX_LQ];
         for (int i = 0; i < NQC; i++) a[i] = vset1(0);
         int64_t c = 0;
@@ -159,8 +162,8 @@ CATTN_STEP void SUF(scores_mq_q8_n)(const T *qs, int64_t qld, const int8_t *kb, 
 /* acc_i[0:n] += sum_t E[i * eld + t] row_t for the nk rows of a chunk (a
    zero weight for a masked key: int8 rows are finite, so 0 x row is 0) */
 CATTN_STEP void SUF(pv_mq_q8_n)(const T *E, int64_t eld, const int8_t *xb, int64_t rs,
-                                const float *sb, int64_t srs, int64_t nk, T *acc,
-                                int64_t ald, int64_t n, const int NQC)
+                                const float *sb, int64_t srs, const int64_t *ri, int64_t nk,
+                                T *acc, int64_t ald, int64_t n, const int NQC)
 {
 
     int64_t c = 0;
@@ -171,8 +174,9 @@ CATTN_STEP void SUF(pv_mq_q8_n)(const T *E, int64_t eld, const int8_t *xb, int64
             a[i][1] = vload(acc + i * ald + c + VL);
         }
         for (int64_t t = 0; t < nk; t++) {
-            const int8_t *x = xb + t * rs + c;
-            const V sg = vset1((T)sb[t * srs + c / QB]);
+            const int64_t r = ri ? ri[t] : t;
+            const int8_t *x = xb + r * rs + c;
+            const V sg = vset1((T)sb[r * srs + c / QB]);
             const V v0 = vload_i8(x) * sg, v1 = vload_i8(x + VL) * sg;
             for (int i = 0; i < NQC; i++) {
                 const V w = vset1(E[i * eld + t]);
@@ -188,8 +192,10 @@ CATTN_STEP void SUF(pv_mq_q8_n)(const T *E, int64_t eld, const int8_t *xb, int64
     for (; c < n; c++)
         for (int i = 0; i < NQC; i++) {
             T a0 = acc[i * ald + c];
-            for (int64_t t = 0; t < nk; t++)
-                a0 += E[i * eld + t] * ((T)xb[t * rs + c] * (T)sb[t * srs + c / QB]);
+            for (int64_t t = 0; t < nk; t++) {
+                const int64_t r = ri ? ri[t] : t;
+                a0 += E[i * eld + t] * ((T)xb[r * rs + c] * (T)sb[r * srs + c / QB]);
+            }
             acc[i * ald + c] = a0;
         }
 }
@@ -201,19 +207,19 @@ CATTN_STEP void SUF(pv_mq_q8_n)(const T *E, int64_t eld, const int8_t *xb, int64
     default: call(8); break; }
 
 static void SUF(scores_mq_q8)(const T *qs, int64_t qld, int64_t nq, const int8_t *kb, int64_t rs,
-                              const float *sb, int64_t srs, int64_t nk, int64_t D,
-                              T *S, int64_t sld)
+                              const float *sb, int64_t srs, const int64_t *ri, int64_t nk,
+                              int64_t D, T *S, int64_t sld)
 {
-#define CATTN_MQ_CALL(n) SUF(scores_mq_q8_n)(qs, qld, kb, rs, sb, srs, nk, D, S, sld, n)
+#define CATTN_MQ_CALL(n) SUF(scores_mq_q8_n)(qs, qld, kb, rs, sb, srs, ri, nk, D, S, sld, n)
     CATTN_MQ_SWITCH(nq, CATTN_MQ_CALL)
 #undef CATTN_MQ_CALL
 }
 
 static void SUF(pv_mq_q8)(const T *E, int64_t eld, int64_t nq, const int8_t *xb, int64_t rs,
-                          const float *sb, int64_t srs, int64_t nk, T *acc,
+                          const float *sb, int64_t srs, const int64_t *ri, int64_t nk, T *acc,
                           int64_t ald, int64_t n)
 {
-#define CATTN_MQ_CALL(m) SUF(pv_mq_q8_n)(E, eld, xb, rs, sb, srs, nk, acc, ald, n, m)
+#define CATTN_MQ_CALL(m) SUF(pv_mq_q8_n)(E, eld, xb, rs, sb, srs, ri, nk, acc, ald, n, m)
     CATTN_MQ_SWITCH(nq, CATTN_MQ_CALL)
 #undef CATTN_MQ_CALL
 }

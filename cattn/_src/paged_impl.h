@@ -133,15 +133,15 @@ CATTN_STEP void SUF(pg_flush)(WIDE *accw, T *part, int64_t rows, int64_t Dv, int
         }
 }
 
-/* The chunk for every row at once (scores_mq, pv_mq of flash_impl.h)
-   when all rows see the same keys of it and no score is -inf (float32,
-   float16, bfloat16 pools); returns 0, having changed nothing, otherwise.
-   S, E: rows x PDCH scratch. */
+/* The chunk for every row at once (scores_mq, pv_mq of flash_impl.h;
+   scores_mq_q8, pv_mq_q8 of kv_q8.h for int8 pools, by row index) when
+   all rows see the same keys of it and no score is -inf; returns 0, having
+   changed nothing, otherwise.  S, E: rows x PDCH scratch; rix: 2 PDCH. */
 CATTN_STEP int SUF(paged_chunk_mq)(const cattn_paged_params *pp, int64_t rows, int64_t nh,
                                    int64_t shift, int64_t j0, int64_t nk, int64_t navail,
                                    const int64_t *ko, const int64_t *vo, const T *qs,
-                                   const T *sl, T *S, T *E, T *part, WIDE *accw, WIDE *llw,
-                                   T *mm)
+                                   const T *sl, T *S, T *E, int64_t *rix, T *part,
+                                   WIDE *accw, WIDE *llw, T *mm)
 {
     const int64_t D = pp->D, Dv = pp->Dv, D16 = PG_RUP16(D), Dv16 = PG_RUP16(Dv);
     const int64_t wl = pp->win_left, wr = pp->win_right;
@@ -151,9 +151,17 @@ CATTN_STEP int SUF(paged_chunk_mq)(const cattn_paged_params *pp, int64_t rows, i
     if (wr < CATTN_UNBOUNDED) { jhi = imin(jhi, p0 + wr + 1); jhi1 = imin(jhi1, p1 + wr + 1); }
     if (jlo != jlo1 || jhi != jhi1 || jlo >= jhi) return 0;
     const int half = pp->kv_format == CATTN_KV_F16;
+    const int q8 = pp->kv_format == CATTN_KV_I8;
     const int64_t n = jhi - jlo, off = jlo - j0, nav = navail - off;
     const T softcap = (T)pp->softcap;
-    if (half)
+    int64_t *kr = rix, *vr = rix + PDCH;     /* int8: the rows' indices (their scales) */
+    if (q8) {
+        SUF(pg_q8_index)(ko + off, vo + off, n, D, Dv, kr, vr);
+        for (int64_t r0 = 0; r0 < rows; r0 += CATTN_DECODE_MAX_LQ)
+            SUF(scores_mq_q8)(qs + r0 * D16, D16, imin(CATTN_DECODE_MAX_LQ, rows - r0),
+                              (const int8_t *)pp->k_cache, D, pp->k_scale, PG_NB(D), kr, n, D,
+                              S + r0 * PDCH, PDCH);
+    } else if (half)
         SUF(scores_mq_h)(qs, D16, rows, (const uint16_t *)pp->k_cache, ko + off, n, nav, -PG_PF_L2,
                          D, S, PDCH);
     else
@@ -174,7 +182,12 @@ CATTN_STEP int SUF(paged_chunk_mq)(const cattn_paged_params *pp, int64_t rows, i
     for (int64_t i = 0; i < rows; i++)
         SUF(softmax_row)(S + i * PDCH, n, E + i * PDCH, mm + i, llw + i, accw + i * Dv16,
                          part + i * Dv16, Dv);
-    if (half)
+    if (q8)
+        for (int64_t r0 = 0; r0 < rows; r0 += CATTN_DECODE_MAX_LQ)
+            SUF(pv_mq_q8)(E + r0 * PDCH, PDCH, imin(CATTN_DECODE_MAX_LQ, rows - r0),
+                          (const int8_t *)pp->v_cache, Dv, pp->v_scale, PG_NB(Dv), vr, n,
+                          part + r0 * Dv16, Dv16, Dv);
+    else if (half)
         SUF(pv_mq_h)(E, PDCH, rows, (const uint16_t *)pp->v_cache, vo + off, n, nav, -PG_PF_L2,
                      part, Dv16, Dv);
     else
@@ -207,9 +220,9 @@ CATTN_STEP void SUF(paged_chunk)(const cattn_paged_params *pp, int64_t rows, int
     const T softcap = (T)pp->softcap;
     const int alibi = pp->slopes != NULL;
     const int64_t Dv16 = PG_RUP16(Dv);
-    if (!q8 && rows > 1
+    if (rows > 1
         && SUF(paged_chunk_mq)(pp, rows, nh, shift, j0, nk, navail, ko, vo, qs, sl, Smq, Emq,
-                               part, accw, llw, mm))
+                               rix, part, accw, llw, mm))
         return;
     int64_t *kr = rix, *vr = rix + PDCH;
     if (q8) SUF(pg_q8_index)(ko, vo, nk, D, Dv, kr, vr);
