@@ -1209,6 +1209,15 @@ static size_t SUF(decode_scratch_bytes)(const cattn_params *p)
            + (size_t)(2 * (DCH + PFK)) * sizeof(int64_t) + 64;         /* ko, vo (mq) */
 }
 
+/* The value a chunk's scores are shifted by before exp: the running max,
+   0 when there is none (-inf), and the largest finite value at a +inf max
+   (+inf scores then weigh exp(hi), not NaN: see softmax_tile) */
+CATTN_STEP T SUF(exp_shift)(T mnew)
+{
+    return mnew == -INFINITY ? (T)0
+           : mnew == (T)INFINITY ? (T)(CATTN_F64 ? DBL_MAX : FLT_MAX) : mnew;
+}
+
 /* max of x[0:n] (-inf for none; NaN ignored, as `x > m`), in vectors: a
    scalar running max is one compare-and-move latency chain per element
    (measured: the scalar loop was 10% of a GQA float32 decode call) */
@@ -1232,9 +1241,7 @@ CATTN_STEP void SUF(softmax_row)(const T *sc, int64_t n, T *e, T *mm, WIDE *llw,
     const T mc = SUF(row_max)(sc, n);
     int64_t t;
     const T mold = *mm, mnew = mc > mold ? mc : mold;
-    /* at a +inf max, +inf scores weigh exp(hi), not NaN (see softmax_tile) */
-    const T msub = mnew == -INFINITY ? (T)0
-                   : mnew == (T)INFINITY ? (T)(CATTN_F64 ? DBL_MAX : FLT_MAX) : mnew;
+    const T msub = SUF(exp_shift)(mnew);
     if (mnew != mold && mold != -INFINITY) {
         const WIDE a = exp((double)(mold - mnew));
         *llw *= a;
@@ -1453,9 +1460,7 @@ static void SUF(decode_block)(const cattn_params *p, int64_t b, int64_t js, int6
             const int64_t n = jhi - jlo;
             T mold = mm[i];
             T mnew = mc > mold ? mc : mold;
-            /* at a +inf max, +inf scores weigh exp(hi), not NaN (see softmax_tile) */
-            T msub = mnew == -INFINITY ? (T)0
-                     : mnew == (T)INFINITY ? (T)(CATTN_F64 ? DBL_MAX : FLT_MAX) : mnew;
+            const T msub = SUF(exp_shift)(mnew);
             if (mnew != mold && mold != -INFINITY) {
                 const WIDE a = exp((double)(mold - mnew));
                 llw[i] *= a;

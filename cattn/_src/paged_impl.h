@@ -286,9 +286,7 @@ CATTN_STEP void SUF(paged_chunk)(const cattn_paged_params *pp, int64_t rows, int
         mc = SUF(row_max)(sc, n);
         const T mold = mm[i];
         const T mnew = mc > mold ? mc : mold;
-        /* at a +inf max, +inf scores weigh exp(hi), not NaN (as softmax_row) */
-        const T msub = mnew == -INFINITY ? (T)0
-                       : mnew == (T)INFINITY ? (T)(CATTN_F64 ? DBL_MAX : FLT_MAX) : mnew;
+        const T msub = SUF(exp_shift)(mnew);
         if (mnew != mold && mold != -INFINITY) {
             const WIDE a = exp((double)(mold - mnew));
             llw[i] *= a;
