@@ -239,6 +239,27 @@ def test_zero_rows_and_empty_cache():
     assert np.all(out == 0) and np.all(lse == -np.inf)
 
 
+@pytest.mark.parametrize("heads", [(4, 4), (8, 2)])     # one row per K/V head, four
+@pytest.mark.parametrize("Lk", [40, 600])                # one chunk, several
+def test_plus_inf_score_as_float_cache(heads, Lk):
+    """Scores that overflow to +inf: the output is NaN and lse +inf, as the
+    float32 decode over the dequantized cache gives (the exp shift at a +inf
+    max is the largest finite value, so the sum is +inf, never inf - inf)."""
+    rng = np.random.default_rng(11)
+    H, Hkv = heads
+    k = rng.standard_normal((1, Hkv, Lk, 32)).astype(np.float32)
+    v = rng.standard_normal((1, Hkv, Lk, 32)).astype(np.float32)
+    k[..., 0] = np.abs(k[..., 0]) + 1.5          # every score overflows
+    kq, vq = cattn.quantize_kv(k), cattn.quantize_kv(v)
+    q = np.zeros((1, H, 1, 32), np.float32)
+    q[..., 0] = 3e38
+    out, lse = cattn.attention(q, kq, vq, return_lse=True, scale=1.0)
+    e_out, e_lse = cattn.attention(q, kq.dequantize(), vq.dequantize(), return_lse=True,
+                                   scale=1.0)
+    assert np.isnan(e_out).all() and np.isposinf(e_lse).all()
+    assert np.isnan(out).all() and np.isposinf(lse).all()
+
+
 def test_decode_never_widens_the_cache():
     """A decode call over a 16 MiB int8 cache allocates far less than the
     64 MiB a float32 copy of K alone would take."""

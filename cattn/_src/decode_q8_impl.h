@@ -144,7 +144,7 @@ static void SUF(decode_block_q8)(const cattn_params *p, int64_t b, int64_t js, i
             const int64_t n = jhi - jlo;
             T mold = mm[i];
             T mnew = mc > mold ? mc : mold;
-            T msub = mnew == -INFINITY ? (T)0 : mnew;
+            const T msub = SUF(exp_shift)(mnew);
             if (mnew != mold && mold != -INFINITY) {
                 T a = (T)exp((double)(mold - mnew));
                 ll[i] *= a;
