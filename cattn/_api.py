@@ -7,7 +7,8 @@ The layers (see the package docstring for the whole picture):
 * ``_run``: ``Plan`` -> the typed kernel contract -> results.
 
 A plain call (``_kernels.attention_plain``: contiguous float32/float64
-arrays, at most causal, return_lse and out= as options) skips all three:
+arrays -- or bfloat16 ones with a dot-product score --, at most causal,
+return_lse and out= as options) skips all three:
 its checks are a predicate on exact types and shapes, and any other call
 goes the long way, which raises the errors.
 """

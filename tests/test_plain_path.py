@@ -1,6 +1,6 @@
 """The plain path of ``cattn.attention`` (``_kernels.attention_plain``).
 
-Plain calls (contiguous float32/float64 arrays of one dtype with equal
+Plain calls (contiguous float32/float64 -- or bfloat16 -- arrays of one dtype with equal
 leading dims, a dot/scaled_dot/cosine score, at most ``causal``,
 ``return_lse``, ``out=`` and ``num_threads`` as options) skip the
 validate -> plan -> run layers.  Checked here: the results against the
@@ -10,6 +10,7 @@ not plain (strided, byte-swapped, subclassed, overlapping ``out`` ...) is
 handed on and still computed or rejected correctly.
 """
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import pytest
 import cattn
 from cattn import _kernels, _plan, _run, _threads, _validate
 from _oracle import check_attention, make_qkv, randn
+from _subproc import run_code_under_isa
 
 _DEFAULTS = dict(score="scaled_dot", scale=None, mask=None, bias=None, causal=False,
                  window=None, additive_weight=None, return_weights=False, return_lse=False,
@@ -245,3 +247,82 @@ def test_tile_block_policy(N, Lq, n_threads):
                 assert N * -(-Lq // bq) >= 2 * n_threads
             if bq < first:
                 assert N * -(-Lq // (2 * bq)) < 2 * n_threads
+
+
+def _bf16_or_skip():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _bits(x):
+    return x.view(np.uint16) if x.dtype.kind == "V" else x
+
+
+@pytest.mark.parametrize("shape", SHAPES[:3], ids=lambda s: "x".join(map(str, s[0] + s[1:])))
+@pytest.mark.parametrize("causal,return_lse,out_dtype",
+                         [(False, False, None), (True, True, None), (False, True, "bf16"),
+                          (True, False, "bf16"), (False, True, np.float32)])
+def test_plain_bfloat16(rng, shape, causal, return_lse, out_dtype):
+    """bfloat16 q, k, v (ml_dtypes) take the plain path too: read and written
+    as bfloat16 by the kernels, bit for bit what the general layers give
+    (which widen q in NumPy), lse in float32, out= bfloat16 or float32."""
+    bf = _bf16_or_skip()
+    lead, lq, lk, d, dv = shape
+    q, k, v = (x.astype(bf) for x in make_qkv(rng, lead, lq, lk, d, dv, np.float32))
+    odt = bf if out_dtype == "bf16" else out_dtype
+    out = None if odt is None else np.full(lead + (lq, dv), np.nan, odt)
+    kw = dict(causal=causal, return_lse=return_lse)
+    res = plain(q, k, v, out=out, **kw)
+    assert res is not None, "a plain bfloat16 call was not taken by the plain path"
+    got = res[0] if return_lse else res
+    assert got.dtype == (bf if odt is None else odt)
+    if out is not None:
+        assert got is out
+    if return_lse:
+        assert res[1].dtype == np.float32
+    want = general(q, k, v, out=None if out is None else np.empty_like(out), **kw)
+    for a, b in zip(res if return_lse else (res,), want if return_lse else (want,)):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+    # and near the float64 oracle on the bfloat16 values (bfloat16 products)
+    e = cattn.reference.attention(*(x.astype(np.float64) for x in (q, k, v)), causal=causal)
+    g = got.astype(np.float64)
+    assert np.linalg.norm(g - e) <= 1e-2 * np.linalg.norm(e) + 1e-6
+
+
+def test_bfloat16_calls_not_plain_are_handed_on(rng):
+    bf = _bf16_or_skip()
+    q, k, v = make_qkv(rng, (2,), 20, 24, 8, 8, np.float32)
+    qb, kb, vb = q.astype(bf), k.astype(bf), v.astype(bf)
+    cases = [("cosine score", (qb, kb, vb), {"score": "cosine"}),
+             ("float32 query", (q, kb, vb), {}),
+             ("strided key", (qb, kb[:, ::-1], vb), {})]
+    for name, args, kw in cases:
+        assert plain(*args, **kw) is None, name
+        got = cattn.attention(*args, **kw)
+        want = general(*args, **kw)
+        np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=name)
+    bad = np.empty((2, 20, 8), np.float16)        # refused as the general path does
+    assert plain(qb, kb, vb, out=bad) is None
+    with pytest.raises(ValueError, match="out must have"):
+        cattn.attention(qb, kb, vb, out=bad)
+
+
+_BF16_ISA_SCRIPT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import test_plain_path as t
+rng = np.random.default_rng(5)
+for shape in t.SHAPES[:3]:
+    t.test_plain_bfloat16(rng, shape, True, True, "bf16")
+    t.test_plain_bfloat16(rng, shape, False, False, None)
+t.test_bfloat16_calls_not_plain_are_handed_on(rng)
+"""
+
+
+@pytest.mark.parametrize("isa", ["generic", "haswell", "skylake", "cooperlake"])
+def test_plain_bfloat16_isa_variants(isa):
+    """The widening kernels (no VDPBF16PS) read the bfloat16 query too."""
+    _bf16_or_skip()
+    res = run_code_under_isa(isa, _BF16_ISA_SCRIPT, os.path.dirname(__file__))
+    assert res.returncode == 0, res.stderr

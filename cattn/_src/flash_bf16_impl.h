@@ -71,11 +71,28 @@ CATTN_STEP void SUF(pack_q_dp)(SUF(blk) *k)
             const char *qr = Qb + (k->i0 + i) * q_rs * qsz;
             fqv[i] = qf == CATTN_IO_NATIVE ? SUF(row_factor)(p, (const T *)qr, k->scale)
                                            : (double)k->scale;
-            int64_t t = 0;
-            for (; 2 * t + 1 < D; t++)
-                dst[t * NQ] = SUF(pair_of)(SUF(io_get)(qf, qr, 2 * t * q_cs),
-                                           SUF(io_get)(qf, qr, (2 * t + 1) * q_cs));
-            if (D & 1) dst[t * NQ] = SUF(pair_of)(SUF(io_get)(qf, qr, (D - 1) * q_cs), 0);
+            if (q_cs == 1 && qf != CATTN_IO_F16) {
+                /* the row's bfloat16 values in order are its pairs: a
+                   bfloat16 q as it is, a float32 one rounded in vectors */
+                uint16_t h[2 * VL + 1];
+                for (int64_t d0 = 0; d0 < D; d0 += 2 * VL) {
+                    const int64_t n = imin(2 * VL, D - d0);
+                    const uint16_t *r = (const uint16_t *)(const void *)qr + d0;
+                    if (qf != CATTN_IO_BF16) {
+                        SUF(bf16_row)((const T *)(const void *)qr + d0, n, h);
+                        r = h;
+                    }
+                    for (int64_t t = 0; 2 * t < n; t++)
+                        dst[(d0 / 2 + t) * NQ] =
+                            (uint32_t)r[2 * t] | (2 * t + 1 < n ? (uint32_t)r[2 * t + 1] << 16 : 0);
+                }
+            } else {
+                int64_t t = 0;
+                for (; 2 * t + 1 < D; t++)
+                    dst[t * NQ] = SUF(pair_of)(SUF(io_get)(qf, qr, 2 * t * q_cs),
+                                               SUF(io_get)(qf, qr, (2 * t + 1) * q_cs));
+                if (D & 1) dst[t * NQ] = SUF(pair_of)(SUF(io_get)(qf, qr, (D - 1) * q_cs), 0);
+            }
         } else {
             fqv[i] = 0;
             for (int64_t t = 0; t < D2; t++) dst[t * NQ] = 0;

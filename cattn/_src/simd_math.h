@@ -15,6 +15,7 @@
 #define hsum4 SUF(hsum4)
 #define vload_h SUF(vload_h)
 #define vload_i8 SUF(vload_i8)
+#define vstore_bf16 SUF(vstore_bf16)
 
 /* max(lo, min(hi, x)), a NaN x kept (x second in both: see vmax/vmin) */
 static inline V SUF(vclamp)(V x, T lo, T hi) { return vmax(vset1(lo), vmin(vset1(hi), x)); }

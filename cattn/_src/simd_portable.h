@@ -30,6 +30,9 @@ static inline V SUF(vmax)(V a, V b) { return a > b ? a : b; }
 static inline V SUF(vmin)(V a, V b) { return a < b ? a : b; }
 static inline T SUF(hsum)(V x) { return x; }
 static inline V SUF(vload_h)(const uint16_t *p) { return (T)cattn_half_to_float(p[0]); }
+#if !CATTN_F64
+static inline void SUF(vstore_bf16)(uint16_t *p, V x) { p[0] = cattn_float_to_bf16(x); }
+#endif
 static inline V SUF(vload_i8)(const int8_t *p) { return (T)p[0]; }
 
 /* the four sums of a, b, c, d into o[0..3] */

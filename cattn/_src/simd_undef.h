@@ -19,6 +19,7 @@
 #undef hsum4
 #undef vload_h
 #undef vload_i8
+#undef vstore_bf16
 #undef vexp
 #undef vtanh
 #undef imax

@@ -40,3 +40,20 @@ static inline V SUF(vfrom)(VI i) { return (V)i; }
 #define VLANE(x, v) ((x)[v])
 /* bitwise select: m ? a : b, m a lane mask from a vector comparison */
 static inline V SUF(vsel)(VI m, V a, V b) { return (V)((m & (VI)a) | (~m & (VI)b)); }
+
+#if !CATTN_F64
+/* VL floats -> bfloat16 bits at p (unaligned): round to nearest even, NaN
+   kept quiet -- cattn_float_to_bf16 (flash.c) lane by lane, so results are
+   bit-identical to the scalar step (the hardware VCVTNEPS2BF16 would flush
+   subnormals to zero) */
+typedef uint32_t SUF(VUW) __attribute__((vector_size(CATTN_VBYTES)));
+typedef uint16_t SUF(VH16) __attribute__((vector_size(CATTN_VBYTES / 2), aligned(2)));
+static inline void SUF(vstore_bf16)(uint16_t *p, V x)
+{
+    const SUF(VUW) u = (SUF(VUW))x;
+    const SUF(VUW) r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const SUF(VUW) nan = (SUF(VUW))((u & 0x7fffffffu) > 0x7f800000u);
+    *(SUF(VH16) *)p = __builtin_convertvector((nan & ((u >> 16) | 0x40u)) | (~nan & r),
+                                              SUF(VH16));
+}
+#endif
