@@ -1013,7 +1013,10 @@ static void SUF(flash_block)(const cattn_params *p, int64_t b, int64_t qb, void 
    (prefetch_row_l2).  GQA rows together, 8 sequences x 4,096 keys, GQA
    32/8, D 128: 12.8 ms against 15.5 prefetched PFK ahead into L1 at one
    thread, 6.8 against 8.3 at two; one query row, (1,32,1,32768,128):
-   50 ms against 57 at one thread, 25-26.5 against 29.5-31 at two */
+   50 ms against 57 at one thread, 25-26.5 against 29.5-31 at two.  The
+   float32/64 K rows of the GQA rows' scores too (they had no prefetch):
+   8 sequences x 4,096 keys, float32, 19.3 -> 16.2 ms at one thread,
+   11.3 -> 10.5 at two (medians of 3, alternating) */
 #define DEC_PF_L2 16
 static inline void SUF(prefetch_row)(const void *row, int64_t bytes)
 {
@@ -1317,7 +1320,7 @@ CATTN_STEP int SUF(decode_chunk_mq)(const cattn_params *p, const void *K, const 
     if (half)
         SUF(scores_mq_h)(qs, D16, nq, (const uint16_t *)K, ko, n, navail, -DEC_PF_L2, D, S, DCH);
     else
-        SUF(scores_mq_f)(qs, D16, nq, (const T *)K, ko, n, navail, 0, D, S, DCH);
+        SUF(scores_mq_f)(qs, D16, nq, (const T *)K, ko, n, navail, -DEC_PF_L2, D, S, DCH);
     for (int64_t i = 0; i < nq; i++) {
         T *si = S + i * DCH;
         if (softcap > 0)
