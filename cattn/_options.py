@@ -147,10 +147,23 @@ def real_dtype(dt, name):
     return dt
 
 
+def promote(*xs):
+    """``np.result_type`` of arrays/dtypes, with bfloat16 counted as float32
+    where NumPy has no common type (bfloat16 beside float16), as
+    ``cattn.attention`` promotes it."""
+    try:
+        return np.result_type(*xs)
+    except TypeError:           # numpy.exceptions.DTypePromotionError
+        def f32(x):
+            dt = np.dtype(getattr(x, "dtype", x))
+            return np.float32 if dt.kind == "V" and dt.name == "bfloat16" else dt
+        return np.result_type(*[f32(x) for x in xs])
+
+
 def result_dtypes(*dtypes):
     """(dtype the kernels compute in, dtype returned to the user): NumPy
     promotion decides the result; float16 results compute in float32."""
-    result = np.result_type(*dtypes)
+    result = promote(*dtypes)
     if result == np.float16:
         return np.dtype(np.float32), np.dtype(np.float16)
     if result.kind == "V" and result.name == "bfloat16":   # ml_dtypes.bfloat16: float32 math

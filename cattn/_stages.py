@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _kernels
 from ._operands import as_real_array, element_strides, lead_offsets
-from ._options import check_ndim, check_num_threads, check_score, result_dtypes
+from ._options import check_ndim, check_num_threads, check_score, promote, result_dtypes
 from ._plan import tile_blocks
 from ._run import as_strided_dtype
 from ._threads import blas_limit, threads_for
@@ -260,8 +260,8 @@ def merge(outputs, lses):
             )
         if o.shape != outputs[0].shape:
             raise ValueError(f"outputs differ in shape: {outputs[0].shape} vs {o.shape}")
-    dt = np.result_type(*outputs, *lses)
-    L = np.stack(lses).astype(dt, copy=False)
+    dt = promote(*outputs, *lses)
+    L = np.stack([s.astype(dt, copy=False) for s in lses])
     m = np.max(L, axis=0)
     m_safe = np.where(np.isneginf(m), 0, m)
     with np.errstate(invalid="ignore", over="ignore"):

@@ -118,6 +118,11 @@ HOSTILE_FLOATS = [0.0, -0.0, 1.0, -1.0, 0.5, 1e-300, -1e-300, 5e-324, 1e-45, 1e3
 FINITE_FLOATS = [x for x in HOSTILE_FLOATS if np.isfinite(x)]
 HOSTILE_INTS = [0, 1, 2, 3, -1, 7, 2**31 - 1, 2**31, -2**31, 2**62, 2**63 - 1, 2**64]
 FLOAT_DTYPES = [np.float16, np.float32, np.float64]
+try:                      # bfloat16 (ml_dtypes) q/k/v, out= and the plain path's
+    import ml_dtypes
+    FLOAT_DTYPES.append(np.dtype(ml_dtypes.bfloat16))
+except ImportError:       # pragma: no cover
+    pass
 SEGMENT_DTYPES = [np.int64, np.int64, np.uint64, np.int32, np.int8, np.uint8, np.bool_]
 OTHER_DTYPES = [np.int8, np.int32, np.int64, np.uint8, np.uint64, np.bool_,
                 np.complex64, np.longdouble, object, "U3", "V8", "datetime64[s]"]
@@ -137,7 +142,7 @@ def _values(d, shape, dtype):
             x[d.int(0, n - 1)] = d.choice([np.nan, np.inf, -np.inf])
     dt = np.dtype(dtype)
     with np.errstate(all="ignore"):
-        if dt.kind == "f":
+        if dt.kind == "f" or dt.name == "bfloat16":
             return x.astype(dt).reshape(shape)
         if dt.kind in "iu":
             return np.nan_to_num(x * 3, posinf=5, neginf=-5).clip(-100, 100).astype(dt).reshape(shape)

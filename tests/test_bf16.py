@@ -152,6 +152,36 @@ def test_stages_and_merge():
     assert _err(m, ref.attention(q, k, v))[0] < 2 * REL
 
 
+
+@pytest.mark.parametrize("out_dt,lse_dt", [(BF, np.float16), (np.float16, BF), (BF, np.float32)])
+def test_merge_mixed_with_float16(out_dt, lse_dt):
+    """bfloat16 beside float16 has no common NumPy type (np.result_type
+    raises): merge computes in float32, which holds both, and returns it."""
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal(s) for s in ((3, 4, 8), (3, 10, 8), (3, 10, 5)))
+    parts = [cattn.attention(q, k[:, s], v[:, s], return_lse=True)
+             for s in (slice(0, 6), slice(6, 10))]
+    out, lse = cattn.merge([o.astype(out_dt) for o, _ in parts],
+                           [l.astype(lse_dt) for _, l in parts])
+    assert out.dtype == np.float32 and lse.dtype == np.float32
+    e_out, e_lse = ref.attention(q, k, v, return_lse=True)
+    # the inputs were rounded to 8 (bfloat16) or 11 (float16) bits
+    np.testing.assert_allclose(out, e_out, atol=2e-2)
+    np.testing.assert_allclose(lse, e_lse, atol=2e-2 * np.abs(e_lse).max())
+
+
+def test_stages_mixed_with_float16():
+    """The stage functions promote bfloat16 beside float16 to float32 too
+    (np.result_type raises for the pair)."""
+    rng = np.random.default_rng(4)
+    q, k = rng.standard_normal((2, 6, 8)), rng.standard_normal((2, 9, 8))
+    w, v = rng.random((2, 6, 9)), rng.standard_normal((2, 9, 5))
+    s = cattn.scores(q.astype(BF), k.astype(np.float16))
+    assert s.dtype == np.float32 and _err(s, ref.scores(q, k))[0] < REL
+    a = cattn.aggregate(w.astype(np.float16), v.astype(BF))
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, w @ v, atol=3e-2 * np.abs(w @ v).max())
+
 def test_dask():
     da = pytest.importorskip("dask.array")
     import cattn.dask
