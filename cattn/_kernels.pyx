@@ -903,10 +903,11 @@ cdef bint _is_bf16_descr(cnp.dtype d):
     global _BF16_DESCR
     if d.kind != b'V' or d.itemsize != 2:
         return False
-    if _BF16_DESCR is None:
+    if _BF16_DESCR is None:          # first time: the dtype, or False without ml_dtypes
         from cattn._bf16 import bf16_dtype
-        _BF16_DESCR = bf16_dtype()
-    return _BF16_DESCR is not None and d == _BF16_DESCR
+        dt = bf16_dtype()
+        _BF16_DESCR = False if dt is None else dt
+    return _BF16_DESCR is not False and d == _BF16_DESCR
 
 
 cdef object _run_plain(cnp.ndarray q, cnp.ndarray k, cnp.ndarray v, int score_kind,
