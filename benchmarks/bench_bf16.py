@@ -1,12 +1,13 @@
 """bfloat16: cattn with a bfloat16 cache (bfloat16 query, K, V; VDPBF16PS
 products on CPUs with AVX512_BF16, widening elsewhere) against the same
-call in float32, at the standard shapes, 1 and 2 threads.  Needs
+call in float32, at the standard shapes (``tiny``: the per-call cost of
+the plain path), 1 and 2 threads.  Needs
 ml_dtypes (skipped without it)."""
 import numpy as np
 
 import cattn
 
-SHAPES = {"small": (1, 8, 128, 128, 64), "batch4_512": (4, 8, 512, 512, 64),
+SHAPES = {"tiny": (1, 1, 16, 16, 64), "small": (1, 8, 128, 128, 64), "batch4_512": (4, 8, 512, 512, 64),
           "h16_1k": (1, 16, 1024, 1024, 64), "4k": (1, 8, 4096, 4096, 64),
           "d128_2k": (1, 12, 2048, 2048, 128), "cross": (2, 8, 256, 2048, 64),
           "decode4k": (1, 32, 1, 4096, 128)}
