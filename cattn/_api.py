@@ -132,7 +132,7 @@ def attention(query, key, value, *, score="scaled_dot", scale=None, mask=None,
         window=window, additive_weight=additive_weight, return_weights=return_weights,
         return_lse=return_lse, num_threads=num_threads, out=out, kv_lengths=kv_lengths,
         q_lengths=q_lengths, q_segments=q_segments, kv_segments=kv_segments,
-        softcap=softcap, sinks=sinks)
+        softcap=softcap, sinks=sinks, keep_bf16_q=True)
     return run_attention(call, plan_attention(call))
 
 
@@ -150,5 +150,5 @@ def _attention_at(query, key, value, q_pos, *, score="scaled_dot", scale=None, m
         window=window, additive_weight=additive_weight, return_weights=return_weights,
         return_lse=return_lse, num_threads=num_threads, out=None, kv_lengths=kv_lengths,
         q_lengths=q_lengths, q_segments=q_segments, kv_segments=kv_segments,
-        softcap=softcap, sinks=sinks, q_pos=q_pos)
+        softcap=softcap, sinks=sinks, q_pos=q_pos, keep_bf16_q=True)
     return run_attention(call, plan_attention(call))

@@ -131,7 +131,7 @@ def from_dlpack(obj, name):
     return arr.view(dt) if dt is not None else arr.view(BF16Bits)
 
 
-def normalize_qkv(q, k, v):
+def normalize_qkv(q, k, v, keep_q=False):
     """bfloat16 among query/key/value: the arrays the call computes on and
     (compute dtype, result dtype), or None for the dtypes when none is
     bfloat16.
@@ -141,7 +141,10 @@ def normalize_qkv(q, k, v):
     read the query in the compute type); a lone bfloat16 key or value, or
     float64 math, widens K/V.  The result is bfloat16 when all three are
     (and ml_dtypes is there to hold it), otherwise NumPy's promotion with
-    bfloat16 counted as float32.
+    bfloat16 counted as float32.  ``keep_q``: an ml_dtypes bfloat16 query
+    with float32 math stays bfloat16 too (the forward kernels read it as
+    bfloat16 where they can: ``_plan.io_formats``; ``_run`` widens it
+    otherwise).
     """
     flags = [is_bf16(x) for x in (q, k, v)]
     if not any(flags):
@@ -154,7 +157,8 @@ def normalize_qkv(q, k, v):
     bdt = bf16_dtype()
     rdt = bdt if all(flags) and bdt is not None else cdt
     keep_kv = flags[1] and flags[2] and cdt == np.float32
-    q = widen(q, cdt) if flags[0] else q
+    keep_q = keep_q and cdt == np.float32 and is_bf16_dtype(getattr(q, "dtype", None))
+    q = widen(q, cdt) if flags[0] and not keep_q else q
     if not keep_kv:
         k = widen(k, cdt) if flags[1] else k
         v = widen(v, cdt) if flags[2] else v

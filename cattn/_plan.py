@@ -197,13 +197,14 @@ def _range_policy(call):
 
 
 def io_formats(call, cdt):
-    """How the kernels hold q and out: a float16 query is read as float16
-    and a float16/bfloat16 result written narrow by the kernels (float32
-    math, dot-product scores), so neither has a float32 copy; anything
-    else is converted in NumPy."""
+    """How the kernels hold q and out: a float16/bfloat16 query is read as
+    such and a float16/bfloat16 result written narrow by the kernels
+    (float32 math, dot-product scores), so neither has a float32 copy;
+    anything else is converted in NumPy."""
     if cdt != np.float32 or call.options.score not in ("dot", "scaled_dot"):
         return _kernels.IO_NATIVE, _kernels.IO_NATIVE
-    q_fmt = _kernels.IO_F16 if call.q.dtype == np.float16 else _kernels.IO_NATIVE
+    q_fmt = (_kernels.IO_F16 if call.q.dtype == np.float16
+             else _kernels.IO_BF16 if is_bf16_dtype(call.q.dtype) else _kernels.IO_NATIVE)
     rdt = call.rdt if call.out is None else call.out.dtype    # out= may ask for float32
     out_fmt = (_kernels.IO_F16 if rdt == np.float16
                else _kernels.IO_BF16 if is_bf16_dtype(rdt) else _kernels.IO_NATIVE)

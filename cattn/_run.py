@@ -8,7 +8,7 @@ the tile or decode kernels and the weights pass, and casts the results.
 import numpy as np
 
 from . import _kernels
-from ._bf16 import bits
+from ._bf16 import bits, is_bf16, widen
 from ._operands import element_strides, lead_offsets, trailing_strides
 
 __all__ = ["run_attention", "as_strided_dtype"]
@@ -99,7 +99,12 @@ def kernel_args(plan, outs):
     if plan.kv_format == _kernels.KV_BF16:    # the bits, read in place
         kk, vv, kv_dt = bits(kk), bits(vv), np.dtype(np.uint16)
     # q: any strides; k, v: unit stride along their last axis
-    q = as_strided_dtype(call.q, np.float16 if plan.q_format == _kernels.IO_F16 else cdt)
+    if plan.q_format == _kernels.IO_BF16:
+        q = bits(call.q)                       # read as bfloat16 by the kernels
+    elif is_bf16(call.q):
+        q = widen(call.q, cdt)                 # kept narrow, but this plan cannot read it
+    else:
+        q = as_strided_dtype(call.q, np.float16 if plan.q_format == _kernels.IO_F16 else cdt)
     res = outs.res if plan.out_format != _kernels.IO_BF16 else bits(outs.res)
     k, k_scale = _kv_operand(kk, kv_dt, lead, call.groups.get("key", (None, 1)))
     v, v_scale = _kv_operand(vv, kv_dt, lead, call.groups.get("value", (None, 1)))

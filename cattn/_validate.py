@@ -411,11 +411,13 @@ def _abs_max(scale_b, given):
 def validate_attention(query, key, value, *, score, scale, mask, bias, causal, window,
                        additive_weight, return_weights, return_lse, num_threads, out,
                        kv_lengths, q_lengths, q_segments, kv_segments, softcap, sinks,
-                       q_pos=None):
+                       q_pos=None, keep_bf16_q=False):
     """Check every argument of ``cattn.attention``; the ``AttentionCall``.
     ``q_pos`` (private, for chunked callers): the key position of query 0
     per item, broadcast against the leading dims, replacing the
-    kv_len - q_len alignment."""
+    kv_len - q_len alignment.  ``keep_bf16_q``: a bfloat16 query stays
+    bfloat16 (the forward's run reads or widens it; the backward's does
+    not)."""
     opts = validate_options(score=score, causal=causal, window=window, softcap=softcap,
                             return_weights=return_weights, return_lse=return_lse,
                             num_threads=num_threads, q_segments=q_segments,
@@ -432,7 +434,7 @@ def validate_attention(query, key, value, *, score, scale, mask, bias, causal, w
         cdt, rdt = result_dtypes(*(np.dtype(np.float32) if isinstance(x, QuantizedKV) else x
                                    for x in (q, k, v)))
     else:
-        q, k, v, bf16_dtypes = _bf16.normalize_qkv(q, k, v)
+        q, k, v, bf16_dtypes = _bf16.normalize_qkv(q, k, v, keep_q=keep_bf16_q)
         cdt, rdt = bf16_dtypes or result_dtypes(q, k, v)
     out_lead, groups = leading_dims([("query", q), ("key", k), ("value", v)])
     out_lead = tuple(out_lead)

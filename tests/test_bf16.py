@@ -242,3 +242,39 @@ def test_variants(isa):
     if chosen != "portable":
         order = ["generic", "haswell", "skylake", "cooperlake"]
         assert order.index(chosen) <= order.index(isa)
+
+
+@pytest.mark.parametrize("kw", [dict(window=(5, 0)), dict(kv_lengths=np.array([30, 17])),
+                                dict(softcap=3.0, causal=True), dict(sinks=0.5)])
+@pytest.mark.parametrize("Lq", [1, 4, 40])           # decode (GQA fold), decode, tile
+def test_general_path_reads_the_bfloat16_query(kw, Lq):
+    """With an option the plain path does not take, a bfloat16 query still
+    reaches the kernels as bfloat16 (no float32 copy): bit for bit the call
+    on the query widened to float32, whose float32 result rounded to
+    bfloat16 is what the kernels write (out=None on both: the same GQA
+    decode fold)."""
+    rng = np.random.default_rng(9)
+    q = _rnd((2, 8, Lq, 16), rng)
+    k, v = _rnd((2, 2, 30, 16), rng), _rnd((2, 2, 30, 16), rng)
+    got = cattn.attention(q, k, v, **kw)
+    want = cattn.attention(_bf16.widen(q), k, v, **kw)
+    assert got.dtype == BF and want.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint16), want.astype(BF).view(np.uint16))
+
+
+def test_general_path_makes_no_float32_copy_of_the_query():
+    import tracemalloc
+    rng = np.random.default_rng(10)
+    q = _rnd((1, 4, 2048, 64), rng)                  # 1 MiB as float32
+    k, v = _rnd((1, 4, 64, 64), rng), _rnd((1, 4, 64, 64), rng)
+    mask = np.ones((2048, 64), bool)
+    cattn.attention(q, k, v, mask=mask)
+    tracemalloc.start()
+    try:
+        cattn.attention(q, k, v, mask=mask)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # the bfloat16 result (512 KiB) and small bookkeeping; a float32 copy of
+    # q would add 2 MiB
+    assert peak < (1 << 20) + (256 << 10), peak
