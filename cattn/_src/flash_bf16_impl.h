@@ -74,7 +74,7 @@ CATTN_STEP void SUF(pack_q_dp)(SUF(blk) *k)
             if (q_cs == 1 && qf != CATTN_IO_F16) {
                 /* the row's bfloat16 values in order are its pairs: a
                    bfloat16 q as it is, a float32 one rounded in vectors */
-                uint16_t h[2 * VL + 1];
+                uint16_t h[2 * VL];
                 for (int64_t d0 = 0; d0 < D; d0 += 2 * VL) {
                     const int64_t n = imin(2 * VL, D - d0);
                     const uint16_t *r = (const uint16_t *)(const void *)qr + d0;

@@ -317,18 +317,8 @@ CATTN_STEP void SUF(io_put)(int fmt, void *base, int64_t idx, T x)
     if (fmt == CATTN_IO_NATIVE) ((T *)base)[idx] = x;
     else ((uint16_t *)base)[idx] = cattn_io_from_float(fmt, (float)x);
 }
-/* x[0:n] to a row in storage fmt with stride cs: bfloat16 rows in vectors
-   (the scalar rounding was a fifth of a bfloat16 call at (1,8,128,128,64)) */
-CATTN_STEP void SUF(io_put_row)(int fmt, void *row, int64_t cs, const T *x, int64_t n)
-{
-    int64_t c = 0;
-#if !CATTN_F64
-    if (fmt == CATTN_IO_BF16 && cs == 1)
-        for (; c + VL <= n; c += VL) vstore_bf16((uint16_t *)row + c, vload(x + c));
-#endif
-    for (; c < n; c++) SUF(io_put)(fmt, row, c * cs, x[c]);
-}
-/* the bfloat16 bits of x[0:n] (n <= 2 VL) into h: a query row's pairs */
+/* the bfloat16 bits of x[0:n] into h, in vectors (the scalar rounding was
+   a fifth of a bfloat16 call at (1,8,128,128,64): q pairs, out rows) */
 CATTN_STEP void SUF(bf16_row)(const T *x, int64_t n, uint16_t *h)
 {
     int64_t c = 0;
@@ -336,6 +326,15 @@ CATTN_STEP void SUF(bf16_row)(const T *x, int64_t n, uint16_t *h)
     for (; c + VL <= n; c += VL) vstore_bf16(h + c, vload(x + c));
 #endif
     for (; c < n; c++) h[c] = cattn_float_to_bf16((float)x[c]);
+}
+/* x[0:n] to a row in storage fmt with stride cs */
+CATTN_STEP void SUF(io_put_row)(int fmt, void *row, int64_t cs, const T *x, int64_t n)
+{
+    if (fmt == CATTN_IO_BF16 && cs == 1) {
+        SUF(bf16_row)(x, n, (uint16_t *)row);
+        return;
+    }
+    for (int64_t c = 0; c < n; c++) SUF(io_put)(fmt, row, c * cs, x[c]);
 }
 /* batch item b's q (or out) rows, as bytes */
 CATTN_STEP const char *SUF(q_rows)(const cattn_params *p, int64_t b)

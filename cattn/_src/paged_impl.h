@@ -22,7 +22,7 @@
 #define PG_RUPQ(x) ((((x) + 31) / 32) * 32)
 #define PDCH 64   /* keys per decode chunk (as the contiguous decode path) */
 /* row offsets known this many keys past a chunk: room for the prefetch
-   distance (pg_pf: PG_PF_L2 or PG_PF_L2_LONG) across chunks and pages */
+   distance (PG_PF: PG_PF_L2 or PG_PF_L2_LONG) across chunks and pages */
 #define PPFK 64
 /* GQA rows together (paged_chunk_mq): K and V rows prefetched into L2
    this many keys ahead (prefetch_row_l2).  8 sequences x 4,096 keys, GQA
