@@ -3,10 +3,12 @@
 The plan is a list of work items for one parallel loop over a mixed batch:
 
 * a sequence with at most ``DECODE_MAX_LQ`` new tokens is *decoded*: its
-  query heads sharing a K/V head are folded into the rows of one item (each
-  page is read once per K/V head, not once per query head), and its key
-  range is split so that every thread gets work (split-KV, partials merged
-  by the log-sum-exp rule);
+  query heads are folded into the rows of one item -- all of them where
+  they fit (``PAGED_MAX_ROWS``: a page's rows of every K/V head lie
+  together in the pool and are read as one run), else those sharing a K/V
+  head (each page is read once per K/V head, not once per query head) --
+  and its key range is split so that every thread gets work (split-KV,
+  partials merged by the log-sum-exp rule);
 * a longer chunk (chunked prefill) runs the tile path per (head, query
   block), K/V tiles gathered page by page.
 
@@ -79,6 +81,13 @@ def plan_paged(call, n_threads):
         nh = G if ql * G <= max_rows else max(1, max_rows // ql)
         lo, hi = _key_range(int(sl[s]), ql, call.window, 0, ql - 1)
         keys = max(int(hi) - int(lo), 0)
+        if Hkv > 1 and ql * H <= max_rows:
+            # every K/V head in one item: a page's rows of all heads lie
+            # together, and are read together (paged_chunk_mg)
+            cost = keys * feat * Hkv * (2 + ql * G)
+            per.append((s, 0, H, ql, int(lo), int(hi), keys, cost))
+            total += cost
+            continue
         for g in range(Hkv):
             for h0 in range(g * G, (g + 1) * G, nh):
                 n = min(nh, (g + 1) * G - h0)

@@ -381,3 +381,36 @@ ISA_SCRIPT = textwrap.dedent(
 def test_isa_variants(isa):
     res = run_code_under_isa(isa, ISA_SCRIPT, os.path.dirname(__file__))
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("page_size", [1, 5, 16, 128])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, "int8"])
+@pytest.mark.parametrize("kw", [{"causal": True}, {"window": (9, 2)},
+                                {"causal": True, "softcap": 2.0, "alibi_slopes": 0.2,
+                                 "sinks": 0.5}])
+def test_decode_items_over_every_kv_head(page_size, dtype, kw):
+    """Decodes whose rows for all heads fit one item (q_len * H <= 64) are
+    planned as one item over every K/V head; longer ones per K/V head (head
+    groups split where q_len * H / Hkv > 64).  Both against the oracle,
+    windows making the rows of one chunk see different keys."""
+    from cattn._paged import plan_paged
+    from cattn._validate_paged import validate_paged
+    rng = np.random.default_rng(page_size)
+    H, Hkv = 16, 4
+    # q_len 1 and 4: one item (16 and 64 rows); 5: per K/V head (20 rows)
+    q_lens = [1, 4, 5, 1, 0]
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [300, 90, 200, 1, 0], q_lens, H=H,
+                                              Hkv=Hkv, D=40, Dv=24, page_size=page_size,
+                                              dtype=dtype)
+    opts = dict(scale=None, causal=False, window=None, softcap=None, sinks=None,
+                alibi_slopes=None, return_lse=False, num_threads=1)
+    call = validate_paged(q, kc, vc, bt, sl, qsl, **{**opts, **kw})
+    work, fin, _, _ = plan_paged(call, 1)
+    nh = {int(f[0]): set() for f in fin}
+    for f in fin:
+        nh[int(f[0])].add((int(f[1]), int(f[2])))
+    assert nh[0] == {(0, H)} and nh[1] == {(0, H)}
+    assert nh[2] == {(g * 4, 4) for g in range(Hkv)}
+    tol = np.float64 if dtype == np.float64 else np.float32
+    for nt in (1, 2):
+        check(q, kc, vc, bt, sl, qsl, tol, num_threads=nt, **kw)

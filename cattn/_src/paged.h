@@ -58,8 +58,12 @@ typedef struct cattn_paged_params {
 
 /*
  * decode(pp, s, h0, nh, js, je, acc, mm, ll, scratch): keys [js, je) of
- *   sequence s for query heads h0 .. h0 + nh - 1 (one K/V head); rows
- *   i = t * nh + hh (token t, head h0 + hh), q_len * nh <= CATTN_PAGED_MAX_ROWS.
+ *   sequence s for query heads h0 .. h0 + nh - 1: some heads of one K/V
+ *   head (nh <= H / Hkv), or all heads of nh / (H / Hkv) K/V heads (h0 and
+ *   nh multiples of H / Hkv); q_len * nh <= CATTN_PAGED_MAX_ROWS.  Rows go
+ *   K/V head by K/V head, token by token within one: with gh = min(nh,
+ *   H / Hkv), row i = gi * q_len * gh + t * gh + hh is token t, head
+ *   h0 + gi * gh + hh.
  *   Leaves unnormalised partials (acc rows x Dv, mm, ll rows).
  * decode_finish(pp, s, h0, nh, n_split, acc, mm, ll): merges the n_split
  *   partials (split sp of row i at acc[(sp * rows + i) * Dv], mm/ll[sp *

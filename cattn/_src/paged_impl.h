@@ -41,6 +41,9 @@
 #define PG_NB(w) (((w) + CATTN_QBLOCK - 1) / CATTN_QBLOCK)   /* int8 scales per row */
 /* the keys a row is prefetched ahead of its use (<= PPFK) */
 #define PG_PF(pp) ((pp)->page_size >= 64 ? PG_PF_L2_LONG : PG_PF_L2)
+/* row offsets of one chunk of every K/V head an item covers, and the
+   prefetch distance past them */
+#define PG_NKO (CATTN_PAGED_MAX_ROWS * PDCH + PPFK)
 
 /* Ctrl-C: as cattn_should_stop, on the paged contract */
 CATTN_STEP int SUF(paged_should_stop)(const cattn_paged_params *pp)
@@ -67,11 +70,21 @@ CATTN_STEP const char *SUF(page_rows)(const cattn_paged_params *pp, const void *
 /* ---------------------------------------------------------------------- */
 /* Decode                                                                  */
 /* ---------------------------------------------------------------------- */
+/* PG_ROWS: a decode item covers query heads h0 .. h0 + nh - 1, either some
+   heads of one K/V head (nh <= H / Hkv) or every head of several K/V heads
+   (nh a multiple of H / Hkv).  Its rows go head group by head group, each
+   group's rows token by token: row i = gi * grows + t * gh + hh is token t,
+   head h0 + gi * gh + hh (gh = min(nh, H / Hkv), grows = q_len * gh). */
+CATTN_STEP int64_t SUF(pg_row_head)(int64_t i, int64_t h0, int64_t gh, int64_t grows)
+{
+    return h0 + (i / grows) * gh + (i % grows) % gh;
+}
+
 static size_t SUF(paged_decode_scratch)(const cattn_paged_params *pp)
 {
     const int64_t R = CATTN_PAGED_MAX_ROWS, Dv16 = PG_RUP16(pp->Dv);
     return (size_t)(R * PG_RUP16(pp->D) + R + 2 * PDCH + R * Dv16) * sizeof(T)
-           + (5 * PDCH + 2 * PPFK) * sizeof(int64_t) + (size_t)(R * (Dv16 + 1)) * sizeof(WIDE)
+           + (3 * PDCH + 2 * PG_NKO) * sizeof(int64_t) + (size_t)(R * (Dv16 + 1)) * sizeof(WIDE)
            + (size_t)(2 * R * PDCH) * sizeof(T) + 64;
 }
 
@@ -201,6 +214,100 @@ CATTN_STEP int SUF(paged_chunk_mq)(const cattn_paged_params *pp, int64_t rows, i
     else
         SUF(pv_mq_f)(E, PDCH, rows, (const T *)pp->v_cache, vo + off, n, nav, -PG_PF(pp), part,
                      Dv16, Dv);
+    return 1;
+}
+
+/* PG_ROWS, several K/V heads: the chunk for every row of every head at
+   once, as paged_chunk_mq, reading the pool page run by page run and each
+   run's rows for all heads one after another: they lie together in the
+   pool ((num_pages, Hkv, page_size, D)), so 16-row pages are read in
+   runs of Hkv x 16 rows, not 16.  8 sequences x 4,096 keys, D 128,
+   page_size 16, one thread (alternating, medians of 3): GQA 32/8 float32
+   20.3 -> 17.4 ms (contiguous decode 15.7), float16 14.9 -> 11.7 (11.0);
+   MHA 32 heads x 1,024 keys float32 28.5 -> 13.7 ms, float16 12.2 -> 7.9.
+   Each head's chunk as its own run of pages, head after head, measured
+   19.1 (float32) and 14.8 (float16).  Returns 0, having changed nothing,
+   where paged_chunk_mq would (rows that see different keys of the chunk,
+   a -inf score).  Rows are prefetched in the order they are read
+   (ko/vo: that order, PG_NKO each); float32/64 and 16-bit pools. */
+CATTN_STEP int SUF(paged_chunk_mg)(const cattn_paged_params *pp, int64_t s, int64_t g0,
+                                   int64_t ng, int64_t grows, int64_t gh, int64_t shift,
+                                   int64_t j0, int64_t nk, int64_t je, int64_t *ko,
+                                   int64_t *vo, const T *qs, const T *sl, T *S, T *E, T *part,
+                                   WIDE *accw, WIDE *llw, T *mm)
+{
+    const int64_t D = pp->D, Dv = pp->Dv, D16 = PG_RUP16(D), Dv16 = PG_RUP16(Dv);
+    const int64_t ps = pp->page_size, wl = pp->win_left, wr = pp->win_right;
+    const int64_t rows = ng * grows, p0 = shift, p1 = (grows - 1) / gh + shift;
+    int64_t jlo = j0, jhi = j0 + nk, jlo1 = j0, jhi1 = j0 + nk;
+    if (wl < CATTN_UNBOUNDED) { jlo = imax(jlo, p0 - wl); jlo1 = imax(jlo1, p1 - wl); }
+    if (wr < CATTN_UNBOUNDED) { jhi = imin(jhi, p0 + wr + 1); jhi1 = imin(jhi1, p1 + wr + 1); }
+    if (jlo != jlo1 || jhi != jhi1 || jlo >= jhi) return 0;
+    const int half = pp->kv_format == CATTN_KV_F16;
+    const int64_t n = jhi - jlo, pf = -PG_PF(pp);
+    int64_t m = 0;
+    for (int64_t j = jlo; j < jhi;) {
+        const int64_t pg = j / ps, r = j - pg * ps, nr = imin(ps - r, jhi - j);
+        const int64_t page = pp->block_table[s * pp->max_pages + pg];
+        for (int64_t gi = 0; gi < ng; gi++) {
+            const int64_t row = (page * pp->Hkv + g0 + gi) * ps + r;
+            for (int64_t t = 0; t < nr; t++, m++) {
+                ko[m] = (row + t) * D;
+                vo[m] = (row + t) * Dv;
+            }
+        }
+        j += nr;
+    }
+    /* then the next chunk's first keys of the first head */
+    const int64_t npf = imax(0, imin(je, j0 + nk + PG_PF(pp)) - (j0 + nk));
+    if (npf > 0) SUF(paged_offsets)(pp, s, g0, j0 + nk, j0 + nk + npf, ko + m, vo + m);
+    const int64_t nav = m + npf;
+    int64_t at = 0;
+    for (int64_t j = jlo; j < jhi;) {
+        const int64_t nr = imin(ps - j % ps, jhi - j);
+        for (int64_t gi = 0; gi < ng; gi++, at += nr) {
+            const T *q = qs + gi * grows * D16;
+            T *o = S + gi * grows * PDCH + (j - jlo);
+            if (half)
+                SUF(scores_mq_h)(q, D16, grows, (const uint16_t *)pp->k_cache, ko + at, nr,
+                                 nav - at, pf, D, o, PDCH);
+            else
+                SUF(scores_mq_f)(q, D16, grows, (const T *)pp->k_cache, ko + at, nr, nav - at,
+                                 pf, D, o, PDCH);
+        }
+        j += nr;
+    }
+    const T softcap = (T)pp->softcap;
+    for (int64_t i = 0; i < rows; i++) {
+        T *si = S + i * PDCH;
+        const int64_t pos = (i % grows) / gh + shift;
+        if (softcap > 0)
+            for (int64_t t = 0; t < n; t++) si[t] = softcap * SUF(tanh1)(si[t] / softcap);
+        if (pp->slopes)
+            for (int64_t t = 0; t < n; t++) {
+                const int64_t d = pos - (jlo + t);
+                si[t] -= sl[i] * (T)(d < 0 ? -d : d);
+            }
+        for (int64_t t = 0; t < n; t++) if (si[t] == -INFINITY) return 0;
+    }
+    for (int64_t i = 0; i < rows; i++)
+        SUF(softmax_row)(S + i * PDCH, n, E + i * PDCH, mm + i, llw + i, accw + i * Dv16,
+                         part + i * Dv16, Dv);
+    at = 0;
+    for (int64_t j = jlo; j < jhi;) {
+        const int64_t nr = imin(ps - j % ps, jhi - j);
+        for (int64_t gi = 0; gi < ng; gi++, at += nr) {
+            const T *e = E + gi * grows * PDCH + (j - jlo);
+            T *a = part + gi * grows * Dv16;
+            if (half)
+                SUF(pv_mq_h)(e, PDCH, grows, (const uint16_t *)pp->v_cache, vo + at, nr,
+                             nav - at, pf, a, Dv16, Dv);
+            else
+                SUF(pv_mq_f)(e, PDCH, grows, (const T *)pp->v_cache, vo + at, nr, nav - at, pf,
+                             a, Dv16, Dv);
+        }
+        j += nr;
+    }
     return 1;
 }
 
@@ -335,14 +442,16 @@ static void SUF(paged_decode)(const cattn_paged_params *pp, int64_t s, int64_t h
     const int64_t q0 = pp->q_start[s], q_len = pp->q_start[s + 1] - q0;
     const int64_t seq_len = pp->seq_lens[s];
     const int64_t rows = q_len * nh, shift = seq_len - q_len;
-    const int64_t g = h0 / (H / pp->Hkv);
+    /* the item's K/V heads: ng groups of gh query heads (PG_ROWS) */
+    const int64_t G = H / pp->Hkv, gh = nh < G ? nh : G, ng = nh / gh;
+    const int64_t grows = q_len * gh, g0 = h0 / G;
     T *qs = (T *)scratch;                            /* rows x D16 */
     T *sl = qs + CATTN_PAGED_MAX_ROWS * D16;         /* rows: ALiBi slopes */
     T *sc = sl + CATTN_PAGED_MAX_ROWS;               /* PDCH */
     T *e = sc + PDCH;                                /* PDCH */
     int64_t *ro = (int64_t *)(e + PDCH);             /* PDCH */
-    int64_t *ko = ro + PDCH, *vo = ko + PDCH + PPFK; /* PDCH + PPFK each: row offsets */
-    int64_t *rix = vo + PDCH + PPFK;                 /* 2 PDCH: int8 row indices */
+    int64_t *ko = ro + PDCH, *vo = ko + PG_NKO;      /* PG_NKO each: row offsets */
+    int64_t *rix = vo + PG_NKO;                      /* 2 PDCH: int8 row indices */
     /* ACCUMULATION: P.V of up to PDEC_BLOCK chunks from zero, the running
        sums in double */
     const int64_t Dv16 = PG_RUP16(Dv);
@@ -364,27 +473,46 @@ static void SUF(paged_decode)(const cattn_paged_params *pp, int64_t s, int64_t h
         llw[i] = 0;
         for (int64_t c = 0; c < Dv; c++) accw[i * Dv16 + c] = part[i * Dv16 + c] = 0;
     }
-    int pending = 0;   /* chunks summed in part, not yet added into accw */
     const T scale = (T)pp->scale;
     for (int64_t i = 0; i < rows; i++) {
-        const int64_t h = h0 + i % nh;
-        const T *qr = (const T *)pp->q + ((q0 + i / nh) * H + h) * D;
+        const int64_t h = SUF(pg_row_head)(i, h0, gh, grows);
+        const int64_t t = (i % grows) / gh;
+        const T *qr = (const T *)pp->q + ((q0 + t) * H + h) * D;
         for (int64_t d = 0; d < D; d++) qs[i * D16 + d] = qr[d] * scale;
         sl[i] = pp->slopes ? (T)pp->slopes[h] : (T)0;
     }
+    /* several K/V heads: page run by page run (paged_chunk_mg) where it applies */
+    const int mg = ng > 1 && pp->kv_format != CATTN_KV_I8;
+    int64_t pending = 0;   /* keys summed in part, not yet added into accw */
     int64_t n_chunks = 0;
     for (int64_t j0 = js; j0 < je; j0 += PDCH) {
         /* Ctrl-C: the call raises (polled every 4 chunks: a poll reads the clock) */
         if ((n_chunks++ & 3) == 0 && SUF(paged_should_stop)(pp)) return;
         const int64_t nk = imin(PDCH, je - j0);
-        /* the chunk's rows and the next PPFK keys', page by page: chunks span
-           pages, so small pages cost no more per key than large ones (page_size
-           16 with one chunk per page measured 1.4x the contiguous decode time) */
-        const int64_t navail = imin(je, j0 + nk + PG_PF(pp)) - j0;
-        SUF(paged_offsets)(pp, s, g, j0, j0 + navail, ko, vo);
-        SUF(paged_chunk)(pp, rows, nh, shift, j0, nk, navail, ko, vo, qs, sl, sc, e, ro, rix,
-                         Smq, Emq, part, accw, llw, mm);
-        if (++pending == PDEC_BLOCK) {
+        if (!(mg && SUF(paged_chunk_mg)(pp, s, g0, ng, grows, gh, shift, j0, nk, je, ko, vo, qs,
+                                        sl, Smq, Emq, part, accw, llw, mm))) {
+            /* head by head: each head's rows of the chunk, then the next
+               chunk's first PG_PF keys of the first head (the prefetch
+               reads ahead in the order rows are used).  Chunks span pages,
+               so small pages cost no more per key than large ones
+               (page_size 16 with one chunk per page measured 1.4x the
+               contiguous decode time) */
+            const int64_t npf = imin(je, j0 + nk + PG_PF(pp)) - (j0 + nk);
+            for (int64_t gi = 0; gi < ng; gi++)
+                SUF(paged_offsets)(pp, s, g0 + gi, j0, j0 + nk, ko + gi * nk, vo + gi * nk);
+            if (npf > 0)
+                SUF(paged_offsets)(pp, s, g0, j0 + nk, j0 + nk + npf, ko + ng * nk,
+                                   vo + ng * nk);
+            for (int64_t gi = 0; gi < ng; gi++) {
+                const int64_t r0 = gi * grows;
+                SUF(paged_chunk)(pp, grows, gh, shift, j0, nk, (ng - gi) * nk + npf,
+                                 ko + gi * nk, vo + gi * nk, qs + r0 * D16, sl + r0, sc, e, ro,
+                                 rix, Smq, Emq, part + r0 * Dv16, accw + r0 * Dv16, llw + r0,
+                                 mm + r0);
+            }
+        }
+        pending += nk;
+        if (pending >= PDEC_BLOCK * PDCH) {
             SUF(pg_flush)(accw, part, rows, Dv, Dv16);
             pending = 0;
         }
@@ -411,8 +539,9 @@ static void SUF(paged_decode_finish)(const cattn_paged_params *pp, int64_t s, in
     lp.n_batch = 1; lp.Lq = rows; lp.Dv = Dv;
     lp.out.off = &zero; lp.out.rs = 0; lp.out.cs = 1;
     lp.lse = pp->lse ? (void *)lse_row : NULL;
+    const int64_t G = H / pp->Hkv, gh = nh < G ? nh : G, grows = q_len * gh;
     for (int64_t i = 0; i < rows; i++) {
-        const int64_t t = i / nh, h = h0 + i % nh;
+        const int64_t t = (i % grows) / gh, h = SUF(pg_row_head)(i, h0, gh, grows);
         lp.out.base = (T *)pp->out + ((q0 + t) * H + h) * Dv;
         lp.sinks = pp->sinks ? pp->sinks + h : NULL;
         SUF(decode_finish)(&lp, 0, i, n_split, acc, mm, ll);
@@ -595,6 +724,7 @@ static void SUF(paged_tile)(const cattn_paged_params *pp, int64_t s, int64_t h, 
 #undef PG_RUPQ
 #undef PDCH
 #undef PPFK
+#undef PG_NKO
 #undef PG_PF
 #undef PG_PF_L2
 #undef PG_PF_L2_LONG
