@@ -202,6 +202,7 @@ CATTN_STEP void SUF(pv_mq_q8_n)(const T *E, int64_t eld, const int8_t *xb, int64
 
 #define CATTN_MQ_SWITCH(nq, call)                                              \
     switch (nq) {                                                              \
+    case 1: call(1); break;                                                    \
     case 2: call(2); break; case 3: call(3); break; case 4: call(4); break;    \
     case 5: call(5); break; case 6: call(6); break; case 7: call(7); break;    \
     default: call(8); break; }

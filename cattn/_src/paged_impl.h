@@ -228,8 +228,9 @@ CATTN_STEP int SUF(paged_chunk_mq)(const cattn_paged_params *pp, int64_t rows, i
    Each head's chunk as its own run of pages, head after head, measured
    19.1 (float32) and 14.8 (float16).  Returns 0, having changed nothing,
    where paged_chunk_mq would (rows that see different keys of the chunk,
-   a -inf score).  Rows are prefetched in the order they are read
-   (ko/vo: that order, PG_NKO each); float32/64 and 16-bit pools. */
+   a -inf score).  Rows are prefetched in the order they are read (ko/vo:
+   that order, PG_NKO each; int8 pools: row indices, no prefetch, as
+   paged_chunk_mq). */
 CATTN_STEP int SUF(paged_chunk_mg)(const cattn_paged_params *pp, int64_t s, int64_t g0,
                                    int64_t ng, int64_t grows, int64_t gh, int64_t shift,
                                    int64_t j0, int64_t nk, int64_t je, int64_t *ko,
@@ -244,6 +245,8 @@ CATTN_STEP int SUF(paged_chunk_mg)(const cattn_paged_params *pp, int64_t s, int6
     if (wr < CATTN_UNBOUNDED) { jhi = imin(jhi, p0 + wr + 1); jhi1 = imin(jhi1, p1 + wr + 1); }
     if (jlo != jlo1 || jhi != jhi1 || jlo >= jhi) return 0;
     const int half = pp->kv_format == CATTN_KV_F16;
+    const int q8 = pp->kv_format == CATTN_KV_I8;
+    const int64_t kw = q8 ? 1 : D, vw = q8 ? 1 : Dv;   /* int8: row indices */
     const int64_t n = jhi - jlo, pf = -PG_PF(pp);
     int64_t m = 0;
     for (int64_t j = jlo; j < jhi;) {
@@ -252,14 +255,14 @@ CATTN_STEP int SUF(paged_chunk_mg)(const cattn_paged_params *pp, int64_t s, int6
         for (int64_t gi = 0; gi < ng; gi++) {
             const int64_t row = (page * pp->Hkv + g0 + gi) * ps + r;
             for (int64_t t = 0; t < nr; t++, m++) {
-                ko[m] = (row + t) * D;
-                vo[m] = (row + t) * Dv;
+                ko[m] = (row + t) * kw;
+                vo[m] = (row + t) * vw;
             }
         }
         j += nr;
     }
     /* then the next chunk's first keys of the first head */
-    const int64_t npf = imax(0, imin(je, j0 + nk + PG_PF(pp)) - (j0 + nk));
+    const int64_t npf = q8 ? 0 : imax(0, imin(je, j0 + nk + PG_PF(pp)) - (j0 + nk));
     if (npf > 0) SUF(paged_offsets)(pp, s, g0, j0 + nk, j0 + nk + npf, ko + m, vo + m);
     const int64_t nav = m + npf;
     int64_t at = 0;
@@ -268,7 +271,12 @@ CATTN_STEP int SUF(paged_chunk_mg)(const cattn_paged_params *pp, int64_t s, int6
         for (int64_t gi = 0; gi < ng; gi++, at += nr) {
             const T *q = qs + gi * grows * D16;
             T *o = S + gi * grows * PDCH + (j - jlo);
-            if (half)
+            if (q8)
+                for (int64_t r0 = 0; r0 < grows; r0 += CATTN_DECODE_MAX_LQ)
+                    SUF(scores_mq_q8)(q + r0 * D16, D16, imin(CATTN_DECODE_MAX_LQ, grows - r0),
+                                      (const int8_t *)pp->k_cache, D, pp->k_scale, PG_NB(D),
+                                      ko + at, nr, D, o + r0 * PDCH, PDCH);
+            else if (half)
                 SUF(scores_mq_h)(q, D16, grows, (const uint16_t *)pp->k_cache, ko + at, nr,
                                  nav - at, pf, D, o, PDCH);
             else
@@ -299,7 +307,12 @@ CATTN_STEP int SUF(paged_chunk_mg)(const cattn_paged_params *pp, int64_t s, int6
         for (int64_t gi = 0; gi < ng; gi++, at += nr) {
             const T *e = E + gi * grows * PDCH + (j - jlo);
             T *a = part + gi * grows * Dv16;
-            if (half)
+            if (q8)
+                for (int64_t r0 = 0; r0 < grows; r0 += CATTN_DECODE_MAX_LQ)
+                    SUF(pv_mq_q8)(e + r0 * PDCH, PDCH, imin(CATTN_DECODE_MAX_LQ, grows - r0),
+                                  (const int8_t *)pp->v_cache, Dv, pp->v_scale, PG_NB(Dv),
+                                  vo + at, nr, a + r0 * Dv16, Dv16, Dv);
+            else if (half)
                 SUF(pv_mq_h)(e, PDCH, grows, (const uint16_t *)pp->v_cache, vo + at, nr,
                              nav - at, pf, a, Dv16, Dv);
             else
@@ -482,7 +495,7 @@ static void SUF(paged_decode)(const cattn_paged_params *pp, int64_t s, int64_t h
         sl[i] = pp->slopes ? (T)pp->slopes[h] : (T)0;
     }
     /* several K/V heads: page run by page run (paged_chunk_mg) where it applies */
-    const int mg = ng > 1 && pp->kv_format != CATTN_KV_I8;
+    const int mg = ng > 1;
     int64_t pending = 0;   /* keys summed in part, not yet added into accw */
     int64_t n_chunks = 0;
     for (int64_t j0 = js; j0 < je; j0 += PDCH) {
