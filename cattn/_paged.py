@@ -27,8 +27,9 @@ __all__ = ["paged_attention", "cache_write"]
 
 PAGED_BLOCK_Q = 64
 PAGED_BLOCK_K = 128
-# a decode split never has fewer keys than this (the partials' merge and the
-# per-item setup cost about as much as streaming a few hundred keys)
+# a decode split never has fewer keys than this per K/V head it covers (the
+# partials' merge and the per-item setup cost about as much as streaming a
+# few hundred keys)
 MIN_SPLIT_KEYS = 256
 # work items per thread the splitting aims for
 ITEMS_PER_THREAD = 4
@@ -100,7 +101,10 @@ def plan_paged(call, n_threads):
     for s, h0, n, ql, lo, hi, keys, cost in per:
         n_split = 1
         if n_threads > 1 and target > 0:
-            n_split = int(max(1, min(-(-cost // target), keys // MIN_SPLIT_KEYS)))
+            # an item over several K/V heads does that many heads' work per
+            # key: it may split as finely as the per-head items would
+            kv_heads = max(1, n // G)
+            n_split = int(max(1, min(-(-cost // target), keys * kv_heads // MIN_SPLIT_KEYS)))
         rows = ql * n
         step = -(-max(keys, 1) // n_split)
         step = -(-step // 64) * 64

@@ -390,9 +390,9 @@ def test_isa_variants(isa):
                                  "sinks": 0.5}])
 def test_decode_items_over_every_kv_head(page_size, dtype, kw):
     """Decodes whose rows for all heads fit one item (q_len * H <= 64) are
-    planned as one item over every K/V head; longer ones per K/V head (head
-    groups split where q_len * H / Hkv > 64).  Both against the oracle,
-    windows making the rows of one chunk see different keys."""
+    planned as one item over every K/V head; longer ones per K/V head.
+    Both against the oracle, a window making the rows of one chunk see
+    different keys."""
     from cattn._paged import plan_paged
     from cattn._validate_paged import validate_paged
     rng = np.random.default_rng(page_size)
@@ -414,3 +414,57 @@ def test_decode_items_over_every_kv_head(page_size, dtype, kw):
     tol = np.float64 if dtype == np.float64 else np.float32
     for nt in (1, 2):
         check(q, kc, vc, bt, sl, qsl, tol, num_threads=nt, **kw)
+
+
+def _plan(q, kc, vc, bt, sl, qsl, n_threads, **kw):
+    from cattn._paged import plan_paged
+    from cattn._validate_paged import validate_paged
+    opts = dict(scale=None, causal=False, window=None, softcap=None, sinks=None,
+                alibi_slopes=None, return_lse=False, num_threads=n_threads)
+    return plan_paged(validate_paged(q, kc, vc, bt, sl, qsl, **{**opts, **kw}), n_threads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "int8"])
+def test_decode_items_mixed_paths_split_heads_and_minus_inf(dtype):
+    """One item over every K/V head whose chunks go both ways (a window:
+    interior chunks page run by page run, its edges head by head), items
+    splitting one K/V head's query heads (q_len * H / Hkv > 64), and keys
+    whose scores are -inf (skipped, never multiplied)."""
+    rng = np.random.default_rng(11)
+    H, Hkv = 20, 2                     # 10 query heads per K/V head
+    seq_lens, q_lens = [700, 300, 650], [3, 8, 1]
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, seq_lens, q_lens, H=H, Hkv=Hkv, D=32,
+                                              Dv=16, page_size=16, dtype=dtype)
+    _, fin, _, _ = _plan(q, kc, vc, bt, sl, qsl, 1)
+    items = {int(s): sorted((int(h0), int(n)) for s2, h0, n, _, _ in fin if s2 == s)
+             for s in range(3)}
+    assert items[0] == [(0, H)] and items[2] == [(0, H)]
+    assert items[1] == [(0, 8), (8, 2), (10, 8), (18, 2)]
+    tol = np.float64 if dtype == np.float64 else np.float32
+    for nt in (1, 2):
+        check(q, kc, vc, bt, sl, qsl, tol, num_threads=nt, window=(130, 3), sinks=0.5)
+    if dtype == "int8":
+        return
+    # -inf scores: a positive query against keys of -inf (sequence 2's
+    # keys 100..139 and 600, in both K/V heads), whose values are NaN: a
+    # weight of 0 times NaN would show
+    q = np.abs(q)
+    for j in list(range(100, 140)) + [600]:
+        kc[bt[2, j // 16], :, j % 16, :] = -np.inf
+        vc[bt[2, j // 16], :, j % 16, :] = np.nan
+    for nt in (1, 2):
+        check(q, kc, vc, bt, sl, qsl, tol, num_threads=nt, causal=True)
+
+
+@pytest.mark.parametrize("keys, n_threads, at_least", [(300, 16, 2), (2048, 16, 16),
+                                                       (1000, 2, 8)])
+def test_decode_items_over_every_kv_head_still_split(keys, n_threads, at_least):
+    """An item over every K/V head splits its keys as finely as the per-head
+    items did: one sequence still feeds the threads."""
+    rng = np.random.default_rng(0)
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [keys], [1], H=32, Hkv=8, D=16, Dv=16,
+                                              page_size=16)
+    work, fin, _, _ = _plan(q, kc, vc, bt, sl, qsl, n_threads)
+    assert fin.shape[0] == 1 and fin[0, 2] == 32
+    assert work.shape[0] >= at_least
+    check(q, kc, vc, bt, sl, qsl, num_threads=n_threads)
