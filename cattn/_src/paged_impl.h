@@ -154,6 +154,50 @@ CATTN_STEP void SUF(pg_flush)(WIDE *accw, T *part, int64_t rows, int64_t Dv, int
         }
 }
 
+/* True when the rows at key positions p0 .. p1 (the first and last token:
+   their windows bound every row's) see the same keys [*jlo, *jhi) of the
+   chunk [j0, j0 + nk), at least one. */
+CATTN_STEP int SUF(pg_same_keys)(const cattn_paged_params *pp, int64_t p0, int64_t p1,
+                                 int64_t j0, int64_t nk, int64_t *jlo, int64_t *jhi)
+{
+    const int64_t wl = pp->win_left, wr = pp->win_right;
+    int64_t lo = j0, hi = j0 + nk, lo1 = j0, hi1 = j0 + nk;
+    if (wl < CATTN_UNBOUNDED) { lo = imax(lo, p0 - wl); lo1 = imax(lo1, p1 - wl); }
+    if (wr < CATTN_UNBOUNDED) { hi = imin(hi, p0 + wr + 1); hi1 = imin(hi1, p1 + wr + 1); }
+    *jlo = lo; *jhi = hi;
+    return lo == lo1 && hi == hi1 && lo < hi;
+}
+
+/* The scores S (rows x PDCH; keys [jlo, jlo + n)) of a rows-together chunk:
+   softcap and ALiBi (row i at key position (i % grows) / gh + shift, as
+   PG_ROWS), then the online softmax into E and the running sums.  Returns
+   0, having changed none of those, when a score is -inf: the caller's row
+   path skips such keys, never multiplies them. */
+CATTN_STEP int SUF(pg_softmax_rows)(const cattn_paged_params *pp, T *S, T *E, int64_t rows,
+                                    int64_t grows, int64_t gh, int64_t shift, int64_t jlo,
+                                    int64_t n, const T *sl, T *mm, WIDE *llw, WIDE *accw,
+                                    T *part)
+{
+    const int64_t Dv = pp->Dv, Dv16 = PG_RUP16(Dv);
+    const T softcap = (T)pp->softcap;
+    for (int64_t i = 0; i < rows; i++) {
+        T *si = S + i * PDCH;
+        const int64_t pos = (i % grows) / gh + shift;
+        if (softcap > 0)
+            for (int64_t t = 0; t < n; t++) si[t] = softcap * SUF(tanh1)(si[t] / softcap);
+        if (pp->slopes)
+            for (int64_t t = 0; t < n; t++) {
+                const int64_t d = pos - (jlo + t);
+                si[t] -= sl[i] * (T)(d < 0 ? -d : d);
+            }
+        for (int64_t t = 0; t < n; t++) if (si[t] == -INFINITY) return 0;
+    }
+    for (int64_t i = 0; i < rows; i++)
+        SUF(softmax_row)(S + i * PDCH, n, E + i * PDCH, mm + i, llw + i, accw + i * Dv16,
+                         part + i * Dv16, Dv);
+    return 1;
+}
+
 /* The chunk for every row at once (scores_mq, pv_mq of flash_impl.h;
    scores_mq_q8, pv_mq_q8 of kv_q8.h for int8 pools, by row index) when
    all rows see the same keys of it and no score is -inf; returns 0, having
@@ -165,16 +209,11 @@ CATTN_STEP int SUF(paged_chunk_mq)(const cattn_paged_params *pp, int64_t rows, i
                                    WIDE *accw, WIDE *llw, T *mm)
 {
     const int64_t D = pp->D, Dv = pp->Dv, D16 = PG_RUP16(D), Dv16 = PG_RUP16(Dv);
-    const int64_t wl = pp->win_left, wr = pp->win_right;
-    const int64_t p0 = shift, p1 = (rows - 1) / nh + shift;   /* first, last row */
-    int64_t jlo = j0, jhi = j0 + nk, jlo1 = j0, jhi1 = j0 + nk;
-    if (wl < CATTN_UNBOUNDED) { jlo = imax(jlo, p0 - wl); jlo1 = imax(jlo1, p1 - wl); }
-    if (wr < CATTN_UNBOUNDED) { jhi = imin(jhi, p0 + wr + 1); jhi1 = imin(jhi1, p1 + wr + 1); }
-    if (jlo != jlo1 || jhi != jhi1 || jlo >= jhi) return 0;
+    int64_t jlo, jhi;
+    if (!SUF(pg_same_keys)(pp, shift, (rows - 1) / nh + shift, j0, nk, &jlo, &jhi)) return 0;
     const int half = pp->kv_format == CATTN_KV_F16;
     const int q8 = pp->kv_format == CATTN_KV_I8;
     const int64_t n = jhi - jlo, off = jlo - j0, nav = navail - off;
-    const T softcap = (T)pp->softcap;
     int64_t *kr = rix, *vr = rix + PDCH;     /* int8: the rows' indices (their scales) */
     if (q8) {
         SUF(pg_q8_index)(ko + off, vo + off, n, D, Dv, kr, vr);
@@ -188,21 +227,8 @@ CATTN_STEP int SUF(paged_chunk_mq)(const cattn_paged_params *pp, int64_t rows, i
     else
         SUF(scores_mq_f)(qs, D16, rows, (const T *)pp->k_cache, ko + off, n, nav, -PG_PF(pp), D, S,
                          PDCH);
-    for (int64_t i = 0; i < rows; i++) {
-        T *si = S + i * PDCH;
-        const int64_t pos = i / nh + shift;
-        if (softcap > 0)
-            for (int64_t t = 0; t < n; t++) si[t] = softcap * SUF(tanh1)(si[t] / softcap);
-        if (pp->slopes)
-            for (int64_t t = 0; t < n; t++) {
-                const int64_t d = pos - (jlo + t);
-                si[t] -= sl[i] * (T)(d < 0 ? -d : d);
-            }
-        for (int64_t t = 0; t < n; t++) if (si[t] == -INFINITY) return 0;
-    }
-    for (int64_t i = 0; i < rows; i++)
-        SUF(softmax_row)(S + i * PDCH, n, E + i * PDCH, mm + i, llw + i, accw + i * Dv16,
-                         part + i * Dv16, Dv);
+    if (!SUF(pg_softmax_rows)(pp, S, E, rows, rows, nh, shift, jlo, n, sl, mm, llw, accw, part))
+        return 0;
     if (q8)
         for (int64_t r0 = 0; r0 < rows; r0 += CATTN_DECODE_MAX_LQ)
             SUF(pv_mq_q8)(E + r0 * PDCH, PDCH, imin(CATTN_DECODE_MAX_LQ, rows - r0),
@@ -238,12 +264,9 @@ CATTN_STEP int SUF(paged_chunk_mg)(const cattn_paged_params *pp, int64_t s, int6
                                    WIDE *accw, WIDE *llw, T *mm)
 {
     const int64_t D = pp->D, Dv = pp->Dv, D16 = PG_RUP16(D), Dv16 = PG_RUP16(Dv);
-    const int64_t ps = pp->page_size, wl = pp->win_left, wr = pp->win_right;
-    const int64_t rows = ng * grows, p0 = shift, p1 = (grows - 1) / gh + shift;
-    int64_t jlo = j0, jhi = j0 + nk, jlo1 = j0, jhi1 = j0 + nk;
-    if (wl < CATTN_UNBOUNDED) { jlo = imax(jlo, p0 - wl); jlo1 = imax(jlo1, p1 - wl); }
-    if (wr < CATTN_UNBOUNDED) { jhi = imin(jhi, p0 + wr + 1); jhi1 = imin(jhi1, p1 + wr + 1); }
-    if (jlo != jlo1 || jhi != jhi1 || jlo >= jhi) return 0;
+    const int64_t ps = pp->page_size, rows = ng * grows;
+    int64_t jlo, jhi;
+    if (!SUF(pg_same_keys)(pp, shift, (grows - 1) / gh + shift, j0, nk, &jlo, &jhi)) return 0;
     const int half = pp->kv_format == CATTN_KV_F16;
     const int q8 = pp->kv_format == CATTN_KV_I8;
     const int64_t kw = q8 ? 1 : D, vw = q8 ? 1 : Dv;   /* int8: row indices */
@@ -285,22 +308,8 @@ CATTN_STEP int SUF(paged_chunk_mg)(const cattn_paged_params *pp, int64_t s, int6
         }
         j += nr;
     }
-    const T softcap = (T)pp->softcap;
-    for (int64_t i = 0; i < rows; i++) {
-        T *si = S + i * PDCH;
-        const int64_t pos = (i % grows) / gh + shift;
-        if (softcap > 0)
-            for (int64_t t = 0; t < n; t++) si[t] = softcap * SUF(tanh1)(si[t] / softcap);
-        if (pp->slopes)
-            for (int64_t t = 0; t < n; t++) {
-                const int64_t d = pos - (jlo + t);
-                si[t] -= sl[i] * (T)(d < 0 ? -d : d);
-            }
-        for (int64_t t = 0; t < n; t++) if (si[t] == -INFINITY) return 0;
-    }
-    for (int64_t i = 0; i < rows; i++)
-        SUF(softmax_row)(S + i * PDCH, n, E + i * PDCH, mm + i, llw + i, accw + i * Dv16,
-                         part + i * Dv16, Dv);
+    if (!SUF(pg_softmax_rows)(pp, S, E, rows, grows, gh, shift, jlo, n, sl, mm, llw, accw, part))
+        return 0;
     at = 0;
     for (int64_t j = jlo; j < jhi;) {
         const int64_t nr = imin(ps - j % ps, jhi - j);
