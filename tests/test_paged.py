@@ -468,3 +468,17 @@ def test_decode_items_over_every_kv_head_still_split(keys, n_threads, at_least):
     assert fin.shape[0] == 1 and fin[0, 2] == 32
     assert work.shape[0] >= at_least
     check(q, kc, vc, bt, sl, qsl, num_threads=n_threads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, "int8"])
+@pytest.mark.parametrize("page_size", [1, 16])
+def test_decode_item_at_the_row_limit(dtype, page_size):
+    """64 heads without GQA, one new token: one item of 64 rows over 64 K/V
+    heads, whose chunk offsets fill the kernel's offset buffers."""
+    rng = np.random.default_rng(page_size)
+    q, kc, vc, bt, sl, qsl, _, _ = make_batch(rng, [150, 64], [1, 1], H=64, Hkv=64, D=16,
+                                              Dv=8, page_size=page_size, dtype=dtype)
+    _, fin, _, _ = _plan(q, kc, vc, bt, sl, qsl, 1)
+    assert sorted(fin[:, 2].tolist()) == [64, 64]
+    for nt in (1, 2):
+        check(q, kc, vc, bt, sl, qsl, num_threads=nt, causal=True)
