@@ -12,8 +12,9 @@ broadcast leading dims, GQA head sharing and arbitrary strides cost nothing.
   pairs run under ``prange``; per-thread scratch is allocated once per call
   inside the parallel region.  The tile math is in C (``_src/flash_impl.h``).
 * ``gemm_batched``: whole-matrix products (``scores``, ``aggregate``) through
-  SciPy's BLAS (``scipy.linalg.cython_blas``), one GEMM per batch item; the
-  caller holds BLAS to one thread while our OpenMP team runs.
+  SciPy's BLAS (``scipy.linalg.cython_blas``, looked up at the first call),
+  one GEMM per batch item; the caller holds BLAS to one thread while our
+  OpenMP team runs.
 * ``softmax_rows``: the stable softmax, one row per iteration.
 """
 import numpy as np
@@ -25,7 +26,7 @@ from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from libc.math cimport exp, expf, fabs, sqrt, INFINITY
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_GetName
 
 from cattn._openmp_helpers cimport omp_get_thread_num, omp_get_wtime, cattn_usable_team
 import threading
@@ -636,6 +637,37 @@ def flash_decode(KernelArgs a, int num_threads, int64_t n_split):
                                  r.ll + b * n_split * Lq * isz)
 
 
+# SciPy's BLAS, looked up at the first GEMM rather than cimported: the
+# cimport made ``import cattn`` import scipy.linalg (175 of its 271 ms,
+# python -X importtime) and load SciPy's OpenBLAS for calls that never use it.
+ctypedef void (*_sgemm_t)(char *ta, char *tb, int *m, int *n, int *k, float *alpha,
+                          float *a, int *lda, float *b, int *ldb, float *beta, float *c,
+                          int *ldc) noexcept nogil
+ctypedef void (*_dgemm_t)(char *ta, char *tb, int *m, int *n, int *k, double *alpha,
+                          double *a, int *lda, double *b, int *ldb, double *beta,
+                          double *c, int *ldc) noexcept nogil
+cdef _sgemm_t sgemm = NULL
+cdef _dgemm_t dgemm = NULL
+
+
+cdef int _load_blas() except -1:
+    """SciPy's sgemm/dgemm (``scipy.linalg.cython_blas``'s C API), once."""
+    global sgemm, dgemm
+    if sgemm != NULL and dgemm != NULL:
+        return 0
+    from scipy.linalg import cython_blas
+    capi = cython_blas.__pyx_capi__
+    s, d = capi["sgemm"], capi["dgemm"]
+    dgemm = <_dgemm_t>PyCapsule_GetPointer(d, PyCapsule_GetName(d))
+    sgemm = <_sgemm_t>PyCapsule_GetPointer(s, PyCapsule_GetName(s))
+    return 0
+
+
+def load_blas():
+    """Load SciPy's BLAS now (``blas_limit`` must see it loaded to cap it)."""
+    _load_blas()
+
+
 cdef inline void _gemm(char *ta, char *tb, int m, int n, int k, floating alpha,
                        const floating *A, int lda, const floating *B, int ldb,
                        floating *C, int ldc) noexcept nogil:
@@ -659,6 +691,7 @@ def _gemm_batched(const floating[::1] A, const int64_t[::1] A_off, int lda,
     lowest address), offsets in elements.  Runs the batch under prange with
     one-threaded BLAS when ``num_threads > 1`` (the caller caps BLAS).
     """
+    _load_blas()
     cdef int64_t n_batch = A_off.shape[0], b
     cdef char *ta = b"T" if trans_a else b"N"
     cdef char *tb = b"N"

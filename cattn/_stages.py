@@ -75,6 +75,9 @@ def _batched_gemm(A, B, out_lead, groups, cdt, n_threads, trans_a, m, n, kdim,
         C.fill(0)
         return C
     Cf = C.reshape(-1)
+    # SciPy's BLAS is looked up at the first GEMM: loaded before blas_limit
+    # first lists the BLAS libraries it caps
+    _kernels.load_blas()
     if n_threads > 1 and N > 1:
         with blas_limit(1):
             _kernels.gemm_batched(Af, A_off, lda, Bf, B_off, ldb, Cf, m * n, ldc,

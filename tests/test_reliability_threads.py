@@ -208,3 +208,29 @@ def test_thread_binding_keeps_the_default_thread_count(env):
     assert proc.returncode == 0, proc.stderr
     before, cores, default = map(int, proc.stdout.split())
     assert cores == before and default == before, proc.stdout
+
+
+def test_scipy_blas_loads_at_the_first_stage_call_and_is_capped():
+    """``import cattn`` does not import SciPy (its BLAS is looked up at the
+    first GEMM); the stage calls' BLAS cap still covers SciPy's BLAS, which
+    must therefore be loaded before the cap lists the libraries."""
+    import subprocess
+    import sys
+    from _subproc import ROOT
+    code = (
+        "import sys, numpy as np, cattn\n"
+        "assert 'scipy' not in sys.modules, 'import cattn imported scipy'\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from cattn._threads import blas_limit\n"
+        "q, k = np.ones((2, 3, 5, 8)), np.ones((2, 3, 7, 8))\n"
+        "assert np.allclose(cattn.scores(q, k, num_threads=2), 8 / np.sqrt(8))\n"
+        "assert 'scipy.linalg.cython_blas' in sys.modules\n"
+        "with blas_limit(1):\n"
+        "    inside = [d for d in threadpool_info() if d['user_api'] == 'blas']\n"
+        "assert len(inside) >= 1, inside\n"
+        "assert all(d['num_threads'] == 1 for d in inside), inside\n"
+        "print('OK')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          timeout=TIMEOUT, cwd=ROOT)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
