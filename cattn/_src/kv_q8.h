@@ -117,7 +117,8 @@ static inline void SUF(pv_rows_q8)(const T *e, const int64_t *keys, int64_t nk,
     }
 }
 
-/* Several queries (GQA folded, Lq <= 8; paged rows in passes of 8) over
+/* Several queries (GQA folded, a few new tokens, a paged item's rows; the
+   dispatchers scores_mq_q8/pv_mq_q8 take any number in passes of 8) over
    the same int8 rows (row j at ri[j] rows past the base, or j where ri is
    NULL): each row
    is widened and scaled once for all of them (the per-query path widens
@@ -207,22 +208,31 @@ CATTN_STEP void SUF(pv_mq_q8_n)(const T *E, int64_t eld, const int8_t *xb, int64
     case 5: call(5); break; case 6: call(6); break; case 7: call(7); break;    \
     default: call(8); break; }
 
+/* any number of rows, in passes of at most CATTN_DECODE_MAX_LQ */
 static void SUF(scores_mq_q8)(const T *qs, int64_t qld, int64_t nq, const int8_t *kb, int64_t rs,
                               const float *sb, int64_t srs, const int64_t *ri, int64_t nk,
                               int64_t D, T *S, int64_t sld)
 {
-#define CATTN_MQ_CALL(n) SUF(scores_mq_q8_n)(qs, qld, kb, rs, sb, srs, ri, nk, D, S, sld, n)
-    CATTN_MQ_SWITCH(nq, CATTN_MQ_CALL)
+    for (int64_t r = 0; r < nq; r += CATTN_DECODE_MAX_LQ) {
+        const T *q = qs + r * qld;
+        T *o = S + r * sld;
+#define CATTN_MQ_CALL(n) SUF(scores_mq_q8_n)(q, qld, kb, rs, sb, srs, ri, nk, D, o, sld, n)
+        CATTN_MQ_SWITCH(imin(CATTN_DECODE_MAX_LQ, nq - r), CATTN_MQ_CALL)
 #undef CATTN_MQ_CALL
+    }
 }
 
 static void SUF(pv_mq_q8)(const T *E, int64_t eld, int64_t nq, const int8_t *xb, int64_t rs,
                           const float *sb, int64_t srs, const int64_t *ri, int64_t nk, T *acc,
                           int64_t ald, int64_t n)
 {
-#define CATTN_MQ_CALL(m) SUF(pv_mq_q8_n)(E, eld, xb, rs, sb, srs, ri, nk, acc, ald, n, m)
-    CATTN_MQ_SWITCH(nq, CATTN_MQ_CALL)
+    for (int64_t r = 0; r < nq; r += CATTN_DECODE_MAX_LQ) {
+        const T *e = E + r * eld;
+        T *a = acc + r * ald;
+#define CATTN_MQ_CALL(m) SUF(pv_mq_q8_n)(e, eld, xb, rs, sb, srs, ri, nk, a, ald, n, m)
+        CATTN_MQ_SWITCH(imin(CATTN_DECODE_MAX_LQ, nq - r), CATTN_MQ_CALL)
 #undef CATTN_MQ_CALL
+    }
 }
 #undef CATTN_MQ_SWITCH
 #undef QB

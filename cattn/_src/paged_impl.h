@@ -217,10 +217,8 @@ CATTN_STEP int SUF(paged_chunk_mq)(const cattn_paged_params *pp, int64_t rows, i
     int64_t *kr = rix, *vr = rix + PDCH;     /* int8: the rows' indices (their scales) */
     if (q8) {
         SUF(pg_q8_index)(ko + off, vo + off, n, D, Dv, kr, vr);
-        for (int64_t r0 = 0; r0 < rows; r0 += CATTN_DECODE_MAX_LQ)
-            SUF(scores_mq_q8)(qs + r0 * D16, D16, imin(CATTN_DECODE_MAX_LQ, rows - r0),
-                              (const int8_t *)pp->k_cache, D, pp->k_scale, PG_NB(D), kr, n, D,
-                              S + r0 * PDCH, PDCH);
+        SUF(scores_mq_q8)(qs, D16, rows, (const int8_t *)pp->k_cache, D, pp->k_scale, PG_NB(D),
+                          kr, n, D, S, PDCH);
     } else if (half)
         SUF(scores_mq_h)(qs, D16, rows, (const uint16_t *)pp->k_cache, ko + off, n, nav, -PG_PF(pp),
                          D, S, PDCH);
@@ -230,10 +228,8 @@ CATTN_STEP int SUF(paged_chunk_mq)(const cattn_paged_params *pp, int64_t rows, i
     if (!SUF(pg_softmax_rows)(pp, S, E, rows, rows, nh, shift, jlo, n, sl, mm, llw, accw, part))
         return 0;
     if (q8)
-        for (int64_t r0 = 0; r0 < rows; r0 += CATTN_DECODE_MAX_LQ)
-            SUF(pv_mq_q8)(E + r0 * PDCH, PDCH, imin(CATTN_DECODE_MAX_LQ, rows - r0),
-                          (const int8_t *)pp->v_cache, Dv, pp->v_scale, PG_NB(Dv), vr, n,
-                          part + r0 * Dv16, Dv16, Dv);
+        SUF(pv_mq_q8)(E, PDCH, rows, (const int8_t *)pp->v_cache, Dv, pp->v_scale, PG_NB(Dv), vr,
+                      n, part, Dv16, Dv);
     else if (half)
         SUF(pv_mq_h)(E, PDCH, rows, (const uint16_t *)pp->v_cache, vo + off, n, nav, -PG_PF(pp),
                      part, Dv16, Dv);
@@ -295,10 +291,8 @@ CATTN_STEP int SUF(paged_chunk_mg)(const cattn_paged_params *pp, int64_t s, int6
             const T *q = qs + gi * grows * D16;
             T *o = S + gi * grows * PDCH + (j - jlo);
             if (q8)
-                for (int64_t r0 = 0; r0 < grows; r0 += CATTN_DECODE_MAX_LQ)
-                    SUF(scores_mq_q8)(q + r0 * D16, D16, imin(CATTN_DECODE_MAX_LQ, grows - r0),
-                                      (const int8_t *)pp->k_cache, D, pp->k_scale, PG_NB(D),
-                                      ko + at, nr, D, o + r0 * PDCH, PDCH);
+                SUF(scores_mq_q8)(q, D16, grows, (const int8_t *)pp->k_cache, D, pp->k_scale,
+                                  PG_NB(D), ko + at, nr, D, o, PDCH);
             else if (half)
                 SUF(scores_mq_h)(q, D16, grows, (const uint16_t *)pp->k_cache, ko + at, nr,
                                  nav - at, pf, D, o, PDCH);
@@ -317,10 +311,8 @@ CATTN_STEP int SUF(paged_chunk_mg)(const cattn_paged_params *pp, int64_t s, int6
             const T *e = E + gi * grows * PDCH + (j - jlo);
             T *a = part + gi * grows * Dv16;
             if (q8)
-                for (int64_t r0 = 0; r0 < grows; r0 += CATTN_DECODE_MAX_LQ)
-                    SUF(pv_mq_q8)(e + r0 * PDCH, PDCH, imin(CATTN_DECODE_MAX_LQ, grows - r0),
-                                  (const int8_t *)pp->v_cache, Dv, pp->v_scale, PG_NB(Dv),
-                                  vo + at, nr, a + r0 * Dv16, Dv16, Dv);
+                SUF(pv_mq_q8)(e, PDCH, grows, (const int8_t *)pp->v_cache, Dv, pp->v_scale,
+                              PG_NB(Dv), vo + at, nr, a, Dv16, Dv);
             else if (half)
                 SUF(pv_mq_h)(e, PDCH, grows, (const uint16_t *)pp->v_cache, vo + at, nr,
                              nav - at, pf, a, Dv16, Dv);
