@@ -202,6 +202,7 @@ CATTN_STEP uint32_t *SUF(p_pairs)(const SUF(blk) *k)
 /* P^T = exp(S^T - msub) of the VL queries from i, two keys at a time,
    straight into key pairs (lane i of pair row t: P[2t], P[2t + 1]); returns
    the float32 column sums (flash-attention's: P unrounded in the sums).
+   exp is vexp_p, accurate to 4e-6: P is rounded to bfloat16 (2^-9).
    Saves the store of P into S^T and its re-read by pv_tile_dp (measured
    at (1,8,2048,2048,64), 1 thread: see pv_tile_dp). */
 CATTN_STEP V SUF(exp_pairs)(const SUF(blk) *k, uint32_t *PP, int64_t nk, int64_t i, V msub)
@@ -211,14 +212,14 @@ CATTN_STEP V SUF(exp_pairs)(const SUF(blk) *k, uint32_t *PP, int64_t nk, int64_t
     V lsum0 = vset1(0), lsum1 = vset1(0);
     int64_t j = 0;
     for (; j + 2 <= nk; j += 2) {
-        const V e0 = vexp(vload(ST + j * ld + i) - msub);
-        const V e1 = vexp(vload(ST + (j + 1) * ld + i) - msub);
+        const V e0 = SUF(vexp_p)(vload(ST + j * ld + i) - msub);
+        const V e1 = SUF(vexp_p)(vload(ST + (j + 1) * ld + i) - msub);
         lsum0 += e0;
         lsum1 += e1;
         SUF(vb_store)(PP + (j / 2) * nqp + i, SUF(vb_pairs)(e0, e1));
     }
     if (j < nk) {
-        const V e0 = vexp(vload(ST + j * ld + i) - msub);
+        const V e0 = SUF(vexp_p)(vload(ST + j * ld + i) - msub);
         lsum0 += e0;
         SUF(vb_store)(PP + (j / 2) * nqp + i, SUF(vb_pairs)(e0, vset1(0)));
     }

@@ -50,6 +50,30 @@ static inline void SUF(vb_rows)(const uint16_t *r0, const uint16_t *r1, int64_t 
     *out0 = _mm512_permutex2var_epi16(a, i0, b);
     *out1 = _mm512_permutex2var_epi16(a, i1, b);
 }
+/* exp(x) for weights that are rounded to bfloat16 (P of P.V): 2^n 2^f with
+   n = round(x log2 e), |f| <= 1/2, a degree-5 near-minimax polynomial for
+   2^f and VSCALEFPS for 2^n.  Relative error <= 4e-6 (the rounding of
+   x log2 e; the polynomial's is 7.5e-8), against bfloat16's 2^-9; 11
+   instructions where vexp (1 ulp, for float32 results) takes about 20.
+   Like vexp: 0 below -87.3 (and for -inf), exp(88.3) above 88.3 (and for
+   +inf), NaN stays NaN.  At (1,8,4096,4096,64), 1 thread: 205.6 -> 196.5
+   ms (medians of 3, alternating). */
+static inline V SUF(vexp_p)(V x)
+{
+    const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-87.3f), _CMP_NLT_UQ);
+    const __m512 y = _mm512_mul_ps(_mm512_min_ps(_mm512_set1_ps(88.3f), (__m512)x),
+                                   _mm512_set1_ps(1.44269504088896341f));
+    const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(y, n);
+    __m512 p = _mm512_set1_ps(1.32765e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.67554e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550713e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402212e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314697e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.00000007f));
+    return (V)_mm512_maskz_scalef_ps(keep, p, n);
+}
+
 /* the first n (< VL) lanes: load (others zero) and store */
 static inline V SUF(vload_n)(const T *p, int64_t n)
 {
