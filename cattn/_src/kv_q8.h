@@ -127,7 +127,10 @@ static inline void SUF(pv_rows_q8)(const T *e, const int64_t *keys, int64_t nk,
    NQC is a constant where these are inlined (a switch picks it), so the
    per-query accumulators live in registers. */
 
-/* S[i * sld + j] = q_i . row_j for the nk rows of a chunk, i < NQC */
+/* S[i * sld + j] = q_i . row_j for the nk rows of a chunk, i < NQC: two
+   accumulators a row, so each product is one FMA (a single accumulator
+   took a multiply, an FMA and an add per two products; 32 heads over 8,
+   4,096 keys, 1 thread: 1.48 -> 1.41 ms, medians of 5, alternating) */
 CATTN_STEP void SUF(scores_mq_q8_n)(const T *qs, int64_t qld, const int8_t *kb, int64_t rs,
                                     const float *sb, int64_t srs, const int64_t *ri,
                                     int64_t nk, int64_t D, T *S, int64_t sld, const int NQC)
@@ -136,16 +139,19 @@ CATTN_STEP void SUF(scores_mq_q8_n)(const T *qs, int64_t qld, const int8_t *kb, 
         const int64_t r = ri ? ri[j] : j;
         const int8_t *x = kb + r * rs;
         const float *xs = sb + r * srs;
-        V a[CATTN_DECODE_MAX_LQ];
-        for (int i = 0; i < NQC; i++) a[i] = vset1(0);
+        V a[CATTN_DECODE_MAX_LQ], b[CATTN_DECODE_MAX_LQ];
+        for (int i = 0; i < NQC; i++) a[i] = b[i] = vset1(0);
         int64_t c = 0;
         /* 2 VL values never straddle a scale block (VL divides QB / 2) */
         for (; c + 2 * VL <= D; c += 2 * VL) {
             const V sg = vset1((T)xs[c / QB]);
             const V k0 = vload_i8(x + c) * sg, k1 = vload_i8(x + c + VL) * sg;
-            for (int i = 0; i < NQC; i++)
-                a[i] += vload(qs + i * qld + c) * k0 + vload(qs + i * qld + c + VL) * k1;
+            for (int i = 0; i < NQC; i++) {
+                a[i] += vload(qs + i * qld + c) * k0;
+                b[i] += vload(qs + i * qld + c + VL) * k1;
+            }
         }
+        for (int i = 0; i < NQC; i++) a[i] += b[i];
         for (; c + VL <= D; c += VL) {
             const V k0 = vload_i8(x + c) * vset1((T)xs[c / QB]);
             for (int i = 0; i < NQC; i++) a[i] += vload(qs + i * qld + c) * k0;
