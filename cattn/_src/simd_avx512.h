@@ -16,6 +16,18 @@ static inline V SUF(vload_h)(const uint16_t *p)
 {
     return (V)_mm512_cvtps_pd(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)));
 }
+/* vexp's steps (simd_math.h): x rounded to the nearest integer, and
+   p 2^n where x is not below lo (NaN included), else 0 */
+#define CATTN_HAVE_SCALEF 1
+static inline V SUF(vrint)(V x)
+{
+    return (V)_mm512_roundscale_pd((__m512d)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+static inline V SUF(vexp2n)(V p, V n, V x, T lo)
+{
+    const __mmask8 keep = _mm512_cmp_pd_mask((__m512d)x, _mm512_set1_pd(lo), _CMP_NLT_UQ);
+    return (V)_mm512_maskz_scalef_pd(keep, (__m512d)p, (__m512d)n);
+}
 static inline V SUF(vload_i8)(const int8_t *p)
 {
     return (V)_mm512_cvtepi32_pd(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
@@ -53,6 +65,18 @@ static inline void SUF(hsum4)(V a, V b, V c, V d, T *o)
 static inline V SUF(vload_h)(const uint16_t *p)
 {
     return (V)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+}
+/* vexp's steps (simd_math.h): x rounded to the nearest integer, and
+   p 2^n where x is not below lo (NaN included), else 0 */
+#define CATTN_HAVE_SCALEF 1
+static inline V SUF(vrint)(V x)
+{
+    return (V)_mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+static inline V SUF(vexp2n)(V p, V n, V x, T lo)
+{
+    const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(lo), _CMP_NLT_UQ);
+    return (V)_mm512_maskz_scalef_ps(keep, (__m512)p, (__m512)n);
 }
 /* 16 int8 -> float: vpmovsxbd + vcvtdq2ps */
 static inline V SUF(vload_i8)(const int8_t *p)

@@ -27,7 +27,11 @@ static inline V SUF(vclamp)(V x, T lo, T hi) { return vmax(vset1(lo), vmin(vset1
  * The rounding of x/ln2 uses the 1.5*2^mantissa "magic number" add, which
  * needs neither a float->int conversion nor -ffast-math.  Results below the
  * smallest normal number are flushed to 0 (exp(-inf) = 0); NaN stays NaN.
- * Max error: ~1 ulp (float), ~2 ulp (double).
+ * Max error: ~1 ulp (float), ~2 ulp (double).  Where the ISA has
+ * VRNDSCALE/VSCALEF (AVX-512: CATTN_HAVE_SCALEF), n is rounded and 2^n
+ * applied by them, the same r and polynomial: 14 instructions for 20
+ * ((4,8,512,512,64) float32, 1 thread: 23.40 -> 23.00 ms;
+ * (1,8,128,128,64): 0.365 -> 0.361 ms; medians of 3, alternating).
  */
 static inline V SUF(vexp)(V x)
 {
@@ -40,10 +44,19 @@ static inline V SUF(vexp)(V x)
             magic = 12582912.0f, /* 1.5 * 2^23 */
             c1 = 0.693359375f, c2 = -2.12194440e-4f;
 #endif
+#ifdef CATTN_HAVE_SCALEF
+    /* n rounded by VRNDSCALE and 2^n applied by VSCALEF, zero below lo
+       (vexp2n); x = -inf gives a NaN r there, which the mask drops */
+    const V xin = x;
+    x = vmin(vset1(hi), x);
+    V n = SUF(vrint)(x * log2e);
+    (void)magic;
+#else
     VI under = VMASK(x < lo);
     x = vclamp(x, lo, hi);
     V t = x * log2e + magic;
     V n = t - magic;
+#endif
 #if CATTN_F64
     V r = x - n * c1;
     r = r - n * c2;
@@ -62,7 +75,9 @@ static inline V SUF(vexp)(V x)
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
+#ifndef CATTN_HAVE_SCALEF
     VI e = ((vbits(t) - vbits(vset1(magic))) + 1023) << 52;
+#endif
 #else
     V r = x - n * c1;
     r = r - n * c2;
@@ -74,10 +89,16 @@ static inline V SUF(vexp)(V x)
     p = p * r + 1.6666665459E-1f;
     p = p * r + 5.0000001201E-1f;
     p = p * (r * r) + r + 1.0f;
+#ifndef CATTN_HAVE_SCALEF
     VI e = ((vbits(t) - vbits(vset1(magic))) + 127) << 23;
 #endif
+#endif
+#ifdef CATTN_HAVE_SCALEF
+    return SUF(vexp2n)(p, n, xin, lo);
+#else
     V res = p * vfrom(e);
     return vfrom(vbits(res) & ~under);
+#endif
 }
 #define vexp SUF(vexp)
 

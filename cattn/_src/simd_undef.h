@@ -1,5 +1,6 @@
 /* Ends one instantiation: the names simd_*.h and simd_math.h defined. */
 #undef V
+#undef CATTN_HAVE_SCALEF
 #undef VU
 #undef VI
 #undef VL
