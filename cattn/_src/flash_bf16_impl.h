@@ -64,8 +64,21 @@ CATTN_STEP void SUF(pack_q_dp)(SUF(blk) *k)
     const int qf = p->q_format;
     const char *Qb = SUF(q_rows)(p, k->b);
     const int64_t qsz = SUF(io_size)(qf);
+    int64_t tdone = 0;   /* pairs of the current panel's rows written by t32_16 */
     for (int64_t i = 0; i < nqp; i++) {
         uint32_t *dst = QB + (i / NQ) * D2 * NQ + i % NQ;
+#ifdef CATTN_HAVE_T32
+        /* a whole panel of contiguous bfloat16 rows, D even: their pairs
+           are 32-bit words in order, transposed 16 x 16 in registers */
+        if (i % NQ == 0) {
+            tdone = 0;
+            if (qf == CATTN_IO_BF16 && q_cs == 1 && !(D & 1) && i + NQ <= nq)
+                for (; tdone + 16 <= D2; tdone += 16)
+                    for (int64_t ib = 0; ib < NQ; ib += 16)
+                        SUF(t32_16)(Qb + (k->i0 + i + ib) * q_rs * qsz + tdone * 4, q_rs * qsz,
+                                    dst + tdone * NQ + ib, NQ, 0, 0);
+        }
+#endif
         if (i < nq) {
             /* q read in its storage: the compute type or 16-bit (io_get) */
             const char *qr = Qb + (k->i0 + i) * q_rs * qsz;
@@ -75,7 +88,7 @@ CATTN_STEP void SUF(pack_q_dp)(SUF(blk) *k)
                 /* the row's bfloat16 values in order are its pairs: a
                    bfloat16 q as it is, a float32 one rounded in vectors */
                 uint16_t h[2 * VL];
-                for (int64_t d0 = 0; d0 < D; d0 += 2 * VL) {
+                for (int64_t d0 = 2 * tdone; d0 < D; d0 += 2 * VL) {
                     const int64_t n = imin(2 * VL, D - d0);
                     const uint16_t *r = (const uint16_t *)(const void *)qr + d0;
                     if (qf != CATTN_IO_BF16) {

@@ -543,7 +543,18 @@ CATTN_STEP void SUF(pack_q)(SUF(blk) *k)
             const int64_t n = imax(0, imin(NQ, nq - i0));
             const T *qp = Q + i0 * q_rs;
             T *panel = QT + i0 * D;
-            for (int64_t d = 0; d < D; d++) {
+            int64_t d0 = 0;
+#ifdef CATTN_HAVE_T32
+            /* a whole panel of contiguous rows: 16 x 16 blocks transposed
+               in registers ((1,8,128,128,64) float32, 1 thread: see
+               simd_avx512.h) */
+            if (q_cs == 1 && n == NQ)
+                for (; d0 + 16 <= D; d0 += 16)
+                    for (int64_t ib = 0; ib < NQ; ib += 16)
+                        SUF(t32_16)((const char *)(qp + ib * q_rs + d0), q_rs * (int64_t)sizeof(T),
+                                    (uint32_t *)(void *)(panel + d0 * NQ + ib), NQ, s, 1);
+#endif
+            for (int64_t d = d0; d < D; d++) {
                 T *dst = panel + d * NQ;
                 const T *src = qp + d * q_cs;
                 int64_t i = 0;

@@ -78,6 +78,40 @@ static inline V SUF(vexp2n)(V p, V n, V x, T lo)
     const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(lo), _CMP_NLT_UQ);
     return (V)_mm512_maskz_scalef_ps(keep, (__m512)p, (__m512)n);
 }
+/* dst[d][r] = src[r][d] for a 16 x 16 block of 32-bit values (row r at
+   src + r rs bytes, row d at dst + d ld words), times s as floats when
+   scale (a constant where inlined): Q^T panels (pack_q) and bfloat16 query
+   pairs (pack_q_dp) in 64 shuffles, not 256 scalar stores a column apart */
+#define CATTN_HAVE_T32 1
+static inline void SUF(t32_16)(const char *src, int64_t rs, uint32_t *dst, int64_t ld, float s,
+                               const int scale)
+{
+    __m512i r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(src + i * rs);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    for (int i = 0; i < 16; i += 8)
+        for (int j = 0; j < 4; j++) {
+            t[i + j] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0x88);
+            t[i + j + 4] = _mm512_shuffle_i32x4(r[i + j], r[i + j + 4], 0xdd);
+        }
+    for (int j = 0; j < 8; j++) {
+        r[j] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0x88);
+        r[j + 8] = _mm512_shuffle_i32x4(t[j], t[j + 8], 0xdd);
+    }
+    for (int d = 0; d < 16; d++) {
+        if (scale) r[d] = _mm512_castps_si512(_mm512_mul_ps(_mm512_castsi512_ps(r[d]), _mm512_set1_ps(s)));
+        _mm512_storeu_si512(dst + d * ld, r[d]);
+    }
+}
 /* 16 int8 -> float: vpmovsxbd + vcvtdq2ps */
 static inline V SUF(vload_i8)(const int8_t *p)
 {

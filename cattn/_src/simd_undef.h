@@ -1,6 +1,7 @@
 /* Ends one instantiation: the names simd_*.h and simd_math.h defined. */
 #undef V
 #undef CATTN_HAVE_SCALEF
+#undef CATTN_HAVE_T32
 #undef VU
 #undef VI
 #undef VL
