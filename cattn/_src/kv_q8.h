@@ -68,13 +68,17 @@ static inline void SUF(dot4_q8)(const T *a, const int8_t *x, int64_t rs, const f
     }
     V acc[4] = {vset1(0), vset1(0), vset1(0), vset1(0)};
     for (int64_t c0 = 0, g = 0; c0 < n; c0 += QB, g++) {
+        /* two chains a row: each product one FMA (as scores_mq_q8_n) */
         V b[4] = {vset1(0), vset1(0), vset1(0), vset1(0)};
+        V e[4] = {vset1(0), vset1(0), vset1(0), vset1(0)};
         for (int64_t c = c0; c < c0 + QB; c += 2 * VL) {
             const V q0 = vload(a + c), q1 = vload(a + c + VL);
-            for (int r = 0; r < 4; r++)
-                b[r] += q0 * vload_i8(x + r * rs + c) + q1 * vload_i8(x + r * rs + c + VL);
+            for (int r = 0; r < 4; r++) {
+                b[r] += q0 * vload_i8(x + r * rs + c);
+                e[r] += q1 * vload_i8(x + r * rs + c + VL);
+            }
         }
-        for (int r = 0; r < 4; r++) acc[r] += b[r] * vset1((T)xs[r * srs + g]);
+        for (int r = 0; r < 4; r++) acc[r] += (b[r] + e[r]) * vset1((T)xs[r * srs + g]);
     }
     hsum4(acc[0], acc[1], acc[2], acc[3], out);
 }
@@ -89,14 +93,23 @@ CATTN_STEP void SUF(pv_block_q8)(const T *e, const int64_t *keys, int64_t nk,
 {
     V a[8];
     for (int u = 0; u < U; u++) a[u] = vload(acc + c + u * VL);
+    /* U VL values a whole number of blocks (c then starts one): one weight
+       e[t] * scale a block, not one a vector */
+    const int whole = (U * VL) % QB == 0 && QB % VL == 0;
     for (int64_t t = 0; t < nk; t++) {
         const int8_t *x = xb + keys[t] * rs + c;
         const float *xs = sb + keys[t] * srs;
         const T et = e[t];
-        for (int u = 0; u < U; u++) {
-            const V w = vset1(et * (T)xs[(c + u * VL) / QB]);
-            a[u] += w * vload_i8(x + u * VL);
-        }
+        if (whole) {
+            for (int u0 = 0; u0 < U; u0 += QB / VL) {
+                const V w = vset1(et * (T)xs[(c + u0 * VL) / QB]);
+                for (int u = u0; u < u0 + QB / VL; u++) a[u] += w * vload_i8(x + u * VL);
+            }
+        } else
+            for (int u = 0; u < U; u++) {
+                const V w = vset1(et * (T)xs[(c + u * VL) / QB]);
+                a[u] += w * vload_i8(x + u * VL);
+            }
     }
     for (int u = 0; u < U; u++) vstore(acc + c + u * VL, a[u]);
 }
