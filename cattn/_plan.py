@@ -69,10 +69,10 @@ TILES = _kernels.TilePolicy(BLOCK_Q, BLOCK_Q_F64_NARROW, BLOCK_K, BLOCK_Q_SHORT_
 def tile_blocks(N, Lq, n_threads, cdt=None, D=None, skips_tiles=False, preferred=(0, 0),
                 span=-1):
     """Query/key block sizes: BLOCK_Q queries a block (float64 with D <= 64
-    and nothing that skips tiles: BLOCK_Q_F64_NARROW; a window that lets a
-    query see at most SHORT_SPAN keys (``span``, -1: no window):
-    BLOCK_Q_SHORT_SPAN; the kernel's own ``preferred`` (block_q, block_k)
-    where it names one, over all of these) unless that leaves threads idle
+    and nothing that skips tiles: BLOCK_Q_F64_NARROW; the kernel's own
+    ``preferred`` (block_q, block_k) where it names one, over these; a
+    window that lets a query see at most SHORT_SPAN keys (``span``, -1: no
+    window): BLOCK_Q_SHORT_SPAN, over all) unless that leaves threads idle
     (then smaller blocks, down to 32)."""
     return TILES.tile_blocks(N, Lq, n_threads, cdt == np.float64,
                              -1 if D is None else D, skips_tiles, span, *preferred)

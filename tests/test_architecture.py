@@ -217,6 +217,14 @@ def test_planner_takes_the_kernel_tables_preferred_tile():
         bq, bk = _plan.tile_blocks(1, 4096, 1, np.float32, 64, False, (pq, pk))
         assert (bq, bk) == (pq or _plan.BLOCK_Q, pk or _plan.BLOCK_K)
         assert _plan.tile_blocks(1, 20, 1, np.float32, 64, False, (pq, pk))[0] <= 32
+        # a short span (causal over <= SHORT_SPAN keys) takes its small
+        # query blocks over the kernel's preferred ones: key tiles above the
+        # diagonal are then skipped at that granularity
+        span = _plan.SHORT_SPAN
+        assert _plan.tile_blocks(1, 4096, 1, np.float32, 64, True, (pq, pk), span=span) == \
+            (_plan.BLOCK_Q_SHORT_SPAN, pk or _plan.BLOCK_K)
+        assert _plan.tile_blocks(1, 4096, 1, np.float32, 64, True, (pq, pk),
+                                 span=span + 1)[0] == (pq or _plan.BLOCK_Q)
     rng = np.random.default_rng(3)
     q, k, v = (rng.standard_normal((1, 2, 300, 64)).astype(ml_dtypes.bfloat16)
                for _ in range(3))
