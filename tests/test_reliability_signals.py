@@ -76,3 +76,13 @@ def test_ctrl_c_while_another_thread_calls():
     calls, so a thread calling cattn back to back starved the main thread's
     poll (2.2 s).  The clock is now the call's own."""
     _check_interrupt(_interrupt(["busy_other_thread"])["busy_other_thread"])
+
+
+@needs_linux
+def test_no_floating_point_trap_with_fe_invalid_enabled():
+    """A process that traps FE_INVALID (feenableexcept) survives attention
+    calls: no kernel step computes inf - inf, even on a lane it discards
+    (the AVX-512 exp once did, on the -inf of an empty running max)."""
+    proc = run_script("fp_traps.py")
+    assert_ok(proc)
+    assert proc.stdout.strip().endswith("ok")

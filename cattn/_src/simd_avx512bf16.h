@@ -61,8 +61,10 @@ static inline void SUF(vb_rows)(const uint16_t *r0, const uint16_t *r1, int64_t 
 static inline V SUF(vexp_p)(V x)
 {
     const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-87.3f), _CMP_NLT_UQ);
-    const __m512 y = _mm512_mul_ps(_mm512_min_ps(_mm512_set1_ps(88.3f), (__m512)x),
-                                   _mm512_set1_ps(1.44269504088896341f));
+    /* clamped on both sides first: -inf - (-inf) would raise FE_INVALID */
+    const __m512 xc = _mm512_max_ps(_mm512_set1_ps(-87.3f),
+                                    _mm512_min_ps(_mm512_set1_ps(88.3f), (__m512)x));
+    const __m512 y = _mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f));
     const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(y, n);
     __m512 p = _mm512_set1_ps(1.32765e-3f);
