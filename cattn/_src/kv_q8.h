@@ -93,23 +93,17 @@ CATTN_STEP void SUF(pv_block_q8)(const T *e, const int64_t *keys, int64_t nk,
 {
     V a[8];
     for (int u = 0; u < U; u++) a[u] = vload(acc + c + u * VL);
-    /* U VL values a whole number of blocks (c then starts one): one weight
-       e[t] * scale a block, not one a vector */
-    const int whole = (U * VL) % QB == 0 && QB % VL == 0;
+    /* G vectors share one weight e[t] * scale: a whole block's where U VL
+       values are a whole number of blocks (c then starts one), else one */
+    const int G = (U * VL) % QB == 0 && QB % VL == 0 ? QB / VL : 1;
     for (int64_t t = 0; t < nk; t++) {
         const int8_t *x = xb + keys[t] * rs + c;
         const float *xs = sb + keys[t] * srs;
         const T et = e[t];
-        if (whole) {
-            for (int u0 = 0; u0 < U; u0 += QB / VL) {
-                const V w = vset1(et * (T)xs[(c + u0 * VL) / QB]);
-                for (int u = u0; u < u0 + QB / VL; u++) a[u] += w * vload_i8(x + u * VL);
-            }
-        } else
-            for (int u = 0; u < U; u++) {
-                const V w = vset1(et * (T)xs[(c + u * VL) / QB]);
-                a[u] += w * vload_i8(x + u * VL);
-            }
+        for (int u0 = 0; u0 < U; u0 += G) {
+            const V w = vset1(et * (T)xs[(c + u0 * VL) / QB]);
+            for (int u = u0; u < u0 + G; u++) a[u] += w * vload_i8(x + u * VL);
+        }
     }
     for (int u = 0; u < U; u++) vstore(acc + c + u * VL, a[u]);
 }
